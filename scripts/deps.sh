@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts (when not running) what the wallet service needs,
+# all on 127.0.0.1: MariaDB on 3306 and Redis on 6379. Safe to run any number of times:
+# servers that already answer are reused as they are.
+#
+# Sourced by scripts/run.sh and scripts/test.sh; can also be run on its own.
+set -euo pipefail
+
+WALLET_DATA_DIR="${WALLET_DATA_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.data}"
+DB_PORT="${WALLET_DB_PORT:-3306}"
+REDIS_PORT="${WALLET_REDIS_PORT:-6379}"
+DB_USER="${WALLET_DB_USER:-wallet}"
+DB_PASSWORD="${WALLET_DB_PASSWORD:-wallet}"
+DB_NAME="${WALLET_DB_NAME:-wallet}"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*"; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing $*"
+  # policy-rc.d style environments refuse to start services from postinst; we start them below.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local seconds=$1 what=$2; shift 2
+  for _ in $(seq 1 $((seconds * 4))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.25
+  done
+  log "$what did not come up within ${seconds}s"
+  return 1
+}
+
+mariadb_alive() { mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" --connect-timeout=2 ping >/dev/null 2>&1; }
+wallet_user_works() {
+  mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -e 'SELECT 1' >/dev/null 2>&1
+}
+
+ensure_mariadb() {
+  if ! command -v mariadbd >/dev/null 2>&1; then apt_install mariadb-server mariadb-client; fi
+  if ! mariadb_alive; then
+    log "starting MariaDB on 127.0.0.1:$DB_PORT"
+    $SUDO mkdir -p /run/mysqld
+    $SUDO chown mysql:mysql /run/mysqld
+    if [ ! -d /var/lib/mysql/mysql ]; then
+      $SUDO mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+    fi
+    mkdir -p "$WALLET_DATA_DIR"
+    # Durable settings (flush at every commit): this is a ledger, benchmarks measure it that way.
+    $SUDO setsid nohup mariadbd --user=mysql --datadir=/var/lib/mysql \
+      --bind-address=127.0.0.1 --port="$DB_PORT" --socket=/run/mysqld/mysqld.sock \
+      --max-connections=1000 --innodb-buffer-pool-size=512M \
+      >"$WALLET_DATA_DIR/mariadb.log" 2>&1 < /dev/null &
+    wait_for 60 "MariaDB" mariadb_alive
+  fi
+  if ! wallet_user_works; then
+    log "creating database user '$DB_USER'"
+    # Tests create one database each, so the user may create and drop databases.
+    $SUDO mariadb -uroot <<SQL
+CREATE USER IF NOT EXISTS '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$DB_PASSWORD';
+CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+GRANT ALL PRIVILEGES ON *.* TO '$DB_USER'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON *.* TO '$DB_USER'@'localhost';
+FLUSH PRIVILEGES;
+SQL
+  fi
+  # A server someone else started may use the stock limit of 151; parallel tests need more.
+  $SUDO mariadb -uroot -e "SET GLOBAL max_connections = GREATEST(@@max_connections, 1000)" 2>/dev/null || true
+  mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" \
+    -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\`"
+}
+
+redis_alive() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then apt_install redis-server redis-tools; fi
+  if ! redis_alive; then
+    log "starting Redis on 127.0.0.1:$REDIS_PORT"
+    mkdir -p "$WALLET_DATA_DIR/redis"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
+      --dir "$WALLET_DATA_DIR/redis" --logfile "$WALLET_DATA_DIR/redis.log"
+    wait_for 20 "Redis" redis_alive
+  fi
+}
+
+ensure_mariadb
+ensure_redis
+export WALLET_DATABASE_URL="${WALLET_DATABASE_URL:-mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/$DB_NAME}"
+export WALLET_REDIS_URL="${WALLET_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
+log "MariaDB and Redis are up ($WALLET_DATABASE_URL, $WALLET_REDIS_URL)"

@@ -1,0 +1,133 @@
+//! The circuit breaker that decides between the Redis lock and the MySQL fallback.
+//!
+//! Closed: requests use Redis. After `threshold` consecutive Redis failures it opens and
+//! requests take the `SELECT … FOR UPDATE` path. While open, a probe pings Redis every
+//! `probe_interval` (the half-open check); the first answer closes it again.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::configuration::LockMode;
+use crate::redis_support::bounded;
+
+/// Which path serialises wallet writes right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveMode {
+    Redis,
+    MysqlFallback,
+}
+
+impl ActiveMode {
+    /// The name `/readyz` and the logs use.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::MysqlFallback => "mysql-fallback",
+        }
+    }
+}
+
+/// Shared by every request of one instance; cheap to clone.
+#[derive(Clone)]
+pub struct RedisBreaker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    configured: LockMode,
+    open: AtomicBool,
+    failures: AtomicU32,
+    threshold: u32,
+    probe_interval: Duration,
+    timeout: Duration,
+    pool: deadpool_redis::Pool,
+    wake_probe: tokio::sync::Notify,
+}
+
+impl RedisBreaker {
+    /// Builds the breaker and starts its probe task.
+    pub fn new(
+        configured: LockMode,
+        pool: deadpool_redis::Pool,
+        threshold: u32,
+        probe_interval: Duration,
+        timeout: Duration,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            configured,
+            open: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            threshold: threshold.max(1),
+            probe_interval,
+            timeout,
+            pool,
+            wake_probe: tokio::sync::Notify::new(),
+        });
+        tokio::spawn(probe(Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    /// The configured mode (`auto`, `redis` or `mysql`).
+    pub fn configured(&self) -> LockMode {
+        self.inner.configured
+    }
+
+    /// The path a request should take now.
+    pub fn mode(&self) -> ActiveMode {
+        match self.inner.configured {
+            LockMode::Mysql => ActiveMode::MysqlFallback,
+            LockMode::Redis => ActiveMode::Redis,
+            LockMode::Auto if self.inner.open.load(Ordering::Acquire) => ActiveMode::MysqlFallback,
+            LockMode::Auto => ActiveMode::Redis,
+        }
+    }
+
+    pub fn record_success(&self) {
+        self.inner.failures.store(0, Ordering::Release);
+    }
+
+    pub fn record_failure(&self, error: &dyn std::error::Error) {
+        let failures = self.inner.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.inner.configured == LockMode::Auto
+            && failures >= self.inner.threshold
+            && !self.inner.open.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!(error = %error, failures, "redis unavailable: lock mode mysql-fallback");
+            self.inner.wake_probe.notify_one();
+        }
+    }
+}
+
+/// Pings Redis while the breaker is open; closes it on the first answer.
+async fn probe(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if !strong.open.load(Ordering::Acquire) {
+            // Wait for the breaker to open; the bound lets the task notice a shutdown.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), strong.wake_probe.notified()).await;
+            continue;
+        }
+        tokio::time::sleep(strong.probe_interval).await;
+        let pong = bounded(strong.timeout, async {
+            let mut conn = strong.pool.get().await.map_err(redis_error)?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await;
+        if pong.is_ok() {
+            strong.failures.store(0, Ordering::Release);
+            strong.open.store(false, Ordering::Release);
+            tracing::info!("redis answers again: lock mode redis");
+        }
+    }
+}
+
+fn redis_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+    match e {
+        deadpool_redis::PoolError::Backend(e) => e,
+        other => redis::RedisError::from(std::io::Error::other(other.to_string())),
+    }
+}

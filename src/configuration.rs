@@ -1,0 +1,160 @@
+//! Settings, read from `WALLET_*` environment variables with local defaults.
+//!
+//! Every variable is listed in the README. Tests build [`Settings`] directly.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::domain::Currency;
+
+/// Everything the service needs to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `host:port` to listen on; port 0 picks a free one.
+    pub http_addr: String,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub lock: LockSettings,
+    pub idempotency: IdempotencySettings,
+    /// The one currency this deployment books in.
+    pub currency: Currency,
+    /// `json` for machine-readable logs, anything else for human-readable ones.
+    pub log_format: String,
+    /// Test-only fault injection; always off when read from the environment.
+    pub faults: FaultInjection,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before it answers 503.
+    pub acquire_timeout: Duration,
+    /// Apply `migrations/` at start-up (takes a database lock, so instances may race).
+    pub run_migrations: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prefix of every key and channel, so deployments (and tests) can share a Redis.
+    pub key_prefix: String,
+    pub pool_size: usize,
+    /// Upper bound on any single Redis call; past it Redis counts as failing.
+    pub command_timeout: Duration,
+}
+
+/// How wallets are serialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// Redis lock while Redis is healthy, MySQL `FOR UPDATE` while it is not.
+    Auto,
+    /// Redis lock only: Redis errors answer 503.
+    Redis,
+    /// MySQL `FOR UPDATE` only (used to benchmark and to test mixed fleets).
+    Mysql,
+}
+
+impl FromStr for LockMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "redis" => Ok(Self::Redis),
+            "mysql" => Ok(Self::Mysql),
+            other => anyhow::bail!("lock mode must be auto, redis or mysql, not {other:?}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LockSettings {
+    pub mode: LockMode,
+    /// Lease of the Redis lock. Renewed every third of it while held, so it only has to
+    /// outlast one renewal interval plus a Redis round trip.
+    pub lease: Duration,
+    /// How long a request waits for a wallet's lock before it answers 503 `lock_timeout`.
+    pub wait: Duration,
+    /// Longest sleep of a waiter between pub/sub wake-ups (the safety net for a lost message).
+    pub poll_interval: Duration,
+    /// Consecutive Redis failures that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How often an open breaker probes Redis.
+    pub breaker_probe_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct IdempotencySettings {
+    /// How long a finished reply is replayed from Redis (the database keeps it forever).
+    pub reply_ttl: Duration,
+    /// How long an unfinished claim blocks its key; must exceed the longest request.
+    pub claim_ttl: Duration,
+}
+
+/// Faults the tests inject to prove that the database, not the lock, is the last line.
+#[derive(Clone, Debug, Default)]
+pub struct FaultInjection {
+    /// Sleep inside every wallet transaction, before its first statement.
+    pub txn_delay: Option<Duration>,
+    /// Do not renew Redis leases, so a slow holder loses its lock mid-transaction.
+    pub skip_lease_renewal: bool,
+}
+
+impl Settings {
+    /// Reads the settings from the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            http_addr: var("WALLET_HTTP_ADDR", "127.0.0.1:8080".to_string())?,
+            database: DatabaseSettings {
+                url: var(
+                    "WALLET_DATABASE_URL",
+                    "mysql://wallet:wallet@127.0.0.1:3306/wallet".to_string(),
+                )?,
+                max_connections: var("WALLET_DB_MAX_CONNECTIONS", 32)?,
+                acquire_timeout: millis("WALLET_DB_ACQUIRE_TIMEOUT_MS", 5_000)?,
+                run_migrations: var("WALLET_RUN_MIGRATIONS", true)?,
+            },
+            redis: RedisSettings {
+                url: var("WALLET_REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
+                key_prefix: var("WALLET_REDIS_KEY_PREFIX", "wallet".to_string())?,
+                pool_size: var("WALLET_REDIS_POOL_SIZE", 16)?,
+                command_timeout: millis("WALLET_REDIS_TIMEOUT_MS", 500)?,
+            },
+            lock: LockSettings {
+                mode: var("WALLET_LOCK_MODE", LockMode::Auto)?,
+                lease: millis("WALLET_LOCK_LEASE_MS", 3_000)?,
+                wait: millis("WALLET_LOCK_WAIT_MS", 5_000)?,
+                poll_interval: millis("WALLET_LOCK_POLL_MS", 200)?,
+                breaker_threshold: var("WALLET_BREAKER_THRESHOLD", 3)?,
+                breaker_probe_interval: millis("WALLET_BREAKER_PROBE_MS", 1_000)?,
+            },
+            idempotency: IdempotencySettings {
+                reply_ttl: Duration::from_secs(var("WALLET_IDEMPOTENCY_TTL_SECS", 86_400)?),
+                claim_ttl: millis("WALLET_IDEMPOTENCY_CLAIM_TTL_MS", 15_000)?,
+            },
+            currency: var("WALLET_CURRENCY", Currency::KRW)?,
+            log_format: var("WALLET_LOG_FORMAT", "pretty".to_string())?,
+            faults: FaultInjection::default(),
+        })
+    }
+}
+
+fn var<T>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(raw) => raw
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("invalid {name}={raw:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn millis(name: &str, default: u64) -> anyhow::Result<Duration> {
+    var(name, default).map(Duration::from_millis)
+}

@@ -1,0 +1,176 @@
+//! Every error the API returns, as RFC 9457 `application/problem+json` with a stable
+//! `code`. Internal causes are logged here, once, and never shown to the client.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::wallet::ServiceError;
+
+/// An error answer of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body is larger than the limit")]
+    PayloadTooLarge,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("the route does not take this method")]
+    MethodNotAllowed,
+}
+
+impl From<crate::domain::ValidationError> for ApiError {
+    fn from(e: crate::domain::ValidationError) -> Self {
+        Self::Validation(e.0)
+    }
+}
+
+/// The problem document (RFC 9457) plus our `code` extension member.
+#[derive(Serialize)]
+struct Problem {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    code: &'static str,
+}
+
+impl ApiError {
+    /// Status, stable code and title of each error.
+    fn describe(&self) -> (StatusCode, &'static str, &'static str) {
+        use ServiceError as S;
+        match self {
+            Self::Validation(_) | Self::Service(S::Validation(_)) => (
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                "The request is not valid",
+            ),
+            Self::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "The request body must be application/json",
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body is too large",
+            ),
+            Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            Self::Service(S::WalletNotFound) => (
+                StatusCode::NOT_FOUND,
+                "wallet_not_found",
+                "Wallet not found",
+            ),
+            Self::Service(S::PaymentNotFound) => (
+                StatusCode::NOT_FOUND,
+                "payment_not_found",
+                "Payment not found",
+            ),
+            Self::Service(S::InsufficientFunds) => (
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_funds",
+                "Insufficient funds",
+            ),
+            Self::Service(S::BalanceLimit) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "balance_limit_exceeded",
+                "The balance would exceed its limit",
+            ),
+            Self::Service(S::InProgress { .. }) => (
+                StatusCode::CONFLICT,
+                "request_in_progress",
+                "The same request is being processed",
+            ),
+            Self::Service(S::KeyReused) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "The idempotency key was used for a different request",
+            ),
+            Self::Service(S::LockTimeout) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lock_timeout",
+                "The wallet is busy",
+            ),
+            Self::Service(S::Unavailable(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The service is temporarily unavailable",
+            ),
+        }
+    }
+
+    fn detail(&self) -> String {
+        use ServiceError as S;
+        match self {
+            Self::Service(S::InsufficientFunds) => {
+                "The wallet balance does not cover the amount; nothing was debited.".into()
+            }
+            Self::Service(S::InProgress { .. }) => {
+                "A request with this key is being processed; retry after the indicated delay."
+                    .into()
+            }
+            Self::Service(S::KeyReused) => {
+                "This key was already used with another user or amount; use a new key.".into()
+            }
+            Self::Service(S::LockTimeout) => {
+                "The wallet stayed busy for the whole wait; nothing was applied, retry later."
+                    .into()
+            }
+            Self::Service(S::Unavailable(_)) => "Nothing was applied; retry later.".into(),
+            other => other.to_string(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Service(ServiceError::InProgress { retry_after }) => Some(*retry_after),
+            Self::Service(ServiceError::LockTimeout | ServiceError::Unavailable(_)) => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Service(ServiceError::Unavailable(cause)) = &self {
+            tracing::error!(error = ?cause, "request failed on a dependency");
+        }
+        let (status, code, title) = self.describe();
+        let problem = Problem {
+            kind: format!("/problems/{}", code.replace('_', "-")),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            code,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(after) = self.retry_after() {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,67 @@
+//! What the Redis-backed parts share: key layout, a bounded call, one error type.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::domain::Identifier;
+
+/// Why a Redis call did not give an answer. Every variant means "Redis is not usable
+/// right now" to the circuit breaker.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFault {
+    #[error("redis command failed")]
+    Command(#[from] redis::RedisError),
+    #[error("no redis connection")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Runs one Redis call with an upper bound on its duration.
+pub async fn bounded<T, E>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, RedisFault>
+where
+    RedisFault: From<E>,
+{
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(RedisFault::from),
+        Err(_) => Err(RedisFault::Timeout(limit)),
+    }
+}
+
+/// The key layout. Keys of one wallet share the hash tag `{userId}`, so the lock scripts,
+/// which touch the lock and its fencing counter together, also run on Redis Cluster.
+#[derive(Clone, Debug)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+impl KeySpace {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// `wallet:wallet:{u1}:lock`, the per-wallet lock.
+    pub fn lock(&self, user_id: &Identifier) -> String {
+        format!("{}:wallet:{{{user_id}}}:lock", self.prefix)
+    }
+
+    /// `wallet:wallet:{u1}:fence`, the wallet's fencing-token counter.
+    pub fn fence(&self, user_id: &Identifier) -> String {
+        format!("{}:wallet:{{{user_id}}}:fence", self.prefix)
+    }
+
+    /// `wallet:idem:payment:{order-1}`, the cached reply of one request.
+    pub fn idempotency(&self, scope: &str, id: &Identifier) -> String {
+        format!("{}:idem:{scope}:{{{id}}}", self.prefix)
+    }
+
+    /// The channel on which lock releases are announced.
+    pub fn release_channel(&self) -> String {
+        format!("{}:lock-released", self.prefix)
+    }
+}

@@ -1,0 +1,84 @@
+//! `payments`: one row per order; the unique `order_id` is the durable idempotency record.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::{MySqlConnection, MySqlPool};
+
+pub const COMPLETED: &str = "COMPLETED";
+pub const CANCELLED: &str = "CANCELLED";
+
+/// A payment row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PaymentRow {
+    pub payment_id: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: String,
+    pub balance_after: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub cancel_reason: Option<String>,
+    pub refund_balance_after: Option<Decimal>,
+}
+
+/// Inserts a completed payment; fails with a unique violation when the order has one.
+pub async fn insert(conn: &mut MySqlConnection, p: &PaymentRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&p.payment_id)
+    .bind(&p.order_id)
+    .bind(&p.user_id)
+    .bind(p.amount)
+    .bind(&p.currency)
+    .bind(&p.status)
+    .bind(p.balance_after)
+    .bind(p.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn find(pool: &MySqlPool, order_id: &str) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM payments WHERE order_id = ?")
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Reads the payment and locks its row until the transaction ends.
+pub async fn lock(
+    conn: &mut MySqlConnection,
+    order_id: &str,
+) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM payments WHERE order_id = ? FOR UPDATE")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Marks a completed payment cancelled. Returns false when it was not `COMPLETED`.
+pub async fn mark_cancelled(
+    conn: &mut MySqlConnection,
+    order_id: &str,
+    reason: Option<&str>,
+    refund_balance_after: Decimal,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE payments SET status = ?, cancelled_at = ?, cancel_reason = ?, refund_balance_after = ? \
+         WHERE order_id = ? AND status = ?",
+    )
+    .bind(CANCELLED)
+    .bind(now)
+    .bind(reason)
+    .bind(refund_balance_after)
+    .bind(order_id)
+    .bind(COMPLETED)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}

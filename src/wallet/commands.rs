@@ -1,0 +1,352 @@
+//! The three money movements. Each runs inside a transaction that already holds the
+//! wallet's row lock and has checked the fencing token.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::{MySqlConnection, MySqlPool};
+
+use super::views::{PaymentView, TopUpView};
+use super::{balance_limit, ServiceError};
+use crate::domain::{Amount, Currency, Identifier};
+use crate::store::{self, ledger, payments, top_ups, wallets::WalletRow};
+
+/// What a command needs to know about the transaction it runs in.
+pub struct TxContext {
+    /// The Redis lock's fencing token, or `None` on the MySQL fallback path.
+    pub fence: Option<u64>,
+    pub now: DateTime<Utc>,
+    pub currency: Currency,
+}
+
+/// The result of a command inside its transaction.
+pub enum Applied<T> {
+    /// Something was written: commit.
+    Written(T),
+    /// The request had been applied before: roll back and replay this answer.
+    AlreadyDone(T),
+}
+
+/// Why a command did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// A unique key says the request was applied before; [`Command::recorded`] knows how.
+    #[error("the request was applied before")]
+    Duplicate,
+    /// A conditional update matched no row although its checks passed: retry.
+    #[error("the wallet changed under the transaction")]
+    Conflict,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl CommandError {
+    fn from_insert(e: sqlx::Error) -> Self {
+        if store::is_unique_violation(&e) {
+            Self::Duplicate
+        } else {
+            Self::Database(e)
+        }
+    }
+}
+
+/// A money movement with an idempotency key, run under the wallet's lock.
+pub trait Command: Send + Sync {
+    type Output: Serialize + DeserializeOwned + Send;
+
+    /// Namespace of the idempotency key: `payment`, `top-up`, `cancel`.
+    const SCOPE: &'static str;
+
+    fn key(&self) -> &Identifier;
+
+    fn user_id(&self) -> &Identifier;
+
+    /// What the request asked for; a repeat with another fingerprint is refused (422).
+    fn fingerprint(&self) -> String;
+
+    /// Applies the command; `wallet` is locked and its fencing token checked.
+    fn apply(
+        &self,
+        conn: &mut MySqlConnection,
+        wallet: &WalletRow,
+        ctx: &TxContext,
+    ) -> impl Future<Output = Result<Applied<Self::Output>, CommandError>> + Send;
+
+    /// The answer recorded by an earlier run, after [`CommandError::Duplicate`].
+    fn recorded(
+        &self,
+        db: &MySqlPool,
+        currency: Currency,
+    ) -> impl Future<Output = Result<Self::Output, ServiceError>> + Send;
+}
+
+/// Credits the wallet once per top-up id.
+pub struct TopUp {
+    pub top_up_id: Identifier,
+    pub user_id: Identifier,
+    pub amount: Amount,
+}
+
+impl Command for TopUp {
+    type Output = TopUpView;
+    const SCOPE: &'static str = "top-up";
+
+    fn key(&self) -> &Identifier {
+        &self.top_up_id
+    }
+
+    fn user_id(&self) -> &Identifier {
+        &self.user_id
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("{}|{}", self.user_id, self.amount)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut MySqlConnection,
+        wallet: &WalletRow,
+        ctx: &TxContext,
+    ) -> Result<Applied<TopUpView>, CommandError> {
+        let amount = self.amount.value();
+        let balance_after = wallet.balance + amount;
+        if balance_after > balance_limit() {
+            return Err(ServiceError::BalanceLimit.into());
+        }
+        let row = top_ups::TopUpRow {
+            top_up_id: self.top_up_id.to_string(),
+            user_id: self.user_id.to_string(),
+            amount,
+            currency: ctx.currency.code().to_owned(),
+            balance_after,
+            created_at: ctx.now,
+        };
+        top_ups::insert(conn, &row)
+            .await
+            .map_err(CommandError::from_insert)?;
+        if !store::wallets::apply_delta(conn, &row.user_id, amount, ctx.fence, ctx.now).await? {
+            return Err(CommandError::Conflict);
+        }
+        ledger::append(
+            conn,
+            &row.user_id,
+            ledger::TOP_UP,
+            amount,
+            balance_after,
+            &row.top_up_id,
+            ctx.now,
+        )
+        .await
+        .map_err(CommandError::from_insert)?;
+        Ok(Applied::Written(TopUpView::new(&row, ctx.currency)))
+    }
+
+    async fn recorded(
+        &self,
+        db: &MySqlPool,
+        currency: Currency,
+    ) -> Result<TopUpView, ServiceError> {
+        let row = top_ups::find(db, self.top_up_id.as_str())
+            .await
+            .map_err(super::unavailable)?
+            .ok_or_else(|| {
+                super::unavailable(anyhow::anyhow!("top-up vanished after a duplicate key"))
+            })?;
+        if row.user_id != self.user_id.as_str() || row.amount.normalize() != self.amount.value() {
+            return Err(ServiceError::KeyReused);
+        }
+        Ok(TopUpView::new(&row, currency))
+    }
+}
+
+/// Debits the wallet once per order id.
+pub struct Debit {
+    pub order_id: Identifier,
+    pub user_id: Identifier,
+    pub amount: Amount,
+}
+
+impl Command for Debit {
+    type Output = PaymentView;
+    const SCOPE: &'static str = "payment";
+
+    fn key(&self) -> &Identifier {
+        &self.order_id
+    }
+
+    fn user_id(&self) -> &Identifier {
+        &self.user_id
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("{}|{}", self.user_id, self.amount)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut MySqlConnection,
+        wallet: &WalletRow,
+        ctx: &TxContext,
+    ) -> Result<Applied<PaymentView>, CommandError> {
+        let amount = self.amount.value();
+        if wallet.balance < amount {
+            // A repeat of a debit that succeeded earlier replays it, even though the
+            // balance no longer covers it.
+            return match payments::lock(conn, self.order_id.as_str()).await? {
+                Some(_) => Err(CommandError::Duplicate),
+                None => Err(ServiceError::InsufficientFunds.into()),
+            };
+        }
+        let balance_after = wallet.balance - amount;
+        let row = payments::PaymentRow {
+            payment_id: uuid::Uuid::now_v7().to_string(),
+            order_id: self.order_id.to_string(),
+            user_id: self.user_id.to_string(),
+            amount,
+            currency: ctx.currency.code().to_owned(),
+            status: payments::COMPLETED.to_owned(),
+            balance_after,
+            created_at: ctx.now,
+            cancelled_at: None,
+            cancel_reason: None,
+            refund_balance_after: None,
+        };
+        payments::insert(conn, &row)
+            .await
+            .map_err(CommandError::from_insert)?;
+        if !store::wallets::apply_delta(conn, &row.user_id, -amount, ctx.fence, ctx.now).await? {
+            return Err(CommandError::Conflict);
+        }
+        ledger::append(
+            conn,
+            &row.user_id,
+            ledger::PAYMENT,
+            -amount,
+            balance_after,
+            &row.order_id,
+            ctx.now,
+        )
+        .await
+        .map_err(CommandError::from_insert)?;
+        Ok(Applied::Written(PaymentView::as_debited(
+            &row,
+            ctx.currency,
+        )))
+    }
+
+    async fn recorded(
+        &self,
+        db: &MySqlPool,
+        currency: Currency,
+    ) -> Result<PaymentView, ServiceError> {
+        let row = payments::find(db, self.order_id.as_str())
+            .await
+            .map_err(super::unavailable)?
+            .ok_or_else(|| {
+                super::unavailable(anyhow::anyhow!("payment vanished after a duplicate key"))
+            })?;
+        if row.user_id != self.user_id.as_str() || row.amount.normalize() != self.amount.value() {
+            return Err(ServiceError::KeyReused);
+        }
+        Ok(PaymentView::as_debited(&row, currency))
+    }
+}
+
+/// Cancels a completed payment and credits its amount back, once.
+pub struct CancelPayment {
+    pub order_id: Identifier,
+    /// The payment's owner, read before the lock is taken.
+    pub user_id: Identifier,
+    pub reason: Option<String>,
+}
+
+impl Command for CancelPayment {
+    type Output = PaymentView;
+    const SCOPE: &'static str = "cancel";
+
+    fn key(&self) -> &Identifier {
+        &self.order_id
+    }
+
+    fn user_id(&self) -> &Identifier {
+        &self.user_id
+    }
+
+    fn fingerprint(&self) -> String {
+        // Any repeat of a cancel is the same cancel; the first reason stays.
+        self.user_id.to_string()
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut MySqlConnection,
+        wallet: &WalletRow,
+        ctx: &TxContext,
+    ) -> Result<Applied<PaymentView>, CommandError> {
+        let mut payment = payments::lock(conn, self.order_id.as_str())
+            .await?
+            .ok_or(ServiceError::PaymentNotFound)?;
+        if payment.status == payments::CANCELLED {
+            return Ok(Applied::AlreadyDone(PaymentView::current(
+                &payment,
+                ctx.currency,
+            )));
+        }
+        let balance_after = wallet.balance + payment.amount;
+        if balance_after > balance_limit() {
+            return Err(ServiceError::BalanceLimit.into());
+        }
+        if !payments::mark_cancelled(
+            conn,
+            &payment.order_id,
+            self.reason.as_deref(),
+            balance_after,
+            ctx.now,
+        )
+        .await?
+        {
+            return Err(CommandError::Conflict);
+        }
+        if !store::wallets::apply_delta(conn, &payment.user_id, payment.amount, ctx.fence, ctx.now)
+            .await?
+        {
+            return Err(CommandError::Conflict);
+        }
+        ledger::append(
+            conn,
+            &payment.user_id,
+            ledger::REFUND,
+            payment.amount,
+            balance_after,
+            &payment.order_id,
+            ctx.now,
+        )
+        .await
+        .map_err(CommandError::from_insert)?;
+        payment.status = payments::CANCELLED.to_owned();
+        payment.cancelled_at = Some(ctx.now);
+        payment.cancel_reason = self.reason.clone();
+        payment.refund_balance_after = Some(balance_after);
+        Ok(Applied::Written(PaymentView::current(
+            &payment,
+            ctx.currency,
+        )))
+    }
+
+    async fn recorded(
+        &self,
+        db: &MySqlPool,
+        currency: Currency,
+    ) -> Result<PaymentView, ServiceError> {
+        let row = payments::find(db, self.order_id.as_str())
+            .await
+            .map_err(super::unavailable)?
+            .ok_or(ServiceError::PaymentNotFound)?;
+        Ok(PaymentView::current(&row, currency))
+    }
+}

@@ -1,0 +1,248 @@
+//! The wallet use cases: create, top up, pay, cancel, read.
+//!
+//! Every money movement is a [`commands::Command`] run by [`executor`]: Redis
+//! idempotency claim, Redis wallet lock with a fencing token, one MySQL transaction,
+//! release, cached reply; or, while Redis is unavailable, the same transaction guarded
+//! by `SELECT … FOR UPDATE` alone.
+
+mod commands;
+mod executor;
+pub mod views;
+
+use std::time::Duration;
+
+use sqlx::MySqlPool;
+
+use crate::breaker::RedisBreaker;
+use crate::configuration::FaultInjection;
+use crate::domain::{Amount, Currency, Identifier};
+use crate::idempotency::IdempotencyCache;
+use crate::lock::WalletLock;
+use crate::store;
+use commands::{CancelPayment, Debit, TopUp};
+use views::{LedgerEntryView, LedgerPage, PaymentView, TopUpView, WalletView};
+
+/// Why a use case did not succeed. Every variant leaves the ledger untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("wallet not found")]
+    WalletNotFound,
+    #[error("payment not found")]
+    PaymentNotFound,
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("the balance would exceed its limit")]
+    BalanceLimit,
+    #[error("the same request is being processed")]
+    InProgress { retry_after: Duration },
+    #[error("the idempotency key was used for a different request")]
+    KeyReused,
+    #[error("the wallet is busy")]
+    LockTimeout,
+    #[error("a dependency is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+/// A successful answer and whether it is a replay of an earlier one.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    pub value: T,
+    pub replayed: bool,
+}
+
+/// The use cases; cheap to clone.
+#[derive(Clone)]
+pub struct WalletService {
+    db: MySqlPool,
+    redis: deadpool_redis::Pool,
+    lock: WalletLock,
+    idempotency: IdempotencyCache,
+    breaker: RedisBreaker,
+    currency: Currency,
+    lock_wait: Duration,
+    redis_timeout: Duration,
+    faults: FaultInjection,
+}
+
+/// The largest balance a wallet may hold (the column holds 10^15).
+fn balance_limit() -> rust_decimal::Decimal {
+    rust_decimal::Decimal::from(100_000_000_000_000_u64)
+}
+
+impl WalletService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: MySqlPool,
+        redis: deadpool_redis::Pool,
+        lock: WalletLock,
+        idempotency: IdempotencyCache,
+        breaker: RedisBreaker,
+        currency: Currency,
+        lock_wait: Duration,
+        redis_timeout: Duration,
+        faults: FaultInjection,
+    ) -> Self {
+        Self {
+            db,
+            redis,
+            lock,
+            idempotency,
+            breaker,
+            currency,
+            lock_wait,
+            redis_timeout,
+            faults,
+        }
+    }
+
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+
+    /// Creates an empty wallet; `replayed` is true when the user already had one.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn create_wallet(
+        &self,
+        user_id: &Identifier,
+    ) -> Result<Outcome<WalletView>, ServiceError> {
+        let created = store::wallets::insert(
+            &self.db,
+            user_id.as_str(),
+            self.currency.code(),
+            views::now(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let wallet = self.wallet(user_id).await?;
+        Ok(Outcome {
+            value: wallet,
+            replayed: !created,
+        })
+    }
+
+    pub async fn wallet(&self, user_id: &Identifier) -> Result<WalletView, ServiceError> {
+        let row = store::wallets::find(&self.db, user_id.as_str())
+            .await
+            .map_err(unavailable)?
+            .ok_or(ServiceError::WalletNotFound)?;
+        Ok(WalletView::new(&row, self.currency))
+    }
+
+    /// Credits a wallet once per `top_up_id`.
+    #[tracing::instrument(skip_all, fields(top_up_id = %top_up_id, user_id = %user_id))]
+    pub async fn top_up(
+        &self,
+        top_up_id: Identifier,
+        user_id: Identifier,
+        amount: Amount,
+    ) -> Result<Outcome<TopUpView>, ServiceError> {
+        self.execute(&TopUp {
+            top_up_id,
+            user_id,
+            amount,
+        })
+        .await
+    }
+
+    /// Debits a wallet once per `order_id`.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id, user_id = %user_id))]
+    pub async fn pay(
+        &self,
+        order_id: Identifier,
+        user_id: Identifier,
+        amount: Amount,
+    ) -> Result<Outcome<PaymentView>, ServiceError> {
+        self.execute(&Debit {
+            order_id,
+            user_id,
+            amount,
+        })
+        .await
+    }
+
+    /// Cancels a payment and credits its amount back, once.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id))]
+    pub async fn cancel(
+        &self,
+        order_id: Identifier,
+        reason: Option<String>,
+    ) -> Result<Outcome<PaymentView>, ServiceError> {
+        let payment = store::payments::find(&self.db, order_id.as_str())
+            .await
+            .map_err(unavailable)?
+            .ok_or(ServiceError::PaymentNotFound)?;
+        let user_id = Identifier::parse("userId", payment.user_id).map_err(|e| unavailable(e))?;
+        tracing::Span::current().record("user_id", tracing::field::display(&user_id));
+        self.execute(&CancelPayment {
+            order_id,
+            user_id,
+            reason,
+        })
+        .await
+    }
+
+    pub async fn payment(&self, order_id: &Identifier) -> Result<PaymentView, ServiceError> {
+        let row = store::payments::find(&self.db, order_id.as_str())
+            .await
+            .map_err(unavailable)?
+            .ok_or(ServiceError::PaymentNotFound)?;
+        Ok(PaymentView::current(&row, self.currency))
+    }
+
+    /// A page of the wallet's ledger, newest first.
+    pub async fn transactions(
+        &self,
+        user_id: &Identifier,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<LedgerPage, ServiceError> {
+        self.wallet(user_id).await?;
+        let rows = store::ledger::page(&self.db, user_id.as_str(), before, limit + 1)
+            .await
+            .map_err(unavailable)?;
+        let more = rows.len() > limit as usize;
+        let items: Vec<_> = rows
+            .iter()
+            .take(limit as usize)
+            .map(|row| LedgerEntryView::new(row, self.currency))
+            .collect();
+        let next_cursor = more
+            .then(|| items.last().map(|e| e.entry_id.clone()))
+            .flatten();
+        Ok(LedgerPage { items, next_cursor })
+    }
+
+    /// `mysql` and `redis` reachability and the lock mode in use, for `/readyz`.
+    pub async fn readiness(&self) -> Readiness {
+        let mysql = sqlx::query("SELECT 1").execute(&self.db).await.is_ok();
+        let redis = crate::redis_support::bounded(self.redis_timeout, async {
+            let mut conn = self.redis.get().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(crate::redis_support::RedisFault::from)
+        })
+        .await
+        .is_ok();
+        Readiness {
+            mysql,
+            redis,
+            lock_mode: self.breaker.mode().as_str(),
+        }
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    pub mysql: bool,
+    pub redis: bool,
+    pub lock_mode: &'static str,
+}
+
+fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {
+    ServiceError::Unavailable(e.into())
+}

@@ -1,0 +1,155 @@
+//! What the API answers, serialised with camelCase names and amounts as decimal strings.
+//!
+//! Views are built only from stored rows, so a reply replayed from the database is
+//! byte-for-byte the reply first sent.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Currency;
+use crate::store::ledger::LedgerRow;
+use crate::store::payments::{PaymentRow, COMPLETED};
+use crate::store::top_ups::TopUpRow;
+use crate::store::wallets::WalletRow;
+
+/// The current time at the database's precision (microseconds).
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WalletView {
+    pub user_id: String,
+    pub balance: String,
+    pub points: i64,
+    pub currency: String,
+    pub updated_at: String,
+}
+
+impl WalletView {
+    pub fn new(row: &WalletRow, currency: Currency) -> Self {
+        Self {
+            user_id: row.user_id.clone(),
+            balance: currency.format(row.balance),
+            points: row.points,
+            currency: row.currency.clone(),
+            updated_at: timestamp(row.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentView {
+    pub payment_id: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub status: String,
+    pub balance_after: String,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_balance_after: Option<String>,
+}
+
+impl PaymentView {
+    /// The payment as it is now (`GET`, and the reply to a cancel).
+    pub fn current(row: &PaymentRow, currency: Currency) -> Self {
+        Self {
+            payment_id: row.payment_id.clone(),
+            order_id: row.order_id.clone(),
+            user_id: row.user_id.clone(),
+            amount: currency.format(row.amount),
+            currency: row.currency.clone(),
+            status: row.status.clone(),
+            balance_after: currency.format(row.balance_after),
+            created_at: timestamp(row.created_at),
+            cancelled_at: row.cancelled_at.map(timestamp),
+            cancel_reason: row.cancel_reason.clone(),
+            refund_balance_after: row.refund_balance_after.map(|b| currency.format(b)),
+        }
+    }
+
+    /// The payment as the debit answered it: a repeat of the debit gets this same body
+    /// even after a cancel, like any idempotent replay.
+    pub fn as_debited(row: &PaymentRow, currency: Currency) -> Self {
+        Self {
+            status: COMPLETED.to_owned(),
+            cancelled_at: None,
+            cancel_reason: None,
+            refund_balance_after: None,
+            ..Self::current(row, currency)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopUpView {
+    pub top_up_id: String,
+    pub user_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub balance_after: String,
+    pub created_at: String,
+}
+
+impl TopUpView {
+    pub fn new(row: &TopUpRow, currency: Currency) -> Self {
+        Self {
+            top_up_id: row.top_up_id.clone(),
+            user_id: row.user_id.clone(),
+            amount: currency.format(row.amount),
+            currency: row.currency.clone(),
+            balance_after: currency.format(row.balance_after),
+            created_at: timestamp(row.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntryView {
+    pub entry_id: String,
+    #[serde(rename = "type")]
+    pub entry_type: String,
+    /// Signed: a payment is negative, a top-up or refund positive.
+    pub amount: String,
+    pub balance_after: String,
+    /// The top-up id or order id that caused the entry.
+    pub reference: String,
+    pub created_at: String,
+}
+
+impl LedgerEntryView {
+    pub fn new(row: &LedgerRow, currency: Currency) -> Self {
+        Self {
+            entry_id: row.entry_id.to_string(),
+            entry_type: row.entry_type.clone(),
+            amount: currency.format(row.amount),
+            balance_after: currency.format(row.balance_after),
+            reference: row.reference.clone(),
+            created_at: timestamp(row.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerPage {
+    pub items: Vec<LedgerEntryView>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
