@@ -96,7 +96,8 @@ pub struct IdempotencySettings {
 /// Faults the tests inject to prove that the database, not the lock, is the last line.
 #[derive(Clone, Debug, Default)]
 pub struct FaultInjection {
-    /// Sleep inside every wallet transaction, before its first statement.
+    /// Sleep inside every wallet transaction, before its first statement, for a random
+    /// time up to this (random, so a newer lock holder may reach the row first).
     pub txn_delay: Option<Duration>,
     /// Do not renew Redis leases, so a slow holder loses its lock mid-transaction.
     pub skip_lease_renewal: bool,
@@ -105,56 +106,72 @@ pub struct FaultInjection {
 impl Settings {
     /// Reads the settings from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The local defaults, ignoring the environment (tests start from these).
+    pub fn local_defaults() -> Self {
+        Self::from_lookup(|_| None).expect("the defaults parse")
+    }
+
+    /// Reads each setting through `lookup`, falling back to its default.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let env = Env(lookup);
         Ok(Self {
-            http_addr: var("WALLET_HTTP_ADDR", "127.0.0.1:8080".to_string())?,
+            http_addr: env.get("WALLET_HTTP_ADDR", "127.0.0.1:8080".to_string())?,
             database: DatabaseSettings {
-                url: var(
+                url: env.get(
                     "WALLET_DATABASE_URL",
                     "mysql://wallet:wallet@127.0.0.1:3306/wallet".to_string(),
                 )?,
-                max_connections: var("WALLET_DB_MAX_CONNECTIONS", 32)?,
-                acquire_timeout: millis("WALLET_DB_ACQUIRE_TIMEOUT_MS", 5_000)?,
-                run_migrations: var("WALLET_RUN_MIGRATIONS", true)?,
+                max_connections: env.get("WALLET_DB_MAX_CONNECTIONS", 32)?,
+                acquire_timeout: env.millis("WALLET_DB_ACQUIRE_TIMEOUT_MS", 5_000)?,
+                run_migrations: env.get("WALLET_RUN_MIGRATIONS", true)?,
             },
             redis: RedisSettings {
-                url: var("WALLET_REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
-                key_prefix: var("WALLET_REDIS_KEY_PREFIX", "wallet".to_string())?,
-                pool_size: var("WALLET_REDIS_POOL_SIZE", 16)?,
-                command_timeout: millis("WALLET_REDIS_TIMEOUT_MS", 500)?,
+                url: env.get("WALLET_REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
+                key_prefix: env.get("WALLET_REDIS_KEY_PREFIX", "wallet".to_string())?,
+                pool_size: env.get("WALLET_REDIS_POOL_SIZE", 16)?,
+                command_timeout: env.millis("WALLET_REDIS_TIMEOUT_MS", 500)?,
             },
             lock: LockSettings {
-                mode: var("WALLET_LOCK_MODE", LockMode::Auto)?,
-                lease: millis("WALLET_LOCK_LEASE_MS", 3_000)?,
-                wait: millis("WALLET_LOCK_WAIT_MS", 5_000)?,
-                poll_interval: millis("WALLET_LOCK_POLL_MS", 200)?,
-                breaker_threshold: var("WALLET_BREAKER_THRESHOLD", 3)?,
-                breaker_probe_interval: millis("WALLET_BREAKER_PROBE_MS", 1_000)?,
+                mode: env.get("WALLET_LOCK_MODE", LockMode::Auto)?,
+                lease: env.millis("WALLET_LOCK_LEASE_MS", 3_000)?,
+                wait: env.millis("WALLET_LOCK_WAIT_MS", 5_000)?,
+                poll_interval: env.millis("WALLET_LOCK_POLL_MS", 200)?,
+                breaker_threshold: env.get("WALLET_BREAKER_THRESHOLD", 3)?,
+                breaker_probe_interval: env.millis("WALLET_BREAKER_PROBE_MS", 1_000)?,
             },
             idempotency: IdempotencySettings {
-                reply_ttl: Duration::from_secs(var("WALLET_IDEMPOTENCY_TTL_SECS", 86_400)?),
-                claim_ttl: millis("WALLET_IDEMPOTENCY_CLAIM_TTL_MS", 15_000)?,
+                reply_ttl: Duration::from_secs(env.get("WALLET_IDEMPOTENCY_TTL_SECS", 86_400)?),
+                claim_ttl: env.millis("WALLET_IDEMPOTENCY_CLAIM_TTL_MS", 15_000)?,
             },
-            currency: var("WALLET_CURRENCY", Currency::KRW)?,
-            log_format: var("WALLET_LOG_FORMAT", "pretty".to_string())?,
+            currency: env.get("WALLET_CURRENCY", Currency::KRW)?,
+            log_format: env.get("WALLET_LOG_FORMAT", "pretty".to_string())?,
             faults: FaultInjection::default(),
         })
     }
 }
 
-fn var<T>(name: &str, default: T) -> anyhow::Result<T>
-where
-    T: FromStr,
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("invalid {name}={raw:?}")),
-        Err(_) => Ok(default),
-    }
-}
+/// Typed access to variables, each with its default.
+struct Env<F>(F);
 
-fn millis(name: &str, default: u64) -> anyhow::Result<Duration> {
-    var(name, default).map(Duration::from_millis)
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get<T>(&self, name: &str, default: T) -> anyhow::Result<T>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match (self.0)(name) {
+            Some(raw) => raw
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("invalid {name}={raw:?}")),
+            None => Ok(default),
+        }
+    }
+
+    fn millis(&self, name: &str, default: u64) -> anyhow::Result<Duration> {
+        self.get(name, default).map(Duration::from_millis)
+    }
 }

@@ -246,7 +246,8 @@ impl WalletService {
         guard: Option<&LockGuard>,
     ) -> Result<Outcome<C::Output>, TxFailure> {
         let mut tx = self.db.begin().await?;
-        if let Some(delay) = self.faults.txn_delay {
+        if let Some(most) = self.faults.txn_delay {
+            let delay = rand::Rng::random_range(&mut rand::rng(), Duration::ZERO..=most);
             tokio::time::sleep(delay).await;
         }
         let wallet = store::wallets::lock(&mut tx, cmd.user_id().as_str())

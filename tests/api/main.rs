@@ -1,0 +1,8 @@
+//! Integration tests against real MariaDB/MySQL and Redis. One binary, many modules:
+//! every test spawns its own app on port 0 with its own database and Redis key prefix.
+
+mod bad_input;
+mod concurrency;
+mod faults;
+mod helpers;
+mod payments;
