@@ -16,7 +16,7 @@ DB_NAME="${WALLET_DB_NAME:-wallet}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*"; }
+log() { printf '\033[1;34m[wallet]\033[0m %s\n' "$*"; }
 
 apt_updated=0
 apt_install() {
@@ -92,6 +92,7 @@ ensure_redis() {
   fi
 }
 
+if ! command -v curl >/dev/null 2>&1; then apt_install curl; fi
 ensure_mariadb
 ensure_redis
 export WALLET_DATABASE_URL="${WALLET_DATABASE_URL:-mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/$DB_NAME}"

@@ -173,7 +173,7 @@ impl WalletService {
             .await
             .map_err(unavailable)?
             .ok_or(ServiceError::PaymentNotFound)?;
-        let user_id = Identifier::parse("userId", payment.user_id).map_err(|e| unavailable(e))?;
+        let user_id = Identifier::parse("userId", payment.user_id).map_err(unavailable)?;
         tracing::Span::current().record("user_id", tracing::field::display(&user_id));
         self.execute(&CancelPayment {
             order_id,

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real MariaDB and Redis on 127.0.0.1, installing and
+# starting them when missing. Safe to run twice. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+
+# Every test creates its own database; drop those of earlier runs.
+stale=$(mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -N -e \
+  "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'wallet\\_test\\_%'")
+for db in $stale; do
+  mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -e "DROP DATABASE \`$db\`"
+done
+
+export WALLET_TEST_DATABASE_SERVER="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT"
+export WALLET_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+log "running the test suite"
+cargo test --locked "$@"
