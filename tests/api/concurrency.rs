@@ -19,9 +19,13 @@ async fn one_hundred_fifty_concurrent_payers_spend_exactly_the_balance() {
     let mut payers = JoinSet::new();
     for i in 0..150 {
         let app = app.clone();
-        payers.spawn(async move { app.pay(&format!("order-{i}"), "hot", 1_000).await });
+        payers.spawn(async move {
+            let sent = Instant::now();
+            let reply = app.pay(&format!("order-{i}"), "hot", 1_000).await;
+            (reply, sent.elapsed())
+        });
     }
-    let replies = payers.join_all().await;
+    let (replies, mut latencies): (Vec<_>, Vec<_>) = payers.join_all().await.into_iter().unzip();
     let elapsed = started.elapsed();
 
     let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
@@ -34,10 +38,13 @@ async fn one_hundred_fifty_concurrent_payers_spend_exactly_the_balance() {
             .map(|r| &r.text)
             .collect::<Vec<_>>()
     );
-    // Informational: the debit rate of this run, not asserted.
+    // Informational: the debit rate and latency of this run, never asserted.
+    latencies.sort();
     println!(
-        "150 concurrent debits in {elapsed:?} ({:.0}/s)",
-        150.0 / elapsed.as_secs_f64()
+        "150 concurrent debits in {elapsed:?} ({:.0}/s), p50 {:?}, p99 {:?}",
+        150.0 / elapsed.as_secs_f64(),
+        latencies[74],
+        latencies[148]
     );
 
     assert_eq!(app.balance("hot").await, Decimal::ZERO);
