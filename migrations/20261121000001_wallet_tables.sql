@@ -5,7 +5,6 @@ CREATE TABLE wallets (
     user_id      VARCHAR(64)     NOT NULL,
     currency     CHAR(3)         NOT NULL,
     balance      DECIMAL(19, 4)  NOT NULL DEFAULT 0,
-    points       BIGINT          NOT NULL DEFAULT 0,
     -- Highest fencing token of the Redis lock that has written this row. A holder whose
     -- token is lower lost its lease to a newer holder and may not write.
     fence_token  BIGINT UNSIGNED NOT NULL DEFAULT 0,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts (when not running) what the wallet service needs,
-# all on 127.0.0.1: MariaDB on 3306 and Redis on 6379. Safe to run any number of times:
-# servers that already answer are reused as they are.
+# all on 127.0.0.1: MariaDB on 3306, Redis on 6379 and a Kafka-protocol broker (Tansu)
+# on 9092. Safe to run any number of times: servers that already answer are reused.
 #
 # Sourced by scripts/run.sh and scripts/test.sh; can also be run on its own.
 set -euo pipefail
@@ -9,6 +9,7 @@ set -euo pipefail
 WALLET_DATA_DIR="${WALLET_DATA_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.data}"
 DB_PORT="${WALLET_DB_PORT:-3306}"
 REDIS_PORT="${WALLET_REDIS_PORT:-6379}"
+KAFKA_PORT="${WALLET_KAFKA_PORT:-9092}"
 DB_USER="${WALLET_DB_USER:-wallet}"
 DB_PASSWORD="${WALLET_DB_PASSWORD:-wallet}"
 DB_NAME="${WALLET_DB_NAME:-wallet}"
@@ -93,8 +94,29 @@ ensure_redis() {
 }
 
 if ! command -v curl >/dev/null 2>&1; then apt_install curl; fi
+broker_alive() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
+
+ensure_broker() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if broker_alive; then return; fi
+  if ! command -v tansu >/dev/null 2>&1; then
+    # Tansu: a Kafka-compatible broker written in Rust, with SQLite storage. No Apache
+    # Kafka is needed; docker-compose.yml uses the real one.
+    log "installing the Tansu broker from crates.io (about 15 minutes on 2 cores, once)"
+    (unset CARGO_TARGET_DIR; cargo install tansu --locked --features libsql --quiet)
+  fi
+  log "starting the Kafka-protocol broker (Tansu) on 127.0.0.1:$KAFKA_PORT"
+  mkdir -p "$WALLET_DATA_DIR/kafka"
+  (cd "$WALLET_DATA_DIR/kafka" && setsid nohup tansu broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine sqlite://tansu.db >"$WALLET_DATA_DIR/kafka.log" 2>&1 < /dev/null &)
+  wait_for 30 "the Kafka broker" broker_alive
+}
+
 ensure_mariadb
 ensure_redis
+ensure_broker
 export WALLET_DATABASE_URL="${WALLET_DATABASE_URL:-mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/$DB_NAME}"
 export WALLET_REDIS_URL="${WALLET_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
-log "MariaDB and Redis are up ($WALLET_DATABASE_URL, $WALLET_REDIS_URL)"
+export WALLET_KAFKA_BROKERS="${WALLET_KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
+log "MariaDB, Redis and the broker are up ($WALLET_DATABASE_URL, $WALLET_REDIS_URL, $WALLET_KAFKA_BROKERS)"

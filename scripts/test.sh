@@ -15,5 +15,6 @@ done
 
 export WALLET_TEST_DATABASE_SERVER="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT"
 export WALLET_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export WALLET_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 log "running the test suite"
 cargo test --locked "$@"

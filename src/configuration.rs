@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use rust_decimal::Decimal;
 
 use crate::domain::Currency;
 
@@ -18,6 +19,9 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub lock: LockSettings,
     pub idempotency: IdempotencySettings,
+    pub kafka: KafkaSettings,
+    /// Points per unit of currency paid (0.01 = 1 %), rounded down per payment.
+    pub points_rate: Decimal,
     /// The one currency this deployment books in.
     pub currency: Currency,
     /// `json` for machine-readable logs, anything else for human-readable ones.
@@ -93,6 +97,46 @@ pub struct IdempotencySettings {
     pub claim_ttl: Duration,
 }
 
+/// Kafka: the outbox relay, the consumers and the topics they use.
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Completed, cancelled and declined payments.
+    pub events_topic: String,
+    /// Payments requested by event (`{"orderId","userId","amount"}`).
+    pub requests_topic: String,
+    pub points_group: String,
+    pub requests_group: String,
+    pub dlt_group: String,
+    /// Create the topics (and their `.DLT`) at start-up when missing.
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub replication: i32,
+    /// Which workers this process runs; each may run in a process of its own.
+    pub relay_enabled: bool,
+    pub points_consumer_enabled: bool,
+    pub requests_consumer_enabled: bool,
+    pub dlt_consumer_enabled: bool,
+    /// Outbox rows published per relay transaction.
+    pub relay_batch: u32,
+    /// How often the relay looks for rows when nothing woke it.
+    pub relay_poll: Duration,
+    /// How long the producer keeps trying to deliver one record (`message.timeout.ms`).
+    pub delivery_timeout: Duration,
+    /// In-process attempts per record before it goes to the dead-letter topic.
+    pub retry_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+impl KafkaSettings {
+    /// The dead-letter topic of `topic`.
+    pub fn dlt(topic: &str) -> String {
+        format!("{topic}.DLT")
+    }
+}
+
 /// Faults the tests inject to prove that the database, not the lock, is the last line.
 #[derive(Clone, Debug, Default)]
 pub struct FaultInjection {
@@ -101,6 +145,9 @@ pub struct FaultInjection {
     pub txn_delay: Option<Duration>,
     /// Do not renew Redis leases, so a slow holder loses its lock mid-transaction.
     pub skip_lease_renewal: bool,
+    /// The points consumer stops dead after applying its first event, before it
+    /// commits the offset: a crash at the worst moment.
+    pub crash_points_consumer_after_apply: bool,
 }
 
 impl Settings {
@@ -146,6 +193,35 @@ impl Settings {
                 reply_ttl: Duration::from_secs(env.get("WALLET_IDEMPOTENCY_TTL_SECS", 86_400)?),
                 claim_ttl: env.millis("WALLET_IDEMPOTENCY_CLAIM_TTL_MS", 15_000)?,
             },
+            kafka: KafkaSettings {
+                brokers: env.get("WALLET_KAFKA_BROKERS", "127.0.0.1:9092".to_string())?,
+                events_topic: env
+                    .get("WALLET_EVENTS_TOPIC", "wallet.payment-events".to_string())?,
+                requests_topic: env.get(
+                    "WALLET_REQUESTS_TOPIC",
+                    "wallet.payment-requests".to_string(),
+                )?,
+                points_group: env.get("WALLET_POINTS_GROUP", "wallet-points".to_string())?,
+                requests_group: env.get(
+                    "WALLET_REQUESTS_GROUP",
+                    "wallet-payment-requests".to_string(),
+                )?,
+                dlt_group: env.get("WALLET_DLT_GROUP", "wallet-dlt".to_string())?,
+                create_topics: env.get("WALLET_KAFKA_CREATE_TOPICS", true)?,
+                partitions: env.get("WALLET_KAFKA_PARTITIONS", 3)?,
+                replication: env.get("WALLET_KAFKA_REPLICATION", 1)?,
+                relay_enabled: env.get("WALLET_OUTBOX_RELAY", true)?,
+                points_consumer_enabled: env.get("WALLET_POINTS_CONSUMER", true)?,
+                requests_consumer_enabled: env.get("WALLET_REQUESTS_CONSUMER", true)?,
+                dlt_consumer_enabled: env.get("WALLET_DLT_CONSUMER", true)?,
+                relay_batch: env.get("WALLET_OUTBOX_BATCH", 200)?,
+                relay_poll: env.millis("WALLET_OUTBOX_POLL_MS", 500)?,
+                delivery_timeout: env.millis("WALLET_KAFKA_DELIVERY_TIMEOUT_MS", 10_000)?,
+                retry_attempts: env.get("WALLET_CONSUMER_ATTEMPTS", 3)?,
+                retry_base: env.millis("WALLET_CONSUMER_BACKOFF_BASE_MS", 200)?,
+                retry_cap: env.millis("WALLET_CONSUMER_BACKOFF_CAP_MS", 5_000)?,
+            },
+            points_rate: env.get("WALLET_POINTS_RATE", Decimal::new(1, 2))?,
             currency: env.get("WALLET_CURRENCY", Currency::KRW)?,
             log_format: env.get("WALLET_LOG_FORMAT", "pretty".to_string())?,
             faults: FaultInjection::default(),

@@ -1,25 +1,44 @@
 //! Builds the application from [`Settings`] and runs it until asked to stop.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::breaker::RedisBreaker;
-use crate::configuration::Settings;
+use crate::configuration::{KafkaSettings, Settings};
+use crate::dead_letters::collector::FailedEventCollector;
+use crate::dead_letters::DeadLetters;
 use crate::idempotency::IdempotencyCache;
+use crate::kafka::dead_letter::DeadLetterPublisher;
+use crate::kafka::worker::{consume, RetryPolicy};
 use crate::lock::WalletLock;
+use crate::outbox::relay::Relay;
+use crate::payment_requests::PaymentRequestHandler;
+use crate::points::PointsHandler;
 use crate::redis_support::KeySpace;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::wallet::WalletService;
-use crate::{http, store};
+use crate::{http, kafka, shutdown, store};
 
 /// A built, not yet running, service.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     db: MySqlPool,
+    producer: FutureProducer,
+    stop_workers: ShutdownTrigger,
+    workers: Vec<JoinHandle<()>>,
 }
+
+/// How long shutdown waits for workers to finish their batch and commit.
+const WORKER_DRAIN: Duration = Duration::from_secs(15);
 
 impl Application {
     /// Connects to MySQL (applying migrations) and Redis, and binds the listener.
@@ -77,6 +96,8 @@ impl Application {
             settings.lock.breaker_probe_interval,
             redis_settings.command_timeout,
         );
+        let producer = kafka::producer(&settings.kafka)?;
+        let outbox_wake = Arc::new(Notify::new());
         let service = WalletService::new(
             db.clone(),
             redis_pool,
@@ -87,15 +108,30 @@ impl Application {
             settings.lock.wait,
             redis_settings.command_timeout,
             settings.faults.clone(),
+            settings.points_rate,
+            outbox_wake.clone(),
         );
+        let dead_letters = DeadLetters::new(
+            db.clone(),
+            producer.clone(),
+            settings.kafka.delivery_timeout,
+        );
+        let (stop_workers, shutdown) = shutdown::channel();
+        let workers = spawn_workers(&settings, &db, &producer, &service, outbox_wake, shutdown)?;
 
         let listener = TcpListener::bind(&settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
         Ok(Self {
             listener,
-            router: http::router(service),
+            router: http::router(http::AppState {
+                wallet: service,
+                dead_letters,
+            }),
             db,
+            producer,
+            stop_workers,
+            workers,
         })
     }
 
@@ -110,19 +146,34 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-    /// finish (each releases its lock and caches its reply) and closes the pool.
+    /// finish (each releases its lock and caches its reply), stops the workers after
+    /// their current batch (consumers commit what they applied), flushes the producer
+    /// and closes the pool.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "wallet service listening");
-        axum::serve(self.listener, self.router)
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("serving HTTP")?;
-        tracing::info!("in-flight requests done; closing the database pool");
+            .context("serving HTTP");
+        tracing::info!("in-flight requests done; stopping workers");
+        self.stop_workers.trigger();
+        for worker in self.workers {
+            if tokio::time::timeout(WORKER_DRAIN, worker).await.is_err() {
+                tracing::warn!("a worker did not stop in time");
+            }
+        }
+        let producer = self.producer;
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("the Kafka producer could not flush every record");
+        }
         self.db.close().await;
-        Ok(())
+        tracing::info!("stopped");
+        served
     }
 }
 
@@ -146,4 +197,107 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutdown requested");
+}
+
+/// Starts the background workers this process runs: topic creation, the outbox relay,
+/// the points consumer, the payment-request consumer and the dead-letter collector.
+fn spawn_workers(
+    settings: &Settings,
+    db: &MySqlPool,
+    producer: &FutureProducer,
+    service: &WalletService,
+    outbox_wake: Arc<Notify>,
+    shutdown: Shutdown,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let kafka = &settings.kafka;
+    let retry = RetryPolicy {
+        attempts: kafka.retry_attempts.max(1),
+        base: kafka.retry_base,
+        cap: kafka.retry_cap,
+    };
+    let mut workers = Vec::new();
+    if kafka.create_topics {
+        tokio::spawn(create_topics(kafka.clone(), shutdown.clone()));
+    }
+    if kafka.relay_enabled {
+        let relay = Relay {
+            db: db.clone(),
+            producer: producer.clone(),
+            topic: kafka.events_topic.clone(),
+            batch: kafka.relay_batch.max(1),
+            poll: kafka.relay_poll,
+            delivery_timeout: kafka.delivery_timeout,
+            wake: outbox_wake,
+        };
+        workers.push(tokio::spawn(relay.run(shutdown.clone())));
+    }
+    let dead_letters =
+        |group: &str| DeadLetterPublisher::new(producer.clone(), group, kafka.delivery_timeout);
+    if kafka.points_consumer_enabled {
+        let handler = PointsHandler {
+            db: db.clone(),
+            consumer: kafka.points_group.clone(),
+        };
+        workers.push(tokio::spawn(consume(
+            "points",
+            kafka::consumer(kafka, &kafka.points_group, &[&kafka.events_topic])?,
+            handler,
+            dead_letters(&kafka.points_group),
+            retry.clone(),
+            shutdown.clone(),
+            settings.faults.crash_points_consumer_after_apply,
+        )));
+    }
+    if kafka.requests_consumer_enabled {
+        let handler = PaymentRequestHandler {
+            service: service.clone(),
+        };
+        workers.push(tokio::spawn(consume(
+            "payment-requests",
+            kafka::consumer(kafka, &kafka.requests_group, &[&kafka.requests_topic])?,
+            handler,
+            dead_letters(&kafka.requests_group),
+            retry.clone(),
+            shutdown.clone(),
+            false,
+        )));
+    }
+    if kafka.dlt_consumer_enabled {
+        let events_dlt = KafkaSettings::dlt(&kafka.events_topic);
+        let requests_dlt = KafkaSettings::dlt(&kafka.requests_topic);
+        // Storing a dead letter only fails while MySQL does: keep trying, never dead-letter it again.
+        let patient = RetryPolicy {
+            attempts: u32::MAX,
+            ..retry
+        };
+        workers.push(tokio::spawn(consume(
+            "dead-letters",
+            kafka::consumer(kafka, &kafka.dlt_group, &[&events_dlt, &requests_dlt])?,
+            FailedEventCollector { db: db.clone() },
+            dead_letters(&kafka.dlt_group),
+            patient,
+            shutdown,
+            false,
+        )));
+    }
+    Ok(workers)
+}
+
+/// Creates the topics, retrying while the broker is unreachable (the service serves
+/// meanwhile; the outbox holds the events).
+async fn create_topics(settings: KafkaSettings, mut shutdown: Shutdown) {
+    let mut attempt = 0;
+    loop {
+        match kafka::ensure_topics(&settings).await {
+            Ok(()) => return,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %format!("{e:#}"), attempt, "could not create Kafka topics; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tokio::time::sleep(kafka::backoff(attempt, Duration::from_millis(500), Duration::from_secs(10))) => {}
+        }
+    }
 }

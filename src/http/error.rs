@@ -99,6 +99,16 @@ impl ApiError {
                 "idempotency_key_reused",
                 "The idempotency key was used for a different request",
             ),
+            Self::Service(S::FailedEventNotFound) => (
+                StatusCode::NOT_FOUND,
+                "failed_event_not_found",
+                "Failed event not found",
+            ),
+            Self::Service(S::FailedEventIgnored) => (
+                StatusCode::CONFLICT,
+                "failed_event_ignored",
+                "The failed event was ignored",
+            ),
             Self::Service(S::LockTimeout) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "lock_timeout",

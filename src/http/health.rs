@@ -26,6 +26,7 @@ pub async fn ready(State(service): State<WalletService>) -> (StatusCode, Json<Va
         "mysql": up(r.mysql),
         "redis": up(r.redis),
         "lockMode": r.lock_mode,
+        "outbox": r.outbox,
     });
     (status, Json(body))
 }

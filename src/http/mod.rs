@@ -1,5 +1,6 @@
 //! The HTTP API: routes, extractors, error mapping.
 
+mod admin;
 mod error;
 mod extract;
 mod health;
@@ -8,7 +9,7 @@ mod wallets;
 
 use std::future::Future;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,13 +20,33 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
+use crate::dead_letters::DeadLetters;
 use crate::wallet::{Outcome, ServiceError, WalletService};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub wallet: WalletService,
+    pub dead_letters: DeadLetters,
+}
+
+impl FromRef<AppState> for WalletService {
+    fn from_ref(state: &AppState) -> Self {
+        state.wallet.clone()
+    }
+}
+
+impl FromRef<AppState> for DeadLetters {
+    fn from_ref(state: &AppState) -> Self {
+        state.dead_letters.clone()
+    }
+}
 
 /// Largest request body accepted; every API body is a few hundred bytes.
 const BODY_LIMIT: usize = 16 * 1024;
 
 /// Builds the router with its state.
-pub fn router(service: WalletService) -> Router {
+pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
         .route("/wallets", post(wallets::create))
@@ -37,7 +58,11 @@ pub fn router(service: WalletService) -> Router {
         )
         .route("/payments", post(payments::pay))
         .route("/payments/{order_id}", get(payments::show))
-        .route("/payments/{order_id}/cancel", post(payments::cancel));
+        .route("/payments/{order_id}/cancel", post(payments::cancel))
+        .route("/admin/failed-events", get(admin::list))
+        .route("/admin/failed-events/retry-all", post(admin::retry_all))
+        .route("/admin/failed-events/{id}/retry", post(admin::retry))
+        .route("/admin/failed-events/{id}/ignore", post(admin::ignore));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::live))
@@ -48,7 +73,29 @@ pub fn router(service: WalletService) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .with_state(service)
+        .with_state(state)
+}
+
+/// Largest page of any list.
+const MAX_PAGE: u32 = 100;
+
+/// `limit` of a list: 1 to 100, 20 when absent.
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::Validation(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(limit)
+}
+
+/// `cursor` of a list: what an earlier page returned as `nextCursor`.
+fn page_cursor(cursor: Option<String>) -> Result<Option<u64>, ApiError> {
+    cursor
+        .map(|c| c.parse::<u64>())
+        .transpose()
+        .map_err(|_| ApiError::Validation("cursor is not one this API returned".into()))
 }
 
 /// Runs a use case to its end even if the client hangs up: a debit that reached the

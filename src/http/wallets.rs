@@ -62,9 +62,6 @@ pub async fn top_up(
     Ok(idempotent(outcome, StatusCode::CREATED))
 }
 
-/// Largest page of ledger entries.
-const MAX_PAGE: u32 = 100;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
@@ -79,16 +76,7 @@ pub async fn transactions(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<LedgerPage>, ApiError> {
     let user_id = Identifier::parse("userId", user_id)?;
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
-    let before = query
-        .cursor
-        .map(|c| c.parse::<u64>())
-        .transpose()
-        .map_err(|_| ApiError::Validation("cursor is not one this API returned".into()))?;
+    let limit = super::page_limit(query.limit)?;
+    let before = super::page_cursor(query.cursor)?;
     Ok(Json(service.transactions(&user_id, before, limit).await?))
 }

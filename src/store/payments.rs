@@ -21,13 +21,15 @@ pub struct PaymentRow {
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
     pub refund_balance_after: Option<Decimal>,
+    /// Points this payment earned; a cancel takes back exactly these.
+    pub points: i64,
 }
 
 /// Inserts a completed payment; fails with a unique violation when the order has one.
 pub async fn insert(conn: &mut MySqlConnection, p: &PaymentRow) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at, points) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&p.payment_id)
     .bind(&p.order_id)
@@ -37,6 +39,7 @@ pub async fn insert(conn: &mut MySqlConnection, p: &PaymentRow) -> Result<(), sq
     .bind(&p.status)
     .bind(p.balance_after)
     .bind(p.created_at)
+    .bind(p.points)
     .execute(conn)
     .await?;
     Ok(())

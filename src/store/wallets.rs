@@ -10,6 +10,8 @@ pub struct WalletRow {
     pub user_id: String,
     pub currency: String,
     pub balance: Decimal,
+    /// From `wallet_points`; only [`find`] reads it.
+    #[sqlx(default)]
     pub points: i64,
     pub fence_token: u64,
     pub created_at: DateTime<Utc>,
@@ -24,8 +26,8 @@ pub async fn insert(
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO wallets (user_id, currency, balance, points, fence_token, created_at, updated_at) \
-         VALUES (?, ?, 0, 0, 0, ?, ?)",
+        "INSERT INTO wallets (user_id, currency, balance, fence_token, created_at, updated_at) \
+         VALUES (?, ?, 0, 0, ?, ?)",
     )
     .bind(user_id)
     .bind(currency)
@@ -41,10 +43,13 @@ pub async fn insert(
 }
 
 pub async fn find(pool: &MySqlPool, user_id: &str) -> Result<Option<WalletRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM wallets WHERE user_id = ?")
-        .bind(user_id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(
+        "SELECT w.*, COALESCE(p.points, 0) AS points FROM wallets w \
+         LEFT JOIN wallet_points p ON p.user_id = w.user_id WHERE w.user_id = ?",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Reads the wallet and locks its row until the transaction ends.

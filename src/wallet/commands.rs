@@ -11,6 +11,8 @@ use sqlx::{MySqlConnection, MySqlPool};
 use super::views::{PaymentView, TopUpView};
 use super::{balance_limit, ServiceError};
 use crate::domain::{Amount, Currency, Identifier};
+use crate::events::{points_for, PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED};
+use crate::outbox;
 use crate::store::{self, ledger, payments, top_ups, wallets::WalletRow};
 
 /// What a command needs to know about the transaction it runs in.
@@ -19,6 +21,8 @@ pub struct TxContext {
     pub fence: Option<u64>,
     pub now: DateTime<Utc>,
     pub currency: Currency,
+    /// Points per unit paid.
+    pub points_rate: rust_decimal::Decimal,
 }
 
 /// The result of a command inside its transaction.
@@ -215,6 +219,7 @@ impl Command for Debit {
             cancelled_at: None,
             cancel_reason: None,
             refund_balance_after: None,
+            points: points_for(amount, ctx.points_rate),
         };
         payments::insert(conn, &row)
             .await
@@ -233,6 +238,8 @@ impl Command for Debit {
         )
         .await
         .map_err(CommandError::from_insert)?;
+        let event = payment_event(&row, PAYMENT_COMPLETED, ctx);
+        outbox::append(conn, &event, ctx.now).await?;
         Ok(Applied::Written(PaymentView::as_debited(
             &row,
             ctx.currency,
@@ -328,6 +335,8 @@ impl Command for CancelPayment {
         )
         .await
         .map_err(CommandError::from_insert)?;
+        let event = payment_event(&payment, PAYMENT_CANCELLED, ctx);
+        outbox::append(conn, &event, ctx.now).await?;
         payment.status = payments::CANCELLED.to_owned();
         payment.cancelled_at = Some(ctx.now);
         payment.cancel_reason = self.reason.clone();
@@ -348,5 +357,25 @@ impl Command for CancelPayment {
             .map_err(super::unavailable)?
             .ok_or(ServiceError::PaymentNotFound)?;
         Ok(PaymentView::current(&row, currency))
+    }
+}
+
+/// The outbox event of a payment that was just completed or cancelled.
+fn payment_event(
+    payment: &payments::PaymentRow,
+    event_type: &str,
+    ctx: &TxContext,
+) -> PaymentEvent {
+    PaymentEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: event_type.to_owned(),
+        order_id: payment.order_id.clone(),
+        user_id: payment.user_id.clone(),
+        payment_id: Some(payment.payment_id.clone()),
+        amount: ctx.currency.format(payment.amount),
+        currency: payment.currency.clone(),
+        points: payment.points,
+        reason: None,
+        occurred_at: super::views::timestamp(ctx.now),
     }
 }

@@ -266,6 +266,7 @@ impl WalletService {
             fence,
             now: views::now(),
             currency: self.currency,
+            points_rate: self.points_rate,
         };
         let applied = cmd.apply(&mut tx, &wallet, &ctx).await;
         match applied {
@@ -275,6 +276,7 @@ impl WalletService {
                     return Err(TxFailure::LeaseLost);
                 }
                 tx.commit().await?;
+                self.outbox_wake.notify_one();
                 Ok(Outcome {
                     value,
                     replayed: false,

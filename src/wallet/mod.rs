@@ -9,9 +9,11 @@ mod commands;
 mod executor;
 pub mod views;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::MySqlPool;
+use tokio::sync::Notify;
 
 use crate::breaker::RedisBreaker;
 use crate::configuration::FaultInjection;
@@ -41,6 +43,10 @@ pub enum ServiceError {
     KeyReused,
     #[error("the wallet is busy")]
     LockTimeout,
+    #[error("failed event not found")]
+    FailedEventNotFound,
+    #[error("the failed event was ignored; it is never applied")]
+    FailedEventIgnored,
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
 }
@@ -64,6 +70,9 @@ pub struct WalletService {
     lock_wait: Duration,
     redis_timeout: Duration,
     faults: FaultInjection,
+    points_rate: rust_decimal::Decimal,
+    /// Wakes the outbox relay after a commit that wrote an event.
+    outbox_wake: Arc<Notify>,
 }
 
 /// The largest balance a wallet may hold (the column holds 10^15).
@@ -83,6 +92,8 @@ impl WalletService {
         lock_wait: Duration,
         redis_timeout: Duration,
         faults: FaultInjection,
+        points_rate: rust_decimal::Decimal,
+        outbox_wake: Arc<Notify>,
     ) -> Self {
         Self {
             db,
@@ -94,6 +105,8 @@ impl WalletService {
             lock_wait,
             redis_timeout,
             faults,
+            points_rate,
+            outbox_wake,
         }
     }
 
@@ -214,6 +227,37 @@ impl WalletService {
         Ok(LedgerPage { items, next_cursor })
     }
 
+    /// Publishes (through the outbox) that a requested payment was declined. `decline_id`
+    /// names the request, so declining the same request twice publishes once.
+    pub async fn publish_declined(
+        &self,
+        decline_id: &str,
+        order_id: &Identifier,
+        user_id: &Identifier,
+        amount: Amount,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        let now = views::now();
+        let event = crate::events::PaymentEvent {
+            event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, decline_id.as_bytes())
+                .to_string(),
+            event_type: crate::events::PAYMENT_DECLINED.to_owned(),
+            order_id: order_id.to_string(),
+            user_id: user_id.to_string(),
+            payment_id: None,
+            amount: self.currency.format(amount.value()),
+            currency: self.currency.code().to_owned(),
+            points: 0,
+            reason: Some(reason.to_owned()),
+            occurred_at: views::timestamp(now),
+        };
+        let mut conn = self.db.acquire().await?;
+        if crate::outbox::append(&mut conn, &event, now).await? {
+            self.outbox_wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// `mysql` and `redis` reachability and the lock mode in use, for `/readyz`.
     pub async fn readiness(&self) -> Readiness {
         let mysql = sqlx::query("SELECT 1").execute(&self.db).await.is_ok();
@@ -230,6 +274,7 @@ impl WalletService {
             mysql,
             redis,
             lock_mode: self.breaker.mode().as_str(),
+            outbox: crate::outbox::backlog(&self.db).await.ok(),
         }
     }
 }
@@ -241,6 +286,8 @@ pub struct Readiness {
     pub mysql: bool,
     pub redis: bool,
     pub lock_mode: &'static str,
+    /// Unsent outbox rows; `None` when MySQL did not answer.
+    pub outbox: Option<crate::outbox::Backlog>,
 }
 
 fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {

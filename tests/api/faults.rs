@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use tokio::task::JoinSet;
 use wallet::configuration::LockMode;
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, OwnRedis, Reply, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, test_settings, OwnServer, Reply, TestApp};
 
 /// Every reply a debit may give under faults, and what each means for the ledger.
 fn check_reply(order_id: &str, reply: &Reply) {
@@ -138,9 +138,9 @@ fn orders(prefix: &str, users: &[&str], count: usize) -> Vec<(String, String, u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_load_falls_back_to_mysql_and_returns() {
-    let redis = Arc::new(std::sync::Mutex::new(OwnRedis::start()));
+    let redis = Arc::new(std::sync::Mutex::new(OwnServer::redis()));
     let mut settings = test_settings().await;
-    settings.redis.url = redis.lock().unwrap().url();
+    settings.redis.url = format!("redis://{}", redis.lock().unwrap().address());
     settings.redis.command_timeout = Duration::from_millis(300);
     let app = Arc::new(spawn_app_with(settings).await);
     let users = ["a", "b", "c", "d"];

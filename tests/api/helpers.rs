@@ -55,6 +55,41 @@ pub async fn test_settings() -> Settings {
     settings.redis.url = redis_url();
     settings.redis.key_prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     settings.lock.breaker_probe_interval = Duration::from_millis(200);
+    // Kafka stays out of the way unless a test asks for it (kafka_settings).
+    let kafka = &mut settings.kafka;
+    kafka.create_topics = false;
+    kafka.relay_enabled = false;
+    kafka.points_consumer_enabled = false;
+    kafka.requests_consumer_enabled = false;
+    kafka.dlt_consumer_enabled = false;
+    settings
+}
+
+/// The suite's Kafka-protocol broker.
+pub fn kafka_brokers() -> String {
+    std::env::var("WALLET_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// Test settings with every Kafka worker on, and topics and groups of this test's own.
+pub async fn kafka_settings() -> Settings {
+    let mut settings = test_settings().await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let kafka = &mut settings.kafka;
+    kafka.brokers = kafka_brokers();
+    kafka.events_topic = format!("t{id}.payment-events");
+    kafka.requests_topic = format!("t{id}.payment-requests");
+    kafka.points_group = format!("t{id}-points");
+    kafka.requests_group = format!("t{id}-requests");
+    kafka.dlt_group = format!("t{id}-dlt");
+    kafka.create_topics = true;
+    kafka.partitions = 2;
+    kafka.relay_enabled = true;
+    kafka.points_consumer_enabled = true;
+    kafka.requests_consumer_enabled = true;
+    kafka.dlt_consumer_enabled = true;
+    kafka.relay_poll = Duration::from_millis(200);
+    kafka.retry_base = Duration::from_millis(50);
+    kafka.retry_cap = Duration::from_millis(500);
     settings
 }
 
@@ -279,48 +314,98 @@ impl TestApp {
     }
 }
 
-/// A `redis-server` of a test's own, on a free port, that the test may kill.
-pub struct OwnRedis {
+/// A server process of a test's own, on a free port, that the test may kill and
+/// restart (never the suite's shared servers). Its files live in a temporary folder.
+pub struct OwnServer {
     pub port: u16,
+    program: &'static str,
+    args: Vec<String>,
+    dir: std::path::PathBuf,
     child: Option<Child>,
 }
 
-impl OwnRedis {
-    pub fn start() -> Self {
+impl OwnServer {
+    /// `redis-server` without persistence: a restart comes back empty.
+    pub fn redis() -> Self {
+        Self::start("redis-server", |port| {
+            vec![
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+            ]
+            .into_iter()
+            .chain(["--save", "", "--appendonly", "no"].map(String::from))
+            .collect()
+        })
+    }
+
+    /// A Tansu broker with SQLite storage: a restart keeps topics, records and offsets.
+    pub fn broker() -> Self {
+        Self::start("tansu", |port| {
+            let url = format!("tcp://127.0.0.1:{port}");
+            [
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ]
+            .into_iter()
+            .chain(["--storage-engine", "sqlite://tansu.db"])
+            .map(String::from)
+            .collect()
+        })
+    }
+
+    fn start(program: &'static str, args: impl Fn(u16) -> Vec<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut redis = Self { port, child: None };
-        redis.restart();
-        redis
+        let dir = std::env::temp_dir().join(format!(
+            "wallet-{program}-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = args(port);
+        let mut server = Self {
+            port,
+            program,
+            args,
+            dir,
+            child: None,
+        };
+        server.restart();
+        server
     }
 
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts (again) on the same port, empty: a restart without persistence.
+    /// Starts (again) on the same port and folder, and waits until it accepts connections.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
+        let child = Command::new(self.program)
+            .current_dir(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server is installed (run scripts/test.sh)");
+            .unwrap_or_else(|e| panic!("{} is installed (run scripts/test.sh): {e}", self.program));
         self.child = Some(child);
-        for _ in 0..100 {
+        for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("redis-server did not start on port {}", self.port);
+        panic!("{} did not start on port {}", self.program, self.port);
     }
 
-    /// SIGKILL: the process and its data are gone at once.
+    /// SIGKILL: the process is gone at once, mid-whatever.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -329,8 +414,42 @@ impl OwnRedis {
     }
 }
 
-impl Drop for OwnRedis {
+impl Drop for OwnServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `check` every 100 ms until it is true or `within` passed.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl TestApp {
+    /// Points of a wallet, as the API reports them.
+    pub async fn points(&self, user_id: &str) -> i64 {
+        self.get(&format!("/api/v1/wallets/{user_id}")).await.json()["points"]
+            .as_i64()
+            .unwrap_or(-1)
+    }
+
+    /// Outbox rows the relay has not published yet.
+    pub async fn unsent_events(&self) -> i64 {
+        self.count("SELECT COUNT(*) FROM outbox_events WHERE sent_at IS NULL")
+            .await
     }
 }

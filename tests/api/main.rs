@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod concurrency;
+mod events;
 mod faults;
 mod helpers;
 mod payments;

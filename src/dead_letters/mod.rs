@@ -1,0 +1,250 @@
+//! Dead letters: records that landed on a `.DLT` topic are stored in `failed_events`
+//! (by [`collector`]), listed for operators, and retried (re-published to their original
+//! topic) or ignored (kept, never applied).
+
+pub mod collector;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use sqlx::{MySqlConnection, MySqlPool};
+
+use crate::wallet::views::{now, timestamp};
+use crate::wallet::ServiceError;
+
+pub const PENDING: &str = "PENDING";
+pub const RETRIED: &str = "RETRIED";
+pub const IGNORED: &str = "IGNORED";
+
+/// A stored dead letter.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailedEventRow {
+    pub id: u64,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub dlt_topic: String,
+    pub event_key: Option<String>,
+    pub payload: String,
+    /// JSON object of header name → value (integers Spring writes as bytes, as numbers).
+    pub headers: String,
+    pub error: String,
+    pub attempts: i32,
+    pub status: String,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedEventView {
+    pub id: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub dlt_topic: String,
+    pub key: Option<String>,
+    pub payload: String,
+    pub headers: BTreeMap<String, String>,
+    pub error: String,
+    pub attempts: i32,
+    pub status: String,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+    pub updated_at: String,
+}
+
+impl From<&FailedEventRow> for FailedEventView {
+    fn from(row: &FailedEventRow) -> Self {
+        Self {
+            id: row.id.to_string(),
+            source_topic: row.source_topic.clone(),
+            source_partition: row.source_partition,
+            source_offset: row.source_offset,
+            dlt_topic: row.dlt_topic.clone(),
+            key: row.event_key.clone(),
+            payload: row.payload.clone(),
+            headers: serde_json::from_str(&row.headers).unwrap_or_default(),
+            error: row.error.clone(),
+            attempts: row.attempts,
+            status: row.status.clone(),
+            first_seen_at: timestamp(row.first_seen_at),
+            last_seen_at: timestamp(row.last_seen_at),
+            updated_at: timestamp(row.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedEventPage {
+    pub items: Vec<FailedEventView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryAllReport {
+    pub retried: u64,
+}
+
+/// The operators' side of dead letters; cheap to clone.
+#[derive(Clone)]
+pub struct DeadLetters {
+    db: MySqlPool,
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+/// Rows re-published per transaction by retry-all.
+const RETRY_BATCH: u32 = 100;
+
+impl DeadLetters {
+    pub fn new(db: MySqlPool, producer: FutureProducer, timeout: Duration) -> Self {
+        Self {
+            db,
+            producer,
+            timeout,
+        }
+    }
+
+    /// Dead letters, newest first, optionally of one status.
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+        before: Option<u64>,
+    ) -> Result<FailedEventPage, ServiceError> {
+        let rows: Vec<FailedEventRow> = sqlx::query_as(
+            "SELECT * FROM failed_events WHERE (? IS NULL OR status = ?) AND id < ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(status)
+        .bind(status)
+        .bind(before.unwrap_or(u64::MAX))
+        .bind(limit + 1)
+        .fetch_all(&self.db)
+        .await
+        .map_err(unavailable)?;
+        let more = rows.len() > limit as usize;
+        let items: Vec<FailedEventView> =
+            rows.iter().take(limit as usize).map(Into::into).collect();
+        let next_cursor = more.then(|| items.last().map(|e| e.id.clone())).flatten();
+        Ok(FailedEventPage { items, next_cursor })
+    }
+
+    /// Re-publishes one dead letter to its original topic and marks it `RETRIED`.
+    pub async fn retry(&self, id: u64) -> Result<FailedEventView, ServiceError> {
+        let mut tx = self.db.begin().await.map_err(unavailable)?;
+        let row = lock(&mut tx, id).await?;
+        if row.status == IGNORED {
+            return Err(ServiceError::FailedEventIgnored);
+        }
+        self.republish(&row).await.map_err(unavailable)?;
+        let row = mark(&mut tx, row, RETRIED).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok((&row).into())
+    }
+
+    /// Retries every `PENDING` dead letter, in batches.
+    pub async fn retry_all(&self) -> Result<RetryAllReport, ServiceError> {
+        let mut retried = 0;
+        loop {
+            let mut tx = self.db.begin().await.map_err(unavailable)?;
+            let rows: Vec<FailedEventRow> = sqlx::query_as(
+                "SELECT * FROM failed_events WHERE status = ? ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+            )
+            .bind(PENDING)
+            .bind(RETRY_BATCH)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if rows.is_empty() {
+                return Ok(RetryAllReport { retried });
+            }
+            let count = rows.len();
+            for row in rows {
+                self.republish(&row).await.map_err(unavailable)?;
+                mark(&mut tx, row, RETRIED).await?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            retried += count as u64;
+        }
+    }
+
+    /// Marks a dead letter `IGNORED`: kept for the record, never applied.
+    pub async fn ignore(&self, id: u64) -> Result<FailedEventView, ServiceError> {
+        let mut tx = self.db.begin().await.map_err(unavailable)?;
+        let row = lock(&mut tx, id).await?;
+        let row = mark(&mut tx, row, IGNORED).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok((&row).into())
+    }
+
+    async fn republish(&self, row: &FailedEventRow) -> anyhow::Result<()> {
+        let stored: BTreeMap<String, String> =
+            serde_json::from_str(&row.headers).unwrap_or_default();
+        let mut headers = OwnedHeaders::new();
+        // The record's own headers go back; the dead-letter provenance does not.
+        for (key, value) in stored.iter().filter(|(k, _)| !k.starts_with("kafka_")) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(&row.source_topic)
+            .payload(row.payload.as_bytes())
+            .headers(headers);
+        if let Some(key) = &row.event_key {
+            record = record.key(key.as_bytes());
+        }
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map_err(|(e, _)| e)
+            .with_context(|| {
+                format!(
+                    "re-publishing failed event {} to {}",
+                    row.id, row.source_topic
+                )
+            })?;
+        Ok(())
+    }
+}
+
+async fn lock(conn: &mut MySqlConnection, id: u64) -> Result<FailedEventRow, ServiceError> {
+    sqlx::query_as("SELECT * FROM failed_events WHERE id = ? FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(unavailable)?
+        .ok_or(ServiceError::FailedEventNotFound)
+}
+
+async fn mark(
+    conn: &mut MySqlConnection,
+    mut row: FailedEventRow,
+    status: &str,
+) -> Result<FailedEventRow, ServiceError> {
+    let at = now();
+    sqlx::query("UPDATE failed_events SET status = ?, updated_at = ? WHERE id = ?")
+        .bind(status)
+        .bind(at)
+        .bind(row.id)
+        .execute(conn)
+        .await
+        .map_err(unavailable)?;
+    row.status = status.to_owned();
+    row.updated_at = at;
+    Ok(row)
+}
+
+fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {
+    ServiceError::Unavailable(e.into())
+}

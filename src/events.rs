@@ -1,0 +1,54 @@
+//! The events the wallet publishes, as they appear on the events topic.
+
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+pub const PAYMENT_COMPLETED: &str = "payment.completed";
+pub const PAYMENT_CANCELLED: &str = "payment.cancelled";
+pub const PAYMENT_DECLINED: &str = "payment.declined";
+
+/// Header names carried by every event record.
+pub const HEADER_EVENT_ID: &str = "event-id";
+pub const HEADER_EVENT_TYPE: &str = "event-type";
+
+/// A payment event. The Kafka key is `userId`, so one user's events stay in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentEvent {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub order_id: String,
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    /// Points earned (completed) or taken back (cancelled); 0 for a decline.
+    #[serde(default)]
+    pub points: i64,
+    /// Why a requested payment was declined: the problem `code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub occurred_at: String,
+}
+
+/// Points for paying `amount`: `amount × rate`, rounded down.
+pub fn points_for(amount: Decimal, rate: Decimal) -> i64 {
+    (amount * rate).floor().to_i64().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_round_down() {
+        let rate = Decimal::new(1, 2);
+        assert_eq!(points_for(Decimal::from(1_000), rate), 10);
+        assert_eq!(points_for(Decimal::from(199), rate), 1);
+        assert_eq!(points_for(Decimal::from(99), rate), 0);
+        assert_eq!(points_for(Decimal::new(12345, 2), rate), 1);
+    }
+}

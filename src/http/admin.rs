@@ -1,0 +1,75 @@
+//! `/api/v1/admin/failed-events…`: the dead letters, for operators.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+
+use super::extract::{ApiPath, ApiQuery};
+use super::{detached, ApiError};
+use crate::dead_letters::{
+    DeadLetters, FailedEventPage, FailedEventView, RetryAllReport, IGNORED, PENDING, RETRIED,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/admin/failed-events?status&limit&cursor`: newest first.
+pub async fn list(
+    State(dead_letters): State<DeadLetters>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<FailedEventPage>, ApiError> {
+    let status = query.status.map(|s| s.to_ascii_uppercase());
+    if let Some(status) = &status {
+        if ![PENDING, RETRIED, IGNORED].contains(&status.as_str()) {
+            return Err(ApiError::Validation(
+                "status must be PENDING, RETRIED or IGNORED".into(),
+            ));
+        }
+    }
+    let limit = super::page_limit(query.limit)?;
+    let before = super::page_cursor(query.cursor)?;
+    Ok(Json(
+        dead_letters.list(status.as_deref(), limit, before).await?,
+    ))
+}
+
+/// `POST /api/v1/admin/failed-events/{id}/retry`: re-publish to the original topic.
+pub async fn retry(
+    State(dead_letters): State<DeadLetters>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<FailedEventView>, ApiError> {
+    let id = failed_event_id(&id)?;
+    Ok(Json(
+        detached(async move { dead_letters.retry(id).await }).await?,
+    ))
+}
+
+/// `POST /api/v1/admin/failed-events/retry-all`: retry every `PENDING` one.
+pub async fn retry_all(
+    State(dead_letters): State<DeadLetters>,
+) -> Result<Json<RetryAllReport>, ApiError> {
+    Ok(Json(
+        detached(async move { dead_letters.retry_all().await }).await?,
+    ))
+}
+
+/// `POST /api/v1/admin/failed-events/{id}/ignore`: keep it, never apply it.
+pub async fn ignore(
+    State(dead_letters): State<DeadLetters>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<FailedEventView>, ApiError> {
+    let id = failed_event_id(&id)?;
+    Ok(Json(
+        detached(async move { dead_letters.ignore(id).await }).await?,
+    ))
+}
+
+fn failed_event_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::Validation("the failed event id is a number".into()))
+}

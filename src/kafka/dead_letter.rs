@@ -1,0 +1,127 @@
+//! Publishing a record that keeps failing to `<topic>.DLT`, with the provenance headers
+//! Spring Kafka's `DeadLetterPublishingRecoverer` writes, so existing tooling reads them.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::configuration::KafkaSettings;
+
+pub const ORIGINAL_TOPIC: &str = "kafka_dlt-original-topic";
+/// 4-byte big-endian integer, as Spring writes it.
+pub const ORIGINAL_PARTITION: &str = "kafka_dlt-original-partition";
+/// 8-byte big-endian integer.
+pub const ORIGINAL_OFFSET: &str = "kafka_dlt-original-offset";
+/// 8-byte big-endian integer, milliseconds since the epoch.
+pub const ORIGINAL_TIMESTAMP: &str = "kafka_dlt-original-timestamp";
+pub const ORIGINAL_CONSUMER_GROUP: &str = "kafka_dlt-original-consumer-group";
+pub const EXCEPTION_MESSAGE: &str = "kafka_dlt-exception-message";
+pub const EXCEPTION_FQCN: &str = "kafka_dlt-exception-fqcn";
+/// 4-byte big-endian integer: how many times the record was tried.
+pub const DELIVERY_ATTEMPT: &str = "kafka_deliveryAttempt";
+
+/// Publishes dead letters.
+#[derive(Clone)]
+pub struct DeadLetterPublisher {
+    producer: FutureProducer,
+    group: String,
+    timeout: Duration,
+}
+
+/// Why a record is dead.
+pub struct Failure<'a> {
+    /// `poison` (could not be read) or `failed` (kept failing).
+    pub kind: &'a str,
+    pub message: String,
+    pub attempts: u32,
+}
+
+impl DeadLetterPublisher {
+    pub fn new(producer: FutureProducer, group: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            producer,
+            group: group.into(),
+            timeout,
+        }
+    }
+
+    /// Publishes `record` to its dead-letter topic and waits for the broker's ack.
+    pub async fn publish(&self, record: &OwnedMessage, failure: Failure<'_>) -> anyhow::Result<()> {
+        let topic = KafkaSettings::dlt(record.topic());
+        let partition = record.partition().to_be_bytes();
+        let offset = record.offset().to_be_bytes();
+        let timestamp = record.timestamp().to_millis().unwrap_or(0).to_be_bytes();
+        let attempts = (failure.attempts as i32).to_be_bytes();
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = record.headers() {
+            for header in original.iter() {
+                headers = headers.insert(header);
+            }
+        }
+        let fqcn = format!("wallet::{}", failure.kind);
+        let headers = headers
+            .insert(text(ORIGINAL_TOPIC, record.topic()))
+            .insert(bytes(ORIGINAL_PARTITION, &partition))
+            .insert(bytes(ORIGINAL_OFFSET, &offset))
+            .insert(bytes(ORIGINAL_TIMESTAMP, &timestamp))
+            .insert(text(ORIGINAL_CONSUMER_GROUP, &self.group))
+            .insert(text(EXCEPTION_MESSAGE, &failure.message))
+            .insert(text(EXCEPTION_FQCN, &fqcn))
+            .insert(bytes(DELIVERY_ATTEMPT, &attempts));
+        let mut dead = FutureRecord::to(&topic).headers(headers);
+        if let Some(key) = record.key() {
+            dead = dead.key(key);
+        }
+        if let Some(payload) = record.payload() {
+            dead = dead.payload(payload);
+        }
+        self.producer
+            .send(dead, self.timeout)
+            .await
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("publishing to {topic}"))?;
+        Ok(())
+    }
+}
+
+fn text<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
+
+fn bytes<'a>(key: &'a str, value: &'a [u8]) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+/// Reads a header as UTF-8 text.
+pub fn header_text(record: &OwnedMessage, name: &str) -> Option<String> {
+    record
+        .headers()?
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Reads a big-endian integer header (4 or 8 bytes), as Spring writes them.
+pub fn header_int(record: &OwnedMessage, name: &str) -> Option<i64> {
+    let value = record
+        .headers()?
+        .iter()
+        .filter(|h| h.key == name)
+        .last()?
+        .value?;
+    match value.len() {
+        4 => Some(i32::from_be_bytes(value.try_into().ok()?) as i64),
+        8 => Some(i64::from_be_bytes(value.try_into().ok()?)),
+        _ => None,
+    }
+}

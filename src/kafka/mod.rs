@@ -1,0 +1,118 @@
+//! Kafka clients (rdkafka, its bundled librdkafka): the producer, consumers, topic
+//! creation, the dead-letter publisher and the consume loop the consumers share.
+
+pub mod dead_letter;
+pub mod worker;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+
+use crate::configuration::KafkaSettings;
+
+fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("socket.keepalive.enable", "true")
+        .set("reconnect.backoff.max.ms", "2000");
+    config
+}
+
+/// The producer of the relay, the dead-letter publisher and the admin retry: idempotent
+/// (no duplicates from its own retries) with `acks=all`.
+pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+    client_config(settings)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set(
+            "message.timeout.ms",
+            settings.delivery_timeout.as_millis().to_string(),
+        )
+        .create()
+        .context("creating the Kafka producer")
+}
+
+/// A consumer in `group` with manual commits: an offset is committed only after the
+/// record's effect is durable.
+pub fn consumer(
+    settings: &KafkaSettings,
+    group: &str,
+    topics: &[&str],
+) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = client_config(settings)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .context("creating a Kafka consumer")?;
+    consumer.subscribe(topics).context("subscribing")?;
+    Ok(consumer)
+}
+
+/// Creates the events and requests topics and their dead-letter topics when missing.
+pub async fn ensure_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let names = [
+        settings.events_topic.clone(),
+        KafkaSettings::dlt(&settings.events_topic),
+        settings.requests_topic.clone(),
+        KafkaSettings::dlt(&settings.requests_topic),
+    ];
+    let topics: Vec<_> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .context("creating topics")?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Exponential backoff with full jitter: a random delay up to `base × 2^(attempt-1)`,
+/// capped at `cap`.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let ceiling = exp.min(cap).as_millis().max(1) as u64;
+    Duration::from_millis(rand::Rng::random_range(&mut rand::rng(), 0..=ceiling))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let (base, cap) = (Duration::from_millis(200), Duration::from_secs(5));
+        for _ in 0..100 {
+            assert!(backoff(1, base, cap) <= Duration::from_millis(200));
+            assert!(backoff(3, base, cap) <= Duration::from_millis(800));
+            assert!(backoff(30, base, cap) <= cap);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The consume loop every consumer shares: handle a record, retry transient failures
+//! with backoff, send what keeps failing to the dead-letter topic, then commit.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::backoff;
+use super::dead_letter::{DeadLetterPublisher, Failure};
+use crate::shutdown::Shutdown;
+
+/// Why a record was not handled.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The record can never succeed (unreadable, invalid): dead-letter it at once.
+    #[error("{0}")]
+    Poison(String),
+    /// It may succeed later: retry, then dead-letter.
+    #[error(transparent)]
+    Transient(#[from] anyhow::Error),
+}
+
+/// Applies one record. Must be idempotent: a record is redelivered when the process
+/// stops between the effect and the commit.
+pub trait RecordHandler: Send + Sync {
+    fn handle(
+        &self,
+        record: &OwnedMessage,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// How a consume loop retries.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+/// Consumes until shutdown. `crash_after_first` stops the loop dead after the first
+/// handled record, before its commit (a fault the tests inject).
+pub async fn consume<H: RecordHandler>(
+    name: &'static str,
+    consumer: StreamConsumer,
+    handler: H,
+    dead_letters: DeadLetterPublisher,
+    retry: RetryPolicy,
+    mut shutdown: Shutdown,
+    crash_after_first: bool,
+) {
+    tracing::info!(consumer = name, "consumer started");
+    loop {
+        let record = tokio::select! {
+            _ = shutdown.recv() => break,
+            received = consumer.recv() => match received {
+                Ok(message) => message.detach(),
+                Err(e) => {
+                    tracing::warn!(consumer = name, error = %e, "kafka receive failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(failure) = process(name, &record, &handler, &retry, &mut shutdown).await else {
+            if shutdown.is_shutdown() {
+                // Stopped mid-retry: not committed, so it is redelivered.
+                break;
+            }
+            if crash_after_first {
+                tracing::warn!(consumer = name, "injected crash after apply, before commit");
+                return;
+            }
+            commit(name, &consumer, &record);
+            continue;
+        };
+        // Dead-letter it; until the broker takes it, keep trying (never commit a record
+        // that is neither applied nor dead-lettered).
+        let mut attempt = 0;
+        loop {
+            match dead_letters.publish(&record, failure.as_failure()).await {
+                Ok(()) => {
+                    tracing::warn!(consumer = name, topic = record.topic(), offset = record.offset(),
+                        error = %failure.message, "record sent to the dead-letter topic");
+                    commit(name, &consumer, &record);
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(consumer = name, error = ?e, "dead-letter publish failed");
+                    tokio::select! {
+                        _ = shutdown.recv() => return,
+                        _ = tokio::time::sleep(backoff(attempt, retry.base, retry.cap)) => {}
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(consumer = name, "consumer stopped");
+}
+
+struct DeadRecord {
+    kind: &'static str,
+    message: String,
+    attempts: u32,
+}
+
+impl DeadRecord {
+    fn as_failure(&self) -> Failure<'_> {
+        Failure {
+            kind: self.kind,
+            message: self.message.clone(),
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// Handles one record with retries. `None`: handled (or interrupted by shutdown).
+async fn process<H: RecordHandler>(
+    name: &str,
+    record: &OwnedMessage,
+    handler: &H,
+    retry: &RetryPolicy,
+    shutdown: &mut Shutdown,
+) -> Option<DeadRecord> {
+    let mut attempt = 1;
+    loop {
+        match handler.handle(record).await {
+            Ok(()) => return None,
+            Err(HandlerError::Poison(message)) => {
+                return Some(DeadRecord {
+                    kind: "poison",
+                    message,
+                    attempts: attempt,
+                })
+            }
+            Err(HandlerError::Transient(e)) if attempt >= retry.attempts => {
+                return Some(DeadRecord {
+                    kind: "failed",
+                    message: format!("{e:#}"),
+                    attempts: attempt,
+                })
+            }
+            Err(HandlerError::Transient(e)) => {
+                tracing::info!(consumer = name, attempt, error = %format!("{e:#}"), "record failed; retrying");
+                tokio::select! {
+                    _ = shutdown.recv() => return None,
+                    _ = tokio::time::sleep(backoff(attempt, retry.base, retry.cap)) => {}
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn commit(name: &str, consumer: &StreamConsumer, record: &OwnedMessage) {
+    let mut offsets = TopicPartitionList::new();
+    let next = Offset::Offset(record.offset() + 1);
+    if let Err(e) = offsets
+        .add_partition_offset(record.topic(), record.partition(), next)
+        .and_then(|_| consumer.commit(&offsets, CommitMode::Async))
+    {
+        // The record is redelivered after a restart; handlers are idempotent.
+        tracing::warn!(consumer = name, error = %e, "offset commit failed");
+    }
+}

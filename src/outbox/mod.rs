@@ -1,0 +1,101 @@
+//! The transactional outbox: events are rows written in the payment's own transaction,
+//! so there is no event without its payment and no payment without its event. The
+//! [`relay`] publishes them.
+
+pub mod relay;
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlConnection, MySqlPool};
+
+use crate::events::PaymentEvent;
+
+/// An unsent outbox row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub aggregate_id: String,
+    pub payload: String,
+}
+
+/// Appends `event` to the outbox inside the caller's transaction. Returns false when an
+/// event with the same id is already there.
+pub async fn append(
+    conn: &mut MySqlConnection,
+    event: &PaymentEvent,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let payload = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let inserted = sqlx::query(
+        "INSERT INTO outbox_events (event_id, event_type, aggregate_id, payload, created_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&event.event_id)
+    .bind(&event.event_type)
+    .bind(&event.user_id)
+    .bind(payload)
+    .bind(now)
+    .execute(conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(e) if crate::store::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Locks up to `limit` unsent rows, oldest first, skipping rows another relay holds.
+pub async fn claim(conn: &mut MySqlConnection, limit: u32) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, event_id, event_type, aggregate_id, payload FROM outbox_events \
+         WHERE sent_at IS NULL ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Marks rows sent (the broker acknowledged them).
+pub async fn mark_sent(
+    conn: &mut MySqlConnection,
+    ids: &[u64],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::QueryBuilder::new("UPDATE outbox_events SET sent_at = ");
+    query.push_bind(now).push(" WHERE id IN (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    list.push_unseparated(")");
+    query.build().execute(conn).await?;
+    Ok(())
+}
+
+/// How far the relay is behind.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backlog {
+    /// Rows not yet acknowledged by the broker.
+    pub pending: i64,
+    /// Age of the oldest of them, in milliseconds.
+    pub oldest_pending_ms: i64,
+}
+
+pub async fn backlog(pool: &MySqlPool) -> Result<Backlog, sqlx::Error> {
+    let (pending, oldest): (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox_events WHERE sent_at IS NULL")
+            .fetch_one(pool)
+            .await?;
+    let oldest_pending_ms = oldest
+        .map(|at| (Utc::now() - at).num_milliseconds().max(0))
+        .unwrap_or(0);
+    Ok(Backlog {
+        pending,
+        oldest_pending_ms,
+    })
+}

@@ -1,0 +1,513 @@
+//! Side effects through Kafka (a real Kafka-protocol broker): outbox, points consumer,
+//! dead letters and their admin API, payments requested by event.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+use wallet::configuration::Settings;
+
+use crate::helpers::{eventually, kafka_settings, spawn_app_with, OwnServer, TestApp};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap()
+}
+
+async fn produce(
+    settings: &Settings,
+    topic: &str,
+    key: &str,
+    payload: &str,
+    headers: &[(&str, &str)],
+) {
+    let mut owned = OwnedHeaders::new();
+    for (k, v) in headers {
+        owned = owned.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    producer(&settings.kafka.brokers)
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(owned),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the broker takes the record");
+}
+
+/// Every record of `topic` from the beginning, read by a group of the test's own, until
+/// `count` records arrived or the wait ran out.
+async fn read_topic(
+    settings: &Settings,
+    topic: &str,
+    count: usize,
+) -> Vec<(Vec<(String, Vec<u8>)>, Value)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set(
+            "group.id",
+            format!("reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while records.len() < count {
+        let Ok(Ok(message)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let payload =
+            serde_json::from_slice(message.payload().unwrap_or_default()).unwrap_or(Value::Null);
+        records.push((headers, payload));
+    }
+    records
+}
+
+async fn drained_with_points(app: &TestApp, user_id: &str, points: i64) -> bool {
+    eventually(WAIT, || async {
+        app.unsent_events().await == 0 && app.points(user_id).await == points
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payments_publish_one_event_each_and_earn_points_once() {
+    let settings = kafka_settings().await;
+    let app = Arc::new(spawn_app_with(settings.clone()).await);
+    app.funded_wallet("hot", 150_000).await;
+
+    let mut payers = JoinSet::new();
+    for i in 0..150 {
+        let app = app.clone();
+        payers.spawn(async move { app.pay(&format!("order-{i}"), "hot", 1_000).await.status });
+    }
+    assert!(payers
+        .join_all()
+        .await
+        .iter()
+        .all(|s| *s == StatusCode::CREATED));
+    assert!(
+        drained_with_points(&app, "hot", 1_500).await,
+        "150 × floor(1 % of 1,000) points"
+    );
+
+    let records = read_topic(&settings, &settings.kafka.events_topic, 150).await;
+    let completed: Vec<_> = records
+        .iter()
+        .filter(|(_, p)| p["type"] == "payment.completed")
+        .collect();
+    assert_eq!(completed.len(), 150, "exactly 150 completed events");
+    let ids: HashSet<_> = completed
+        .iter()
+        .map(|(_, p)| p["eventId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 150);
+    let (headers, payload) = completed[0];
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "event-id" && v == payload["eventId"].as_str().unwrap().as_bytes()));
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "event-type" && v == b"payment.completed"));
+
+    // Informational: outbox-to-consumer latency at this load, not asserted.
+    let mut latencies: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, o.created_at, p.processed_at) / 1000 AS SIGNED) \
+         FROM outbox_events o JOIN processed_events p ON p.event_id = o.event_id ORDER BY 1",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    latencies.sort();
+    println!(
+        "outbox-to-consumer latency over {} events: p50 {} ms, p99 {} ms",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100]
+    );
+
+    for i in 0..10 {
+        let cancelled = app
+            .post(&format!("/api/v1/payments/order-{i}/cancel"), &json!({}))
+            .await;
+        assert_eq!(cancelled.status, StatusCode::OK);
+    }
+    assert!(
+        drained_with_points(&app, "hot", 1_400).await,
+        "cancels take exactly their points back"
+    );
+    app.assert_ledger_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_delivery_changes_points_once() {
+    let settings = kafka_settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    app.funded_wallet("u1", 10_000).await;
+    assert_eq!(app.pay("o1", "u1", 5_000).await.status, StatusCode::CREATED);
+    assert!(drained_with_points(&app, "u1", 50).await);
+
+    // The same event, published twice more (as a relay crash after the ack would).
+    let (event_id, payload): (String, String) =
+        sqlx::query_as("SELECT event_id, payload FROM outbox_events")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    for _ in 0..2 {
+        let headers = [
+            ("event-id", event_id.as_str()),
+            ("event-type", "payment.completed"),
+        ];
+        produce(
+            &settings,
+            &settings.kafka.events_topic,
+            "u1",
+            &payload,
+            &headers,
+        )
+        .await;
+    }
+    // A later event of the same key is applied after the duplicates.
+    assert_eq!(app.pay("o2", "u1", 1_000).await.status, StatusCode::CREATED);
+    assert!(drained_with_points(&app, "u1", 60).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.points("u1").await, 60, "the duplicates changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn debits_keep_succeeding_while_the_broker_is_down() {
+    let mut broker = OwnServer::broker();
+    let mut settings = kafka_settings().await;
+    settings.kafka.brokers = broker.address();
+    settings.kafka.delivery_timeout = Duration::from_secs(3);
+    let app = Arc::new(spawn_app_with(settings).await);
+    app.funded_wallet("u1", 100_000).await;
+    for i in 0..5 {
+        assert_eq!(
+            app.pay(&format!("before-{i}"), "u1", 1_000).await.status,
+            StatusCode::CREATED
+        );
+    }
+    assert!(
+        drained_with_points(&app, "u1", 50).await,
+        "events flow while the broker is up"
+    );
+
+    broker.kill();
+    let mut payers = JoinSet::new();
+    for i in 0..40 {
+        let app = app.clone();
+        payers.spawn(async move { app.pay(&format!("during-{i}"), "u1", 1_000).await });
+    }
+    for reply in payers.join_all().await {
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    }
+    let backlog = app.get("/readyz").await.json()["outbox"]["pending"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        backlog > 0,
+        "the outbox holds the events while the broker is down"
+    );
+
+    broker.restart();
+    assert!(
+        drained_with_points(&app, "u1", 450).await,
+        "the outbox drains and the points are exact"
+    );
+    assert_eq!(app.balance("u1").await, Decimal::from(55_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_lands_on_the_dlt_and_is_retried_or_ignored() {
+    let settings = kafka_settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    let events = &settings.kafka.events_topic;
+    let event = |id: &str, user: &str| {
+        json!({ "eventId": id, "type": "payment.completed", "orderId": format!("o-{id}"), "userId": user,
+                "amount": "700", "currency": "KRW", "points": 7, "occurredAt": "2026-11-21T00:00:00Z" })
+        .to_string()
+    };
+    // Fails every time: the wallet does not exist (yet).
+    produce(
+        &settings,
+        events,
+        "ghost",
+        &event("e-ghost", "ghost"),
+        &[("event-id", "e-ghost")],
+    )
+    .await;
+    // Cannot even be read.
+    produce(&settings, events, "junk", "{not json", &[]).await;
+
+    let listed = eventually(WAIT, || async {
+        app.get("/api/v1/admin/failed-events?status=PENDING")
+            .await
+            .json()["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
+    })
+    .await;
+    assert!(listed, "both dead letters are listed");
+    let page = app.get("/api/v1/admin/failed-events").await.json();
+    let ghost = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "ghost")
+        .unwrap()
+        .clone();
+    assert_eq!(ghost["sourceTopic"], *events);
+    assert_eq!(ghost["attempts"], 3, "bounded retries before the DLT");
+    assert!(ghost["error"].as_str().unwrap().contains("ghost"));
+    assert_eq!(ghost["headers"]["kafka_dlt-original-topic"], *events);
+    assert_eq!(ghost["headers"]["event-id"], "e-ghost");
+    let junk = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "junk")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        junk["attempts"], 1,
+        "an unreadable record is dead-lettered at once"
+    );
+
+    // The DLT records themselves carry Spring Kafka's provenance headers.
+    let dead = read_topic(&settings, &format!("{events}.DLT"), 2).await;
+    assert_eq!(dead.len(), 2);
+    for (headers, _) in &dead {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            header("kafka_dlt-original-topic").unwrap(),
+            events.as_bytes()
+        );
+        assert_eq!(header("kafka_dlt-original-partition").unwrap().len(), 4);
+        assert_eq!(header("kafka_dlt-original-offset").unwrap().len(), 8);
+        assert!(header("kafka_dlt-exception-message").is_some());
+    }
+
+    // The cause is fixed; a retry applies it once.
+    app.funded_wallet("ghost", 0).await;
+    let retried = app
+        .post(
+            &format!(
+                "/api/v1/admin/failed-events/{}/retry",
+                ghost["id"].as_str().unwrap()
+            ),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.text);
+    assert_eq!(retried.json()["status"], "RETRIED");
+    assert!(eventually(WAIT, || async { app.points("ghost").await == 7 }).await);
+    let again = app
+        .post(
+            &format!(
+                "/api/v1/admin/failed-events/{}/retry",
+                ghost["id"].as_str().unwrap()
+            ),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+
+    // Ignored: kept, never applied, not retryable.
+    let ignored = app
+        .post(
+            &format!(
+                "/api/v1/admin/failed-events/{}/ignore",
+                junk["id"].as_str().unwrap()
+            ),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(ignored.json()["status"], "IGNORED");
+    let refused = app
+        .post(
+            &format!(
+                "/api/v1/admin/failed-events/{}/retry",
+                junk["id"].as_str().unwrap()
+            ),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.code(), "failed_event_ignored");
+    let listed_ignored = app
+        .get("/api/v1/admin/failed-events?status=IGNORED")
+        .await
+        .json();
+    assert_eq!(listed_ignored["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.post("/api/v1/admin/failed-events/999999/ignore", &json!({}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The second retry was deduplicated by event id.
+    app.funded_wallet("sentinel", 1_000).await;
+    assert_eq!(
+        app.pay("sentinel-order", "sentinel", 1_000).await.status,
+        StatusCode::CREATED
+    );
+    assert!(drained_with_points(&app, "sentinel", 10).await);
+    assert_eq!(app.points("ghost").await, 7, "applied once");
+
+    // retry-all re-publishes every PENDING one.
+    produce(
+        &settings,
+        events,
+        "ghost2",
+        &event("e-ghost2", "ghost2"),
+        &[("event-id", "e-ghost2")],
+    )
+    .await;
+    assert!(
+        eventually(WAIT, || async {
+            app.get("/api/v1/admin/failed-events?status=PENDING")
+                .await
+                .json()["items"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 1
+        })
+        .await
+    );
+    app.funded_wallet("ghost2", 0).await;
+    let all = app
+        .post("/api/v1/admin/failed-events/retry-all", &json!({}))
+        .await;
+    assert_eq!(all.json()["retried"], 1);
+    assert!(eventually(WAIT, || async { app.points("ghost2").await == 7 }).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_before_its_commit_does_not_apply_twice() {
+    let mut settings = kafka_settings().await;
+    settings.faults.crash_points_consumer_after_apply = true;
+    let crashing = spawn_app_with(settings.clone()).await;
+    crashing.funded_wallet("u1", 10_000).await;
+    assert_eq!(
+        crashing.pay("o1", "u1", 3_000).await.status,
+        StatusCode::CREATED
+    );
+    assert!(
+        eventually(WAIT, || async { crashing.points("u1").await == 30 }).await,
+        "applied, then the consumer died"
+    );
+
+    // A new consumer in the same group gets the uncommitted event again.
+    settings.faults.crash_points_consumer_after_apply = false;
+    settings.kafka.relay_enabled = false;
+    let restarted = spawn_app_with(settings).await;
+    assert_eq!(
+        restarted.pay("o2", "u1", 1_000).await.status,
+        StatusCode::CREATED
+    );
+    assert!(drained_with_points(&restarted, "u1", 40).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        restarted.points("u1").await,
+        40,
+        "the redelivered event changed nothing"
+    );
+    assert_eq!(
+        restarted
+            .count("SELECT COUNT(*) FROM processed_events")
+            .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_requested_by_rest_and_by_kafka_at_once_debits_once() {
+    let settings = kafka_settings().await;
+    let app = Arc::new(spawn_app_with(settings.clone()).await);
+    app.funded_wallet("u1", 5_000).await;
+    let requests = settings.kafka.requests_topic.clone();
+
+    let request = json!({ "orderId": "dual-1", "userId": "u1", "amount": "2000" }).to_string();
+    let (rest, _) = tokio::join!(
+        app.pay("dual-1", "u1", 2_000),
+        produce(&settings, &requests, "u1", &request, &[])
+    );
+    assert!(
+        [StatusCode::CREATED, StatusCode::OK, StatusCode::CONFLICT].contains(&rest.status),
+        "{}",
+        rest.text
+    );
+    // Declined by event: not enough left.
+    let too_much = json!({ "orderId": "dual-2", "userId": "u1", "amount": 9_000 }).to_string();
+    produce(&settings, &requests, "u1", &too_much, &[]).await;
+    // Unreadable request: straight to the requests topic's DLT.
+    produce(&settings, &requests, "u1", "{\"orderId\":", &[]).await;
+
+    let settled = eventually(WAIT, || async {
+        app.count("SELECT COUNT(*) FROM outbox_events WHERE event_type = 'payment.declined'")
+            .await
+            == 1
+            && app.count("SELECT COUNT(*) FROM failed_events").await == 1
+            && app.points("u1").await == 20
+    })
+    .await;
+    assert!(settled, "completed once, declined once, one dead letter");
+    assert_eq!(app.count("SELECT COUNT(*) FROM payments").await, 1);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_events WHERE event_type = 'payment.completed'")
+            .await,
+        1,
+        "one debit, one event"
+    );
+    assert_eq!(app.balance("u1").await, Decimal::from(3_000));
+    let declined: String = sqlx::query_scalar(
+        "SELECT payload FROM outbox_events WHERE event_type = 'payment.declined'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let declined: Value = serde_json::from_str(&declined).unwrap();
+    assert_eq!(declined["reason"], "insufficient_funds");
+    assert_eq!(declined["orderId"], "dual-2");
+    let dead = app.get("/api/v1/admin/failed-events").await.json();
+    assert_eq!(dead["items"][0]["sourceTopic"], requests);
+    app.assert_ledger_invariants().await;
+}
