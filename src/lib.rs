@@ -7,6 +7,7 @@
 //! [`points`] applies them and [`dead_letters`] keeps what kept failing.
 //! [`http`] is the API and [`startup`] wires it all.
 
+pub mod audit;
 pub mod breaker;
 pub mod configuration;
 pub mod dead_letters;

@@ -7,7 +7,7 @@ use reqwest::{Response, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sqlx::mysql::MySqlPoolOptions;
-use sqlx::{MySqlPool, Row};
+use sqlx::MySqlPool;
 use wallet::configuration::Settings;
 use wallet::startup::Application;
 
@@ -240,65 +240,10 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
     }
 
-    /// The ledger invariants, read straight from the database:
-    /// every balance equals the sum of its ledger entries and is never negative;
-    /// every payment has exactly one PAYMENT entry (and a REFUND once cancelled);
-    /// top-ups − payments + refunds = Σ balances.
+    /// The ledger invariants ([`wallet::audit`]), read straight from the database.
     pub async fn assert_ledger_invariants(&self) {
-        let rows = sqlx::query(
-            "SELECT w.user_id, w.balance, COALESCE(SUM(l.amount), 0) AS ledger \
-             FROM wallets w LEFT JOIN ledger_entries l ON l.user_id = w.user_id GROUP BY w.user_id, w.balance",
-        )
-        .fetch_all(&self.db)
-        .await
-        .unwrap();
-        for row in rows {
-            let user: String = row.get("user_id");
-            let balance: Decimal = row.get("balance");
-            let ledger: Decimal = row.get("ledger");
-            assert_eq!(
-                balance, ledger,
-                "wallet {user}: balance differs from its ledger"
-            );
-            assert!(
-                balance >= Decimal::ZERO,
-                "wallet {user} is overdrawn: {balance}"
-            );
-        }
-        let unmatched = self
-            .count(
-                "SELECT COUNT(*) FROM payments p WHERE \
-                 (SELECT COUNT(*) FROM ledger_entries l WHERE l.entry_type = 'PAYMENT' AND l.reference = p.order_id AND l.amount = -p.amount) <> 1 \
-                 OR (SELECT COUNT(*) FROM ledger_entries l WHERE l.entry_type = 'REFUND' AND l.reference = p.order_id) <> (p.status = 'CANCELLED')",
-            )
-            .await;
-        assert_eq!(
-            unmatched, 0,
-            "payments without exactly one ledger entry each"
-        );
-        let orphans = self
-            .count(
-                "SELECT COUNT(*) FROM ledger_entries l WHERE l.entry_type = 'PAYMENT' \
-                 AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = l.reference)",
-            )
-            .await;
-        assert_eq!(orphans, 0, "ledger debits without a payment");
-        let sums = |sql: &'static str| async move {
-            sqlx::query_scalar::<_, Option<Decimal>>(sql)
-                .fetch_one(&self.db)
-                .await
-                .unwrap()
-                .unwrap_or_default()
-        };
-        let top_ups = sums("SELECT SUM(amount) FROM top_ups").await;
-        let paid = sums("SELECT SUM(amount) FROM payments").await;
-        let refunded = sums("SELECT SUM(amount) FROM payments WHERE status = 'CANCELLED'").await;
-        let balances = sums("SELECT SUM(balance) FROM wallets").await;
-        assert_eq!(
-            top_ups - paid + refunded,
-            balances,
-            "money was created or lost"
-        );
+        let report = wallet::audit::audit(&self.db).await.unwrap();
+        assert!(report.violations.is_empty(), "{:#?}", report);
     }
 
     /// Waits (bounded) until `/readyz` reports `mode`.
