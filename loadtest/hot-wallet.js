@@ -1,0 +1,29 @@
+// 150 VUs paying small amounts from one wallet for a fixed time (DURATION).
+import { check } from 'k6';
+import { DURATION, RUN, TREND_STATS, VUS, fund, pay, summary } from './lib.js';
+
+const user = `${RUN}-hot`;
+
+export const options = {
+  summaryTrendStats: TREND_STATS,
+  setupTimeout: '120s',
+  scenarios: {
+    hot: { executor: 'constant-vus', vus: VUS, duration: DURATION, gracefulStop: '10s' },
+  },
+  thresholds: {
+    http_req_failed: ['rate<0.01'],
+    replies_5xx: ['count==0'],
+    pay_duration: ['p(95)<5000', 'p(99)<8000'],
+  },
+};
+
+export function setup() {
+  fund([user], 1000000000000);
+}
+
+export default function () {
+  const res = pay(`${user}-${__VU}-${__ITER}`, user, 1 + (__ITER % 10));
+  check(res, { 'payment answered 201': (r) => r.status === 201 });
+}
+
+export const handleSummary = summary('hot-wallet');

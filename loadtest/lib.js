@@ -1,0 +1,92 @@
+// Shared by the k6 scenarios: base URLs, requests, metrics, the JSON summary.
+import http from 'k6/http';
+import { Counter, Trend } from 'k6/metrics';
+
+// BASE_URLS may list several instances (comma-separated); VUs are spread over them.
+export const BASE_URLS = (__ENV.BASE_URLS || 'http://127.0.0.1:8080').split(',');
+export const RUN = __ENV.RUN_ID || `${Date.now()}`;
+export const DURATION = __ENV.DURATION || '30s';
+export const VUS = parseInt(__ENV.VUS || '150', 10);
+
+export function baseUrl() {
+  return BASE_URLS[Math.max(__VU - 1, 0) % BASE_URLS.length];
+}
+
+// 402, 409 and 422 are business answers, not failures.
+const expected = http.expectedStatuses(200, 201, 402, 409, 422);
+
+const replies = {};
+for (const status of ['200', '201', '402', '409', '422', '429', '4xx', '5xx', 'other']) {
+  replies[status] = new Counter(`replies_${status}`);
+}
+export const debits = new Counter('debits');
+export const payDuration = new Trend('pay_duration', true);
+
+function count(status) {
+  const key = replies[String(status)] ? String(status)
+    : status >= 500 ? '5xx' : status >= 400 ? '4xx' : 'other';
+  replies[key].add(1);
+}
+
+export function post(path, body, name) {
+  const res = http.post(`${baseUrl()}${path}`, JSON.stringify(body), {
+    headers: { 'Content-Type': 'application/json' },
+    responseCallback: expected,
+    tags: { name },
+  });
+  count(res.status);
+  return res;
+}
+
+export function get(path, name) {
+  const res = http.get(`${baseUrl()}${path}`, { responseCallback: expected, tags: { name } });
+  count(res.status);
+  return res;
+}
+
+// A debit. Orders a client saw succeed are logged, so the runner can check each exists.
+export function pay(orderId, userId, amount) {
+  const res = post('/api/v1/payments', { orderId, userId, amount: String(amount) }, 'pay');
+  payDuration.add(res.timings.duration);
+  if (res.status === 201) {
+    debits.add(1);
+  }
+  if (res.status === 200 || res.status === 201) {
+    console.log(`paid ${orderId}`);
+  }
+  return res;
+}
+
+// Creates wallets and tops each up, in parallel batches (used from setup()).
+export function fund(userIds, amount) {
+  const base = BASE_URLS[0];
+  const params = { headers: { 'Content-Type': 'application/json' }, responseCallback: http.expectedStatuses(200, 201) };
+  for (let i = 0; i < userIds.length; i += 200) {
+    const chunk = userIds.slice(i, i + 200);
+    http.batch(chunk.map((userId) => ['POST', `${base}/api/v1/wallets`, JSON.stringify({ userId }), params]));
+    http.batch(chunk.map((userId) => ['POST', `${base}/api/v1/wallets/${userId}/top-ups`,
+      JSON.stringify({ topUpId: `${userId}-seed`, amount: String(amount) }), params]));
+  }
+}
+
+export function wallet(userId) {
+  return JSON.parse(http.get(`${BASE_URLS[0]}/api/v1/wallets/${userId}`).body);
+}
+
+// Writes the JSON summary where the runner reads it, and a short text on stdout.
+export function summary(name) {
+  return (data) => {
+    const file = `${__ENV.RESULTS_DIR || 'loadtest/results'}/${name}.json`;
+    const m = data.metrics;
+    const val = (metric, key) => (m[metric] && m[metric].values[key] !== undefined ? m[metric].values[key] : 0);
+    const seconds = data.state.testRunDurationMs / 1000;
+    const lines = [
+      `${name}: ${val('debits', 'count')} debits in ${seconds.toFixed(1)} s`,
+      `  pay p50 ${val('pay_duration', 'med').toFixed(1)} ms, p95 ${val('pay_duration', 'p(95)').toFixed(1)} ms, p99 ${val('pay_duration', 'p(99)').toFixed(1)} ms`,
+      `  http_req_failed ${(val('http_req_failed', 'rate') * 100).toFixed(2)} %`,
+    ];
+    return { stdout: `${lines.join('\n')}\n`, [file]: JSON.stringify(data, null, 1) };
+  };
+}
+
+export const TREND_STATS = ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'];

