@@ -1,15 +1,13 @@
 // 150 VUs paying small amounts from one wallet for a fixed time (DURATION).
 import { check } from 'k6';
-import { DURATION, RUN, TREND_STATS, VUS, fund, pay, summary } from './lib.js';
+import { RUN, TREND_STATS, VUS, fund, timedScenarios, pay, summary } from './lib.js';
 
 const user = `${RUN}-hot`;
 
 export const options = {
   summaryTrendStats: TREND_STATS,
   setupTimeout: '120s',
-  scenarios: {
-    hot: { executor: 'constant-vus', vus: VUS, duration: DURATION, gracefulStop: '10s' },
-  },
+  scenarios: timedScenarios(VUS),
   thresholds: {
     http_req_failed: ['rate<0.01'],
     replies_5xx: ['count==0'],

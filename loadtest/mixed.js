@@ -1,6 +1,6 @@
 // Top-ups, payments, cancels and reads together.
 import { check } from 'k6';
-import { DURATION, RUN, TREND_STATS, VUS, fund, get, pay, post, summary } from './lib.js';
+import { RUN, TREND_STATS, VUS, fund, timedScenarios, get, pay, post, summary } from './lib.js';
 
 const WALLETS = 500;
 const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-m${i}`);
@@ -8,9 +8,7 @@ const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-m${i}`);
 export const options = {
   summaryTrendStats: TREND_STATS,
   setupTimeout: '300s',
-  scenarios: {
-    mixed: { executor: 'constant-vus', vus: VUS, duration: DURATION, gracefulStop: '10s' },
-  },
+  scenarios: timedScenarios(VUS),
   thresholds: {
     http_req_failed: ['rate<0.01'],
     replies_5xx: ['count==0'],

@@ -2,7 +2,7 @@
 // with another amount (which must be refused with 422). Only the first may debit.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
-import { DURATION, RUN, TREND_STATS, VUS, baseUrl, fund, pay, post, summary } from './lib.js';
+import { RUN, TREND_STATS, VUS, baseUrl, fund, pay, post, summary, timedScenarios } from './lib.js';
 
 const WALLETS = 50;
 const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-r${i}`);
@@ -10,9 +10,7 @@ const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-r${i}`);
 export const options = {
   summaryTrendStats: TREND_STATS,
   setupTimeout: '120s',
-  scenarios: {
-    storm: { executor: 'constant-vus', vus: VUS, duration: DURATION, gracefulStop: '10s' },
-  },
+  scenarios: timedScenarios(VUS),
   thresholds: {
     http_req_failed: ['rate<0.01'],
     replies_5xx: ['count==0'],

@@ -3,7 +3,8 @@
 # directly in MySQL. Exits non-zero when a k6 threshold or a ledger invariant fails.
 #
 #   ./loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql]
-#                              [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N]
+#                              [--duration 30s] [--warmup 0s] [--vus 150] [--no-kafka]
+#                              [--skew] [--wallets N]
 #
 # SCENARIO: pay-150, hot-wallet, spread, retry-storm, mixed. Every run gets a fresh
 # database (wallet_load), its own Redis key prefix and its own topics.
@@ -12,12 +13,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scenario="${1:?usage: loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql] [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N]}"
 shift
-instances=2 lock_mode=auto duration=30s vus=150 kafka=1 skew=0 wallets=10000
+instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) instances=$2; shift 2 ;;
     --lock-mode) lock_mode=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
     --vus) vus=$2; shift 2 ;;
     --wallets) wallets=$2; shift 2 ;;
     --no-kafka) kafka=0; shift ;;
@@ -83,7 +85,7 @@ log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && e
 log "k6 run loadtest/$scenario.js ($vus VUs, $duration)"
 set +e
 SKEW=$skew "$venv/bin/k6" run --quiet \
-  -e BASE_URLS="$base_urls" -e RUN_ID="$run_id" -e DURATION="$duration" -e VUS="$vus" \
+  -e BASE_URLS="$base_urls" -e RUN_ID="$run_id" -e DURATION="$duration" -e WARMUP="$warmup" -e VUS="$vus" \
   -e WALLETS="$wallets" -e SKEW="$skew" -e RESULTS_DIR="$results" \
   "loadtest/$scenario.js" 2>"$results/k6.log"
 k6_status=$?
@@ -104,18 +106,26 @@ set +e
 audit_status=$?
 set -e
 
-summary_file=$(ls "$results"/*.json | grep -v audit.json | head -n 1)
-python3 - "$summary_file" "$results/audit.json" "$scenario" "$lock_mode" "$instances" <<'PY'
-import json, sys
-summary, audit, scenario, mode, instances = sys.argv[1:]
+summary_file=$(ls "$results"/*.json | grep -v -e audit.json -e report.json | head -n 1)
+python3 - "$summary_file" "$results/audit.json" "$scenario" "$lock_mode" "$instances" "$duration" "$results/report.json" <<'PY'
+import json, re, sys
+summary, audit, scenario, mode, instances, duration, report = sys.argv[1:]
 m = json.load(open(summary))["metrics"]
-state_ms = json.load(open(summary))["state"]["testRunDurationMs"]
 def v(name, key, default=0):
     return m.get(name, {}).get("values", {}).get(key, default)
 a = json.load(open(audit))
 statuses = {k[len("replies_"):]: int(v(k, "count")) for k in m if k.startswith("replies_") and v(k, "count")}
+# Debits per second over the measured part only (set-up and warm-up excluded).
+secs = sum(int(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"(\d+)([smh])", duration))
+debits = int(v("debits", "count"))
+rate = debits / secs if scenario != "pay-150" and secs else v("debits", "rate")
+json.dump({"scenario": scenario, "mode": mode, "instances": int(instances), "debits": debits,
+           "debitsPerSecond": rate, "p50": v("pay_duration", "med"), "p95": v("pay_duration", "p(95)"),
+           "p99": v("pay_duration", "p(99)"), "statuses": statuses,
+           "errors": sum(c for s, c in statuses.items() if s not in ("200", "201", "402", "409", "422")),
+           "violations": a["violations"]}, open(report, "w"))
 print(f"\n=== {scenario}: {instances} instance(s), lock mode {mode} ===")
-print(f"debits: {int(v('debits', 'count'))} in {state_ms/1000:.1f} s ({v('debits', 'rate'):.0f}/s)")
+print(f"debits: {debits} ({rate:.0f}/s)")
 print(f"pay latency: p50 {v('pay_duration', 'med'):.1f} ms, p95 {v('pay_duration', 'p(95)'):.1f} ms, p99 {v('pay_duration', 'p(99)'):.1f} ms")
 print(f"replies by status: {statuses}")
 print(f"ledger: {a['wallets']} wallets, {a['payments']} payments, outbox pending {a['outboxPending']}, points mismatches {a['pointsMismatches']}")

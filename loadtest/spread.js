@@ -1,7 +1,7 @@
 // 150 VUs paying from many wallets (WALLETS, default 10,000), uniformly; with SKEW=1 a
 // few wallets (1 %) take 80 % of the payments.
 import { check } from 'k6';
-import { DURATION, RUN, TREND_STATS, VUS, fund, pay, summary } from './lib.js';
+import { RUN, TREND_STATS, VUS, fund, timedScenarios, pay, summary } from './lib.js';
 
 const WALLETS = parseInt(__ENV.WALLETS || '10000', 10);
 const SKEW = __ENV.SKEW === '1';
@@ -11,9 +11,7 @@ const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-w${i}`);
 export const options = {
   summaryTrendStats: TREND_STATS,
   setupTimeout: '600s',
-  scenarios: {
-    spread: { executor: 'constant-vus', vus: VUS, duration: DURATION, gracefulStop: '10s' },
-  },
+  scenarios: timedScenarios(VUS),
   thresholds: {
     http_req_failed: ['rate<0.01'],
     replies_5xx: ['count==0'],

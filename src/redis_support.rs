@@ -1,7 +1,10 @@
 //! What the Redis-backed parts share: key layout, a bounded call, one error type.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
 
 use crate::domain::Identifier;
 
@@ -28,6 +31,50 @@ where
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result.map_err(RedisFault::from),
         Err(_) => Err(RedisFault::Timeout(limit)),
+    }
+}
+
+/// One multiplexed Redis connection shared by every request of the process, taken from
+/// the deadpool pool and replaced from it after a failure.
+///
+/// A multiplexed connection pipelines concurrent commands over one socket, so sharing
+/// it costs nothing; checking a connection out of the pool per request would cost a
+/// `PING` round trip each time (deadpool-redis verifies every connection it hands out).
+#[derive(Clone)]
+pub struct SharedRedis {
+    pool: deadpool_redis::Pool,
+    current: Arc<Mutex<Option<MultiplexedConnection>>>,
+    timeout: Duration,
+}
+
+impl SharedRedis {
+    pub fn new(pool: deadpool_redis::Pool, timeout: Duration) -> Self {
+        Self {
+            pool,
+            current: Arc::new(Mutex::new(None)),
+            timeout,
+        }
+    }
+
+    /// The shared connection (a cheap clone), connecting first if there is none.
+    pub async fn connection(&self) -> Result<MultiplexedConnection, RedisFault> {
+        if let Some(conn) = self.current.lock().expect("redis slot poisoned").clone() {
+            return Ok(conn);
+        }
+        let pooled = bounded(self.timeout, self.pool.get()).await?;
+        let conn = (*pooled).clone();
+        *self.current.lock().expect("redis slot poisoned") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the shared connection after a failure; the next call reconnects.
+    pub fn reset(&self) {
+        self.current.lock().expect("redis slot poisoned").take();
+    }
+
+    /// Upper bound of every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -58,6 +105,12 @@ impl KeySpace {
     /// `wallet:idem:payment:{order-1}`, the cached reply of one request.
     pub fn idempotency(&self, scope: &str, id: &Identifier) -> String {
         format!("{}:idem:{scope}:{{{id}}}", self.prefix)
+    }
+
+    /// `wallet:wallet:{u1}:contended`, set while someone waits for the lock, so a
+    /// release announces itself only when somebody listens.
+    pub fn contended(&self, user_id: &Identifier) -> String {
+        format!("{}:wallet:{{{user_id}}}:contended", self.prefix)
     }
 
     /// The channel on which lock releases are announced.

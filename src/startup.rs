@@ -22,7 +22,7 @@ use crate::lock::WalletLock;
 use crate::outbox::relay::Relay;
 use crate::payment_requests::PaymentRequestHandler;
 use crate::points::PointsHandler;
-use crate::redis_support::KeySpace;
+use crate::redis_support::{KeySpace, SharedRedis};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::wallet::WalletService;
 use crate::{http, kafka, shutdown, store};
@@ -75,8 +75,9 @@ impl Application {
             redis::Client::open(redis_settings.url.as_str()).context("parsing WALLET_REDIS_URL")?;
 
         let keys = KeySpace::new(&redis_settings.key_prefix);
+        let shared_redis = SharedRedis::new(redis_pool.clone(), redis_settings.command_timeout);
         let lock = WalletLock::new(
-            redis_pool.clone(),
+            shared_redis.clone(),
             redis_client,
             keys.clone(),
             settings.lock.clone(),
@@ -100,13 +101,12 @@ impl Application {
         let outbox_wake = Arc::new(Notify::new());
         let service = WalletService::new(
             db.clone(),
-            redis_pool,
+            shared_redis,
             lock,
             idempotency,
             breaker,
             settings.currency,
             settings.lock.wait,
-            redis_settings.command_timeout,
             settings.faults.clone(),
             settings.points_rate,
             outbox_wake.clone(),

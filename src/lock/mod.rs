@@ -18,8 +18,19 @@ use tokio::time::Instant;
 
 use crate::configuration::LockSettings;
 use crate::domain::Identifier;
-use crate::redis_support::{bounded, KeySpace, RedisFault};
-use slots::{LocalTurn, Slots};
+use crate::redis_support::{bounded, KeySpace, RedisFault, SharedRedis};
+use slots::{Baton, LocalTurn, Slots};
+
+/// How many local holders in a row one Redis acquisition may serve. Bounds how long one
+/// instance keeps a hot wallet while another instance waits for it.
+const MAX_PASSES: u32 = 16;
+
+/// How long one Redis acquisition may be passed on locally, whatever the count.
+const MAX_HOLD: Duration = Duration::from_millis(100);
+
+/// After a release another instance was waiting for, how long this instance's next
+/// holder stands back: enough for the pub/sub message and the other's acquire.
+const YIELD: Duration = Duration::from_millis(3);
 
 /// Why a lock was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +48,9 @@ pub struct LockGuard {
     fence: u64,
     lost: Arc<AtomicBool>,
     renewal: Option<AbortHandle>,
-    _turn: LocalTurn,
+    held_since: Instant,
+    passes: u32,
+    turn: Option<LocalTurn>,
 }
 
 impl LockGuard {
@@ -64,7 +77,7 @@ impl Drop for LockGuard {
 /// The lock service; cheap to clone.
 #[derive(Clone)]
 pub struct WalletLock {
-    pool: deadpool_redis::Pool,
+    redis: SharedRedis,
     keys: KeySpace,
     settings: LockSettings,
     timeout: Duration,
@@ -83,21 +96,22 @@ struct Scripts {
 impl WalletLock {
     /// Builds the lock and starts its pub/sub listener (one connection per process).
     pub fn new(
-        pool: deadpool_redis::Pool,
+        redis: SharedRedis,
         client: redis::Client,
         keys: KeySpace,
         settings: LockSettings,
         timeout: Duration,
         renew: bool,
     ) -> Self {
-        let slots = Arc::new(Slots::default());
+        let (orphans, mut orphaned) = tokio::sync::mpsc::unbounded_channel();
+        let slots = Arc::new(Slots::new(orphans));
         tokio::spawn(Slots::listen(
             Arc::downgrade(&slots),
             client,
             keys.release_channel(),
         ));
-        Self {
-            pool,
+        let lock = Self {
+            redis,
             keys,
             settings,
             timeout,
@@ -109,7 +123,14 @@ impl WalletLock {
                 extend: Script::new(include_str!("../../lua/lock_extend.lua")),
                 refence: Script::new(include_str!("../../lua/lock_refence.lua")),
             }),
-        }
+        };
+        let releaser = lock.clone();
+        tokio::spawn(async move {
+            while let Some((user_id, baton)) = orphaned.recv().await {
+                releaser.drop_baton(&user_id, baton).await;
+            }
+        });
+        lock
     }
 
     /// Takes `user_id`'s lock, waiting at most until `deadline`.
@@ -128,6 +149,24 @@ impl WalletLock {
             .enter(user_id, deadline)
             .await
             .ok_or(LockError::Timeout)?;
+        if let Some(baton) = turn.take_baton() {
+            if !baton.lost.load(Ordering::Acquire) {
+                return Ok(LockGuard {
+                    user_id: user_id.clone(),
+                    owner: baton.owner,
+                    fence: baton.fence,
+                    lost: baton.lost,
+                    renewal: baton.renewal,
+                    held_since: baton.held_since,
+                    passes: baton.passes + 1,
+                    turn: Some(turn),
+                });
+            }
+            self.drop_baton(user_id, baton).await;
+        }
+        if let Some(until) = turn.take_yield() {
+            tokio::time::sleep_until(until.min(deadline)).await;
+        }
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let lease_ms = self.settings.lease.as_millis() as u64;
         loop {
@@ -136,6 +175,7 @@ impl WalletLock {
             invocation
                 .key(self.keys.lock(user_id))
                 .key(self.keys.fence(user_id))
+                .key(self.keys.contended(user_id))
                 .arg(&owner)
                 .arg(lease_ms);
             let answer: i64 = bounded(self.timeout, invocation.invoke_async(conn)).await?;
@@ -151,7 +191,9 @@ impl WalletLock {
                     fence: answer as u64,
                     lost,
                     renewal,
-                    _turn: turn,
+                    held_since: Instant::now(),
+                    passes: 0,
+                    turn: Some(turn),
                 });
             }
             let now = Instant::now();
@@ -169,19 +211,77 @@ impl WalletLock {
 
     /// Gives the lock back and wakes the next waiter. Returns false when the lease had
     /// already passed to someone else.
+    ///
+    /// When requests of this process queue for the same wallet, the lock is passed to
+    /// the next of them instead (at most [`MAX_PASSES`] times and [`MAX_HOLD`] long):
+    /// same lease, same fencing token, no Redis round trip. The local queue keeps those
+    /// holders apart, so sharing the token is safe.
     pub async fn release<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        guard: LockGuard,
+        mut guard: LockGuard,
     ) -> Result<bool, RedisFault> {
+        let turn = guard
+            .turn
+            .take()
+            .expect("a guard holds its turn until released");
+        if !guard.is_lost()
+            && guard.passes < MAX_PASSES
+            && guard.held_since.elapsed() < MAX_HOLD
+            && turn.has_waiters()
+        {
+            turn.pass_baton(Baton {
+                owner: std::mem::take(&mut guard.owner),
+                fence: guard.fence,
+                lost: guard.lost.clone(),
+                renewal: guard.renewal.take(),
+                held_since: guard.held_since,
+                passes: guard.passes,
+            });
+            return Ok(true);
+        }
+        let released = self
+            .release_in_redis(conn, &guard.user_id, &guard.owner)
+            .await?;
+        if released == 2 && turn.has_waiters() {
+            // Another instance waits: let it have the next turn.
+            turn.set_yield(Instant::now() + YIELD);
+        }
+        Ok(released > 0)
+    }
+
+    /// Runs the release script: 0 not the owner, 1 released, 2 released and announced
+    /// to waiters.
+    async fn release_in_redis<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        user_id: &Identifier,
+        owner: &str,
+    ) -> Result<i64, RedisFault> {
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
-            .key(self.keys.lock(&guard.user_id))
-            .arg(&guard.owner)
+            .key(self.keys.lock(user_id))
+            .key(self.keys.contended(user_id))
+            .arg(owner)
             .arg(self.keys.release_channel())
-            .arg(guard.user_id.as_str());
-        let released: i64 = bounded(self.timeout, invocation.invoke_async(conn)).await?;
-        Ok(released == 1)
+            .arg(user_id.as_str());
+        bounded(self.timeout, invocation.invoke_async(conn)).await
+    }
+
+    /// Releases a baton nobody took (its successors gave up, or its lease was lost).
+    async fn drop_baton(&self, user_id: &Identifier, mut baton: Baton) {
+        if let Some(renewal) = baton.renewal.take() {
+            renewal.abort();
+        }
+        let released = async {
+            let mut conn = self.redis.connection().await?;
+            self.release_in_redis(&mut conn, user_id, &baton.owner)
+                .await
+        }
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(%user_id, error = %e, "could not release a passed-on lock; its lease will expire");
+        }
     }
 
     /// Moves the wallet's fencing counter past `seen_by_database` and gives `guard` a
@@ -214,7 +314,7 @@ impl WalletLock {
         owner: String,
         lost: Arc<AtomicBool>,
     ) -> AbortHandle {
-        let pool = self.pool.clone();
+        let redis = self.redis.clone();
         let script = self.scripts.clone();
         let key = self.keys.lock(&user_id);
         let lease = self.settings.lease;
@@ -223,7 +323,7 @@ impl WalletLock {
             loop {
                 tokio::time::sleep(lease / 3).await;
                 let renewed = async {
-                    let mut conn = bounded(timeout, pool.get()).await?;
+                    let mut conn = redis.connection().await?;
                     let mut invocation = script.extend.prepare_invoke();
                     invocation
                         .key(&key)

@@ -3,33 +3,55 @@
 //!
 //! Only the head of a wallet's local queue talks to Redis, so a hot wallet costs one
 //! Redis waiter per instance instead of one per request, and a release wakes exactly
-//! one task here.
+//! one task here. A holder with local successors may pass its Redis lock on as a
+//! [`Baton`] instead of releasing it, sparing the next holder two Redis round trips.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Notify, OwnedMutexGuard};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::domain::Identifier;
 
+/// A held Redis lock handed from one local holder to the next, lease and renewal intact.
+pub struct Baton {
+    pub(super) owner: String,
+    pub(super) fence: u64,
+    pub(super) lost: Arc<AtomicBool>,
+    pub(super) renewal: Option<AbortHandle>,
+    /// When the Redis lock was taken; bounds how long one instance keeps it.
+    pub(super) held_since: Instant,
+    /// How many local holders it has passed through.
+    pub(super) passes: u32,
+}
+
 struct Slot {
     queue: Arc<tokio::sync::Mutex<()>>,
     released: Notify,
+    baton: Mutex<Option<Baton>>,
+    /// After a release another instance was waiting for, the next local holder waits
+    /// until then before it tries Redis, so the other instance gets its turn.
+    yield_until: Mutex<Option<Instant>>,
 }
 
 /// The wallets that have a request in this process right now.
-#[derive(Default)]
 pub struct Slots {
     map: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Batons left behind when every successor gave up waiting: released in Redis by
+    /// the lock's orphan task.
+    orphans: UnboundedSender<(Identifier, Baton)>,
 }
 
 /// A place in a wallet's local queue; holds the wallet's slot alive.
 pub struct SlotHandle {
     slots: Arc<Slots>,
-    user_id: String,
+    user_id: Identifier,
     slot: Arc<Slot>,
 }
 
@@ -41,6 +63,13 @@ pub struct LocalTurn {
 }
 
 impl Slots {
+    pub fn new(orphans: UnboundedSender<(Identifier, Baton)>) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            orphans,
+        }
+    }
+
     /// Joins the local queue of `user_id` and waits, at most until `deadline`, to be first.
     pub async fn enter(
         self: &Arc<Self>,
@@ -66,12 +95,14 @@ impl Slots {
                 Arc::new(Slot {
                     queue: Arc::new(tokio::sync::Mutex::new(())),
                     released: Notify::new(),
+                    baton: Mutex::new(None),
+                    yield_until: Mutex::new(None),
                 })
             })
             .clone();
         SlotHandle {
             slots: self.clone(),
-            user_id: user_id.as_str().to_owned(),
+            user_id: user_id.clone(),
             slot,
         }
     }
@@ -125,12 +156,49 @@ impl LocalTurn {
     }
 }
 
+impl LocalTurn {
+    /// True when other requests of this process queue for the same wallet.
+    pub fn has_waiters(&self) -> bool {
+        // One reference in the map, one in our handle; any more are waiters.
+        Arc::strong_count(&self.handle.slot) > 2
+    }
+
+    pub fn take_baton(&self) -> Option<Baton> {
+        self.handle
+            .slot
+            .baton
+            .lock()
+            .expect("baton poisoned")
+            .take()
+    }
+
+    pub fn pass_baton(&self, baton: Baton) {
+        *self.handle.slot.baton.lock().expect("baton poisoned") = Some(baton);
+    }
+
+    pub fn set_yield(&self, until: Instant) {
+        *self.handle.slot.yield_until.lock().expect("yield poisoned") = Some(until);
+    }
+
+    pub fn take_yield(&self) -> Option<Instant> {
+        self.handle
+            .slot
+            .yield_until
+            .lock()
+            .expect("yield poisoned")
+            .take()
+    }
+}
+
 impl Drop for SlotHandle {
     fn drop(&mut self) {
         let mut map = self.slots.map.lock().expect("slot map poisoned");
         // One reference in the map, one here: nobody else queues for this wallet.
         if Arc::strong_count(&self.slot) == 2 {
-            map.remove(&self.user_id);
+            map.remove(self.user_id.as_str());
+            if let Some(baton) = self.slot.baton.lock().expect("baton poisoned").take() {
+                let _ = self.slots.orphans.send((self.user_id.clone(), baton));
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::breaker::ActiveMode;
 use crate::configuration::LockMode;
 use crate::idempotency::Claim;
 use crate::lock::{LockError, LockGuard};
-use crate::redis_support::{bounded, RedisFault};
+use crate::redis_support::RedisFault;
 use crate::store;
 
 /// How often one request retries a transaction that lost a race it could not see
@@ -81,6 +81,7 @@ impl WalletService {
                 Ok(outcome) => return Ok(outcome),
                 Err(RedisPath::Failed(e)) => return Err(e),
                 Err(RedisPath::Redis(fault)) => {
+                    self.redis.reset();
                     self.breaker.record_failure(&fault);
                     if self.breaker.configured() != LockMode::Auto {
                         return Err(unavailable(fault));
@@ -94,9 +95,7 @@ impl WalletService {
 
     /// Claim the idempotency key, take the lock, transact, release, cache the reply.
     async fn execute_on_redis<C: Command>(&self, cmd: &C) -> Result<Outcome<C::Output>, RedisPath> {
-        let mut conn = bounded(self.redis_timeout, self.redis.get())
-            .await
-            .map_err(RedisPath::Redis)?;
+        let mut conn = self.redis.connection().await.map_err(RedisPath::Redis)?;
         let fingerprint = cmd.fingerprint();
         let claim = self
             .idempotency
@@ -146,6 +145,7 @@ impl WalletService {
         if let Err(fault) = cache {
             // The answer stands: the database replays it if the cache missed it.
             tracing::warn!(error = %fault, "could not update the idempotency cache");
+            self.redis.reset();
             self.breaker.record_failure(&fault);
         }
         result
@@ -153,7 +153,7 @@ impl WalletService {
 
     async fn locked<C: Command>(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut redis::aio::MultiplexedConnection,
         cmd: &C,
     ) -> Result<Outcome<C::Output>, RedisPath> {
         let deadline = Instant::now() + self.lock_wait;
@@ -204,7 +204,7 @@ impl WalletService {
 
     async fn release(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut redis::aio::MultiplexedConnection,
         guard: LockGuard,
     ) -> Result<(), RedisPath> {
         match self.lock.release(conn, guard).await {
@@ -216,6 +216,7 @@ impl WalletService {
             Err(fault) => {
                 // The lease runs out by itself; count it against Redis all the same.
                 tracing::warn!(error = %fault, "could not release the wallet lock");
+                self.redis.reset();
                 self.breaker.record_failure(&fault);
                 Ok(())
             }

@@ -20,6 +20,7 @@ use crate::configuration::FaultInjection;
 use crate::domain::{Amount, Currency, Identifier};
 use crate::idempotency::IdempotencyCache;
 use crate::lock::WalletLock;
+use crate::redis_support::SharedRedis;
 use crate::store;
 use commands::{CancelPayment, Debit, TopUp};
 use views::{LedgerEntryView, LedgerPage, PaymentView, TopUpView, WalletView};
@@ -62,13 +63,12 @@ pub struct Outcome<T> {
 #[derive(Clone)]
 pub struct WalletService {
     db: MySqlPool,
-    redis: deadpool_redis::Pool,
+    redis: SharedRedis,
     lock: WalletLock,
     idempotency: IdempotencyCache,
     breaker: RedisBreaker,
     currency: Currency,
     lock_wait: Duration,
-    redis_timeout: Duration,
     faults: FaultInjection,
     points_rate: rust_decimal::Decimal,
     /// Wakes the outbox relay after a commit that wrote an event.
@@ -84,13 +84,12 @@ impl WalletService {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: MySqlPool,
-        redis: deadpool_redis::Pool,
+        redis: SharedRedis,
         lock: WalletLock,
         idempotency: IdempotencyCache,
         breaker: RedisBreaker,
         currency: Currency,
         lock_wait: Duration,
-        redis_timeout: Duration,
         faults: FaultInjection,
         points_rate: rust_decimal::Decimal,
         outbox_wake: Arc<Notify>,
@@ -103,7 +102,6 @@ impl WalletService {
             breaker,
             currency,
             lock_wait,
-            redis_timeout,
             faults,
             points_rate,
             outbox_wake,
@@ -261,13 +259,14 @@ impl WalletService {
     /// `mysql` and `redis` reachability and the lock mode in use, for `/readyz`.
     pub async fn readiness(&self) -> Readiness {
         let mysql = sqlx::query("SELECT 1").execute(&self.db).await.is_ok();
-        let redis = crate::redis_support::bounded(self.redis_timeout, async {
-            let mut conn = self.redis.get().await?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map_err(crate::redis_support::RedisFault::from)
-        })
+        let redis = async {
+            let mut conn = self.redis.connection().await?;
+            crate::redis_support::bounded(
+                self.redis.timeout(),
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await
+        }
         .await
         .is_ok();
         Readiness {
