@@ -1,10 +1,16 @@
 // Shared by the k6 scenarios: base URLs, requests, metrics, the JSON summary.
 import http from 'k6/http';
+import { sleep } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Trend } from 'k6/metrics';
 
 // BASE_URLS may list several instances (comma-separated); VUs are spread over them.
 export const BASE_URLS = (__ENV.BASE_URLS || 'http://127.0.0.1:8080').split(',');
+// A checkout-scope API key of the instances under test.
+export const HEADERS = {
+  'Content-Type': 'application/json',
+  Authorization: `Bearer ${__ENV.API_KEY || 'dev-checkout-key'}`,
+};
 export const RUN = __ENV.RUN_ID || `${Date.now()}`;
 export const DURATION = __ENV.DURATION || '30s';
 export const VUS = parseInt(__ENV.VUS || '150', 10);
@@ -52,7 +58,7 @@ function count(status) {
 
 export function post(path, body, name) {
   const res = http.post(`${baseUrl()}${path}`, JSON.stringify(body), {
-    headers: { 'Content-Type': 'application/json' },
+    headers: HEADERS,
     responseCallback: expected,
     tags: { name },
   });
@@ -61,7 +67,7 @@ export function post(path, body, name) {
 }
 
 export function get(path, name) {
-  const res = http.get(`${baseUrl()}${path}`, { responseCallback: expected, tags: { name } });
+  const res = http.get(`${baseUrl()}${path}`, { headers: HEADERS, responseCallback: expected, tags: { name } });
   count(res.status);
   return res;
 }
@@ -81,20 +87,34 @@ export function pay(orderId, userId, amount) {
   return res;
 }
 
+// Sends a batch, resending what was rate limited (429) after its Retry-After, as a
+// well-behaved client does.
+function batchWithRetry(requests) {
+  let pending = requests;
+  for (let round = 0; pending.length > 0 && round < 30; round++) {
+    const replies = http.batch(pending);
+    const limited = pending.filter((_, i) => replies[i].status === 429);
+    if (limited.length > 0) {
+      sleep(1);
+    }
+    pending = limited;
+  }
+}
+
 // Creates wallets and tops each up, in parallel batches (used from setup()).
 export function fund(userIds, amount) {
   const base = BASE_URLS[0];
-  const params = { headers: { 'Content-Type': 'application/json' }, responseCallback: http.expectedStatuses(200, 201) };
+  const params = { headers: HEADERS, responseCallback: http.expectedStatuses(200, 201, 429) };
   for (let i = 0; i < userIds.length; i += 200) {
     const chunk = userIds.slice(i, i + 200);
-    http.batch(chunk.map((userId) => ['POST', `${base}/api/v1/wallets`, JSON.stringify({ userId }), params]));
-    http.batch(chunk.map((userId) => ['POST', `${base}/api/v1/wallets/${userId}/top-ups`,
+    batchWithRetry(chunk.map((userId) => ['POST', `${base}/api/v1/wallets`, JSON.stringify({ userId }), params]));
+    batchWithRetry(chunk.map((userId) => ['POST', `${base}/api/v1/wallets/${userId}/top-ups`,
       JSON.stringify({ topUpId: `${userId}-seed`, amount: String(amount) }), params]));
   }
 }
 
 export function wallet(userId) {
-  return JSON.parse(http.get(`${BASE_URLS[0]}/api/v1/wallets/${userId}`).body);
+  return JSON.parse(http.get(`${BASE_URLS[0]}/api/v1/wallets/${userId}`, { headers: HEADERS }).body);
 }
 
 // Writes the JSON summary where the runner reads it, and a short text on stdout.

@@ -2,7 +2,7 @@
 // with another amount (which must be refused with 422). Only the first may debit.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
-import { RUN, TREND_STATS, VUS, baseUrl, fund, pay, post, summary, timedScenarios } from './lib.js';
+import { HEADERS, RUN, TREND_STATS, VUS, baseUrl, fund, pay, post, summary, timedScenarios } from './lib.js';
 
 const WALLETS = 50;
 const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-r${i}`);
@@ -27,7 +27,7 @@ export default function () {
   const userId = users[__ITER % WALLETS];
   const body = JSON.stringify({ orderId, userId, amount: '100' });
   const params = {
-    headers: { 'Content-Type': 'application/json' },
+    headers: HEADERS,
     responseCallback: http.expectedStatuses(200, 201, 409),
     tags: { name: 'pay' },
   };

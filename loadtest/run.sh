@@ -4,7 +4,10 @@
 #
 #   ./loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql]
 #                              [--duration 30s] [--warmup 0s] [--vus 150] [--no-kafka]
-#                              [--skew] [--wallets N]
+#                              [--skew] [--wallets N] [--rate N]
+#
+# The instances run with the service's default rate limit (per key and instance)
+# unless --rate sets WALLET_RATE_LIMIT_PER_SECOND (and a burst of a tenth of it).
 #
 # SCENARIO: pay-150, hot-wallet, spread, retry-storm, mixed. Every run gets a fresh
 # database (wallet_load), its own Redis key prefix and its own topics.
@@ -13,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scenario="${1:?usage: loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql] [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N]}"
 shift
-instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000
+instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate=
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) instances=$2; shift 2 ;;
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     --warmup) warmup=$2; shift 2 ;;
     --vus) vus=$2; shift 2 ;;
     --wallets) wallets=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
     --no-kafka) kafka=0; shift ;;
     --skew) skew=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -45,6 +49,7 @@ cargo build --release --locked --quiet --bins
 bin="$CARGO_TARGET_DIR/release"
 
 run_id="$(date +%s)-$$"
+api_key="load-$run_id"
 results="loadtest/results/$run_id"
 mkdir -p "$results"
 db_url_base="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT"
@@ -64,6 +69,10 @@ for i in $(seq 1 "$instances"); do
   (
     export WALLET_HTTP_ADDR="127.0.0.1:$port"
     export WALLET_LOCK_MODE="$lock_mode"
+    export WALLET_API_KEYS="checkout:$api_key"
+    if [ -n "$rate" ]; then
+      export WALLET_RATE_LIMIT_PER_SECOND="$rate" WALLET_RATE_LIMIT_BURST=$((rate / 10 + 1))
+    fi
     export WALLET_REDIS_KEY_PREFIX="load-$run_id"
     export WALLET_EVENTS_TOPIC="load-$run_id.payment-events"
     export WALLET_REQUESTS_TOPIC="load-$run_id.payment-requests"
@@ -85,7 +94,7 @@ log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && e
 log "k6 run loadtest/$scenario.js ($vus VUs, $duration)"
 set +e
 SKEW=$skew "$venv/bin/k6" run --quiet \
-  -e BASE_URLS="$base_urls" -e RUN_ID="$run_id" -e DURATION="$duration" -e WARMUP="$warmup" -e VUS="$vus" \
+  -e BASE_URLS="$base_urls" -e API_KEY="$api_key" -e RUN_ID="$run_id" -e DURATION="$duration" -e WARMUP="$warmup" -e VUS="$vus" \
   -e WALLETS="$wallets" -e SKEW="$skew" -e RESULTS_DIR="$results" \
   "loadtest/$scenario.js" 2>"$results/k6.log"
 k6_status=$?

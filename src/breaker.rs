@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::configuration::LockMode;
 use crate::redis_support::bounded;
+use crate::telemetry::metrics;
 
 /// Which path serialises wallet writes right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +66,9 @@ impl RedisBreaker {
             wake_probe: tokio::sync::Notify::new(),
         });
         tokio::spawn(probe(Arc::downgrade(&inner)));
-        Self { inner }
+        let breaker = Self { inner };
+        metrics::lock_mode(breaker.mode().as_str());
+        breaker
     }
 
     /// The configured mode (`auto`, `redis` or `mysql`).
@@ -94,6 +97,7 @@ impl RedisBreaker {
             && !self.inner.open.swap(true, Ordering::AcqRel)
         {
             tracing::warn!(error = %error, failures, "redis unavailable: lock mode mysql-fallback");
+            metrics::lock_mode(ActiveMode::MysqlFallback.as_str());
             self.inner.wake_probe.notify_one();
         }
     }
@@ -121,6 +125,7 @@ async fn probe(inner: std::sync::Weak<Inner>) {
             strong.failures.store(0, Ordering::Release);
             strong.open.store(false, Ordering::Release);
             tracing::info!("redis answers again: lock mode redis");
+            metrics::lock_mode(ActiveMode::Redis.as_str());
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rust_decimal::Decimal;
+use sha2::Digest;
 
 use crate::domain::Currency;
 
@@ -20,6 +21,7 @@ pub struct Settings {
     pub lock: LockSettings,
     pub idempotency: IdempotencySettings,
     pub kafka: KafkaSettings,
+    pub api: ApiSettings,
     /// Points per unit of currency paid (0.01 = 1 %), rounded down per payment.
     pub points_rate: Decimal,
     /// The one currency this deployment books in.
@@ -95,6 +97,103 @@ pub struct IdempotencySettings {
     pub reply_ttl: Duration,
     /// How long an unfinished claim blocks its key; must exceed the longest request.
     pub claim_ttl: Duration,
+}
+
+/// Who may call the API, how often, and how long a request may take.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// `scope:key` or `scope:sha256:<hex>` entries, comma-separated; scope is `checkout`
+    /// or `admin`.
+    pub keys: Vec<ApiKey>,
+    /// A development run may start without keys (authentication is then off).
+    pub development: bool,
+    /// Requests per second per API key (per instance), and the burst above it.
+    pub rate_per_second: u32,
+    pub burst: u32,
+    /// Longest a request may take; a debit past it rolls back and answers 503.
+    pub request_timeout: Duration,
+    /// Requests served at once; more are shed with 503 rather than queued.
+    pub max_in_flight: usize,
+}
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Wallets, top-ups, payments, cancels, reads.
+    Checkout,
+    /// Everything, the failed-events routes included.
+    Admin,
+}
+
+/// A configured API key, kept only as its SHA-256.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub scope: Scope,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKey {
+    /// A key given in plain text (hashed at once; the text is not kept).
+    pub fn plain(scope: Scope, key: &str) -> Self {
+        Self {
+            scope,
+            sha256: sha2::Sha256::digest(key.as_bytes()).into(),
+        }
+    }
+}
+
+/// The `WALLET_API_KEYS` list.
+#[derive(Clone, Debug, Default)]
+pub struct ApiKeys(pub Vec<ApiKey>);
+
+impl FromStr for ApiKeys {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut keys = Vec::new();
+        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (scope, key) = entry
+                .split_once(':')
+                .ok_or("an API key entry is scope:key or scope:sha256:<hex>")?;
+            let scope = match scope {
+                "checkout" => Scope::Checkout,
+                "admin" => Scope::Admin,
+                _ => {
+                    return Err(format!(
+                        "unknown API key scope {scope:?} (checkout or admin)"
+                    ))
+                }
+            };
+            let key = match key.strip_prefix("sha256:") {
+                Some(hex) => ApiKey {
+                    scope,
+                    sha256: decode_sha256(hex).ok_or("a sha256: key is 64 hex digits")?,
+                },
+                None if key.is_empty() => return Err("an API key is empty".into()),
+                None => ApiKey::plain(scope, key),
+            };
+            keys.push(key);
+        }
+        Ok(Self(keys))
+    }
+}
+
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Kafka: the outbox relay, the consumers and the topics they use.
@@ -220,6 +319,14 @@ impl Settings {
                 retry_attempts: env.get("WALLET_CONSUMER_ATTEMPTS", 3)?,
                 retry_base: env.millis("WALLET_CONSUMER_BACKOFF_BASE_MS", 200)?,
                 retry_cap: env.millis("WALLET_CONSUMER_BACKOFF_CAP_MS", 5_000)?,
+            },
+            api: ApiSettings {
+                keys: env.get("WALLET_API_KEYS", ApiKeys::default())?.0,
+                development: env.get("WALLET_DEVELOPMENT", false)?,
+                rate_per_second: env.get("WALLET_RATE_LIMIT_PER_SECOND", 2_000)?,
+                burst: env.get("WALLET_RATE_LIMIT_BURST", 500)?,
+                request_timeout: env.millis("WALLET_REQUEST_TIMEOUT_MS", 10_000)?,
+                max_in_flight: env.get("WALLET_MAX_IN_FLIGHT", 1_024)?,
             },
             points_rate: env.get("WALLET_POINTS_RATE", Decimal::new(1, 2))?,
             currency: env.get("WALLET_CURRENCY", Currency::KRW)?,

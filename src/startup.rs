@@ -46,6 +46,8 @@ impl Application {
     /// Redis need not be up: the pool connects lazily and the breaker starts the
     /// service on the MySQL path if Redis does not answer.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Refuse to start without API keys before touching anything else.
+        let gatekeeper = http::Gatekeeper::new(&settings.api)?;
         let lock_wait_secs = settings.lock.wait.as_secs_f64().ceil() as u64;
         let db = store::connect(&settings.database, lock_wait_secs)
             .await
@@ -107,6 +109,7 @@ impl Application {
             breaker,
             settings.currency,
             settings.lock.wait,
+            settings.api.request_timeout,
             settings.faults.clone(),
             settings.points_rate,
             outbox_wake.clone(),
@@ -124,10 +127,13 @@ impl Application {
             .with_context(|| format!("binding {}", settings.http_addr))?;
         Ok(Self {
             listener,
-            router: http::router(http::AppState {
-                wallet: service,
+            router: http::router(
+                service,
                 dead_letters,
-            }),
+                crate::telemetry::metrics::install(),
+                gatekeeper,
+                &settings.api,
+            ),
             db,
             producer,
             stop_workers,
@@ -240,7 +246,7 @@ fn spawn_workers(
         };
         workers.push(tokio::spawn(consume(
             "points",
-            kafka::consumer(kafka, &kafka.points_group, &[&kafka.events_topic])?,
+            kafka::consumer(kafka, "points", &kafka.points_group, &[&kafka.events_topic])?,
             handler,
             dead_letters(&kafka.points_group),
             retry.clone(),
@@ -254,7 +260,12 @@ fn spawn_workers(
         };
         workers.push(tokio::spawn(consume(
             "payment-requests",
-            kafka::consumer(kafka, &kafka.requests_group, &[&kafka.requests_topic])?,
+            kafka::consumer(
+                kafka,
+                "payment-requests",
+                &kafka.requests_group,
+                &[&kafka.requests_topic],
+            )?,
             handler,
             dead_letters(&kafka.requests_group),
             retry.clone(),
@@ -272,7 +283,12 @@ fn spawn_workers(
         };
         workers.push(tokio::spawn(consume(
             "dead-letters",
-            kafka::consumer(kafka, &kafka.dlt_group, &[&events_dlt, &requests_dlt])?,
+            kafka::consumer(
+                kafka,
+                "dead-letters",
+                &kafka.dlt_group,
+                &[&events_dlt, &requests_dlt],
+            )?,
             FailedEventCollector { db: db.clone() },
             dead_letters(&kafka.dlt_group),
             patient,

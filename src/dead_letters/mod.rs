@@ -41,7 +41,7 @@ pub struct FailedEventRow {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailedEventView {
     pub id: String,
@@ -81,7 +81,7 @@ impl From<&FailedEventRow> for FailedEventView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailedEventPage {
     pub items: Vec<FailedEventView>,
@@ -89,7 +89,7 @@ pub struct FailedEventPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryAllReport {
     pub retried: u64,

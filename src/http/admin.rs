@@ -3,22 +3,31 @@
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
+use super::error::{CommonProblems, WriteProblems};
 use super::extract::{ApiPath, ApiQuery};
 use super::{detached, ApiError};
 use crate::dead_letters::{
     DeadLetters, FailedEventPage, FailedEventView, RetryAllReport, IGNORED, PENDING, RETRIED,
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `PENDING`, `RETRIED` or `IGNORED`.
     status: Option<String>,
+    /// 1 to 100, 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /api/v1/admin/failed-events?status&limit&cursor`: newest first.
+#[utoipa::path(get, path = "/api/v1/admin/failed-events", tag = "admin", params(ListQuery),
+    responses((status = 200, description = "Dead letters, newest first", body = FailedEventPage), CommonProblems))]
 pub async fn list(
     State(dead_letters): State<DeadLetters>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -39,6 +48,9 @@ pub async fn list(
 }
 
 /// `POST /api/v1/admin/failed-events/{id}/retry`: re-publish to the original topic.
+#[utoipa::path(post, path = "/api/v1/admin/failed-events/{id}/retry", tag = "admin",
+    params(("id" = String, Path, description = "The failed event's id")),
+    responses((status = 200, description = "Re-published, now RETRIED", body = FailedEventView), CommonProblems, WriteProblems))]
 pub async fn retry(
     State(dead_letters): State<DeadLetters>,
     ApiPath(id): ApiPath<String>,
@@ -50,6 +62,8 @@ pub async fn retry(
 }
 
 /// `POST /api/v1/admin/failed-events/retry-all`: retry every `PENDING` one.
+#[utoipa::path(post, path = "/api/v1/admin/failed-events/retry-all", tag = "admin",
+    responses((status = 200, description = "How many were re-published", body = RetryAllReport), CommonProblems))]
 pub async fn retry_all(
     State(dead_letters): State<DeadLetters>,
 ) -> Result<Json<RetryAllReport>, ApiError> {
@@ -59,6 +73,9 @@ pub async fn retry_all(
 }
 
 /// `POST /api/v1/admin/failed-events/{id}/ignore`: keep it, never apply it.
+#[utoipa::path(post, path = "/api/v1/admin/failed-events/{id}/ignore", tag = "admin",
+    params(("id" = String, Path, description = "The failed event's id")),
+    responses((status = 200, description = "Now IGNORED", body = FailedEventView), CommonProblems))]
 pub async fn ignore(
     State(dead_letters): State<DeadLetters>,
     ApiPath(id): ApiPath<String>,

@@ -24,6 +24,14 @@ pub enum ApiError {
     RouteNotFound,
     #[error("the route does not take this method")]
     MethodNotAllowed,
+    #[error("a valid API key is required: Authorization: Bearer <key>")]
+    Unauthorized,
+    #[error("this API key may not use this route")]
+    Forbidden,
+    #[error("too many requests for this API key")]
+    RateLimited(Duration),
+    #[error("the service is at its limit of requests in flight")]
+    Overloaded,
 }
 
 impl From<crate::domain::ValidationError> for ApiError {
@@ -33,13 +41,15 @@ impl From<crate::domain::ValidationError> for ApiError {
 }
 
 /// The problem document (RFC 9457) plus our `code` extension member.
-#[derive(Serialize)]
-struct Problem {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `/problems/<code>`.
     #[serde(rename = "type")]
     kind: String,
     title: &'static str,
     status: u16,
     detail: String,
+    /// Stable, machine-readable: `validation_failed`, `insufficient_funds`, …
     code: &'static str,
 }
 
@@ -64,6 +74,23 @@ impl ApiError {
                 "The request body is too large",
             ),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found", "No such resource"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+            ),
+            Self::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "The service is overloaded",
+            ),
+            Self::Service(S::Timeout) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "The request took too long",
+            ),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -140,6 +167,11 @@ impl ApiError {
                     .into()
             }
             Self::Service(S::Unavailable(_)) => "Nothing was applied; retry later.".into(),
+            Self::Service(S::Timeout) => {
+                "The request did not finish in time and was rolled back; retry later.".into()
+            }
+            Self::RateLimited(_) => "Nothing was applied; retry after the indicated delay.".into(),
+            Self::Overloaded => "Nothing was applied; retry later.".into(),
             other => other.to_string(),
         }
     }
@@ -147,9 +179,11 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Service(ServiceError::InProgress { retry_after }) => Some(*retry_after),
-            Self::Service(ServiceError::LockTimeout | ServiceError::Unavailable(_)) => {
-                Some(Duration::from_secs(1))
-            }
+            Self::Service(
+                ServiceError::LockTimeout | ServiceError::Unavailable(_) | ServiceError::Timeout,
+            )
+            | Self::Overloaded => Some(Duration::from_secs(1)),
+            Self::RateLimited(wait) => Some(*wait),
             _ => None,
         }
     }
@@ -176,11 +210,91 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         if let Some(after) = self.retry_after() {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(after.as_secs().max(1)),
-            );
+            // Whole seconds, rounded up: a client must not come back too early.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if matches!(self, Self::Unauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
+}
+
+/// Problem answers every `/api/v1` operation may give (for the OpenAPI document only).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum CommonProblems {
+    #[response(
+        status = 400,
+        description = "`validation_failed`",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(Problem),
+    #[response(
+        status = 401,
+        description = "`unauthorized`: no or unknown API key",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "`forbidden`: the key's scope does not cover the route",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = 404,
+        description = "`wallet_not_found`, `payment_not_found`, `failed_event_not_found`",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    #[response(
+        status = 429,
+        description = "`rate_limited`, with Retry-After",
+        content_type = "application/problem+json"
+    )]
+    RateLimited(Problem),
+    #[response(
+        status = 503,
+        description = "`unavailable`, `lock_timeout`, `request_timeout`, `overloaded`, with Retry-After; nothing applied",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
+/// Further problem answers of operations that take a JSON body and move money.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum WriteProblems {
+    #[response(
+        status = 402,
+        description = "`insufficient_funds`: nothing debited, nothing cached",
+        content_type = "application/problem+json"
+    )]
+    InsufficientFunds(Problem),
+    #[response(
+        status = 409,
+        description = "`request_in_progress` (with Retry-After) or `failed_event_ignored`",
+        content_type = "application/problem+json"
+    )]
+    Conflict(Problem),
+    #[response(
+        status = 413,
+        description = "`payload_too_large`: body over 16 KiB",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "`unsupported_media_type`: body not application/json",
+        content_type = "application/problem+json"
+    )]
+    UnsupportedMediaType(Problem),
+    #[response(
+        status = 422,
+        description = "`idempotency_key_reused` or `balance_limit_exceeded`",
+        content_type = "application/problem+json"
+    )]
+    Unprocessable(Problem),
 }

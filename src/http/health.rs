@@ -7,12 +7,19 @@ use serde_json::{json, Value};
 
 use crate::wallet::WalletService;
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "The process answers")))]
 pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready while MySQL answers. Redis down is degraded, not unready: the MySQL fallback
 /// serves, and `lockMode` says so.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready: {status, mysql, redis, lockMode, outbox}"),
+        (status = 503, description = "MySQL does not answer"),
+    ))]
 pub async fn ready(State(service): State<WalletService>) -> (StatusCode, Json<Value>) {
     let r = service.readiness().await;
     let up = |ok: bool| if ok { "up" } else { "down" };
@@ -29,4 +36,19 @@ pub async fn ready(State(service): State<WalletService>) -> (StatusCode, Json<Va
         "outbox": r.outbox,
     });
     (status, Json(body))
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
+pub async fn metrics(
+    State(handle): State<metrics_exporter_prometheus::PrometheusHandle>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        handle.render(),
+    )
 }

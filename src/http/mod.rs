@@ -1,26 +1,42 @@
-//! The HTTP API: routes, extractors, error mapping.
+//! The HTTP API: routes (documented by OpenAPI), extractors, error mapping, and the
+//! layers every request passes: request id, tracing, metrics, load shedding, a
+//! whole-request timeout, body limit, API keys and rate limits.
 
 mod admin;
+mod auth;
 mod error;
 mod extract;
 mod health;
+mod openapi;
 mod payments;
 mod wallets;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+pub use auth::Gatekeeper;
 pub use error::ApiError;
+pub use openapi::ApiDoc;
 
+use crate::configuration::ApiSettings;
 use crate::dead_letters::DeadLetters;
+use crate::telemetry::metrics::track_http;
 use crate::wallet::{Outcome, ServiceError, WalletService};
 
 /// What the handlers share.
@@ -28,6 +44,8 @@ use crate::wallet::{Outcome, ServiceError, WalletService};
 pub struct AppState {
     pub wallet: WalletService,
     pub dead_letters: DeadLetters,
+    pub metrics: PrometheusHandle,
+    document: openapi::Document,
 }
 
 impl FromRef<AppState> for WalletService {
@@ -42,38 +60,138 @@ impl FromRef<AppState> for DeadLetters {
     }
 }
 
+impl FromRef<AppState> for PrometheusHandle {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
+
+impl FromRef<AppState> for openapi::Document {
+    fn from_ref(state: &AppState) -> Self {
+        state.document.clone()
+    }
+}
+
 /// Largest request body accepted; every API body is a few hundred bytes.
 const BODY_LIMIT: usize = 16 * 1024;
 
-/// Builds the router with its state.
-pub fn router(state: AppState) -> Router {
+/// How much longer than the request timeout the outer backstop waits: money movements
+/// enforce the timeout themselves (and roll back), this only catches the rest.
+const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
+
+/// The `/api/v1` routes (behind API keys) and the operations routes, each with its
+/// OpenAPI operation.
+fn routes(gatekeeper: Gatekeeper) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::new()
+        .routes(routes!(wallets::create))
+        .routes(routes!(wallets::show))
+        .routes(routes!(wallets::top_up))
+        .routes(routes!(wallets::transactions))
+        .routes(routes!(payments::pay))
+        .routes(routes!(payments::show))
+        .routes(routes!(payments::cancel))
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::retry_all))
+        .routes(routes!(admin::retry))
+        .routes(routes!(admin::ignore))
+        .layer(middleware::from_fn_with_state(
+            gatekeeper,
+            auth::require_key,
+        ));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(api)
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::document))
+}
+
+/// Builds the router with its state and layers.
+pub fn router(
+    wallet: WalletService,
+    dead_letters: DeadLetters,
+    metrics: PrometheusHandle,
+    gatekeeper: Gatekeeper,
+    settings: &ApiSettings,
+) -> Router {
+    let (router, doc) = routes(gatekeeper).split_for_parts();
+    let document = openapi::Document(Arc::new(
+        doc.to_json().expect("the OpenAPI document serialises"),
+    ));
+    let state = AppState {
+        wallet,
+        dead_letters,
+        metrics,
+        document,
+    };
     let request_id = HeaderName::from_static("x-request-id");
-    let api = Router::new()
-        .route("/wallets", post(wallets::create))
-        .route("/wallets/{user_id}", get(wallets::show))
-        .route("/wallets/{user_id}/top-ups", post(wallets::top_up))
-        .route(
-            "/wallets/{user_id}/transactions",
-            get(wallets::transactions),
-        )
-        .route("/payments", post(payments::pay))
-        .route("/payments/{order_id}", get(payments::show))
-        .route("/payments/{order_id}/cancel", post(payments::cancel))
-        .route("/admin/failed-events", get(admin::list))
-        .route("/admin/failed-events/retry-all", post(admin::retry_all))
-        .route("/admin/failed-events/{id}/retry", post(admin::retry))
-        .route("/admin/failed-events/{id}/ignore", post(admin::ignore));
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready))
+    let in_flight = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+    router
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(track_http))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(settings.request_timeout + BACKSTOP_GRACE, backstop))
+        .layer(middleware::from_fn_with_state(in_flight, shed_load))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Sheds load: past the cap of requests in flight, answer 503 at once instead of
+/// queueing without bound.
+async fn shed_load(
+    State(in_flight): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match in_flight.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Overloaded.into_response(),
+    }
+}
+
+/// The whole-request timeout's backstop.
+async fn backstop(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::from(ServiceError::Timeout).into_response(),
+    }
+}
+
+/// Runs a use case to its end even if the client hangs up: a debit that reached the
+/// database finishes, releases its lock and caches its reply.
+async fn detached<T, F>(work: F) -> Result<T, ApiError>
+where
+    F: Future<Output = Result<T, ServiceError>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ServiceError::Unavailable(e.into()).into()),
+    }
+}
+
+/// `created` for a first answer, 200 with `Idempotent-Replayed: true` for a replay.
+fn idempotent<T: Serialize>(outcome: Outcome<T>, created: StatusCode) -> Response {
+    if outcome.replayed {
+        let mut response = (StatusCode::OK, Json(outcome.value)).into_response();
+        response.headers_mut().insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+        response
+    } else {
+        (created, Json(outcome.value)).into_response()
+    }
 }
 
 /// Largest page of any list.
@@ -96,31 +214,4 @@ fn page_cursor(cursor: Option<String>) -> Result<Option<u64>, ApiError> {
         .map(|c| c.parse::<u64>())
         .transpose()
         .map_err(|_| ApiError::Validation("cursor is not one this API returned".into()))
-}
-
-/// Runs a use case to its end even if the client hangs up: a debit that reached the
-/// database finishes, releases its lock and caches its reply.
-async fn detached<T, F>(work: F) -> Result<T, ApiError>
-where
-    F: Future<Output = Result<T, ServiceError>> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::spawn(work).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ServiceError::Unavailable(e.into()).into()),
-    }
-}
-
-/// `created` for a first answer, 200 with `Idempotent-Replayed: true` for a replay.
-fn idempotent<T: Serialize>(outcome: Outcome<T>, created: StatusCode) -> Response {
-    if outcome.replayed {
-        let mut response = (StatusCode::OK, Json(outcome.value)).into_response();
-        response.headers_mut().insert(
-            HeaderName::from_static("idempotent-replayed"),
-            HeaderValue::from_static("true"),
-        );
-        response
-    } else {
-        (created, Json(outcome.value)).into_response()
-    }
 }

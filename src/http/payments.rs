@@ -6,22 +6,36 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
+use super::error::{CommonProblems, WriteProblems};
 use super::extract::{optional_json, ApiJson, ApiPath};
 use super::{detached, idempotent, ApiError};
 use crate::domain::{Amount, Identifier, RawAmount};
 use crate::wallet::views::PaymentView;
 use crate::wallet::WalletService;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PayRequest {
+    /// The idempotency key: one order debits at most once.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,64}$", example = "order-1")]
     order_id: String,
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,64}$", example = "alice")]
     user_id: String,
+    /// A decimal string (or a JSON integer), > 0, ≤ 10^12, at most the currency's digits.
+    #[schema(value_type = String, example = "1000")]
     amount: RawAmount,
 }
 
 /// `POST /api/v1/payments`: 201, or 200 with the identical body for a repeat.
+#[utoipa::path(post, path = "/api/v1/payments", tag = "payments", request_body = PayRequest,
+    responses(
+        (status = 201, description = "Debited", body = PaymentView),
+        (status = 200, description = "A repeat: the identical body, debited once", body = PaymentView,
+            headers(("Idempotent-Replayed" = String, description = "true"))),
+        CommonProblems, WriteProblems,
+    ))]
 pub async fn pay(
     State(service): State<WalletService>,
     ApiJson(body): ApiJson<PayRequest>,
@@ -34,6 +48,9 @@ pub async fn pay(
 }
 
 /// `GET /api/v1/payments/{orderId}`: the payment as it is now.
+#[utoipa::path(get, path = "/api/v1/payments/{order_id}", tag = "payments",
+    params(("order_id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
+    responses((status = 200, description = "The payment", body = PaymentView), CommonProblems))]
 pub async fn show(
     State(service): State<WalletService>,
     ApiPath(order_id): ApiPath<String>,
@@ -45,14 +62,22 @@ pub async fn show(
 /// Longest cancel reason kept.
 const MAX_REASON: usize = 255;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
+    #[schema(max_length = 255)]
     reason: Option<String>,
 }
 
 /// `POST /api/v1/payments/{orderId}/cancel` with an optional `{"reason"}` body: 200; a
 /// repeat answers the same body.
+#[utoipa::path(post, path = "/api/v1/payments/{order_id}/cancel", tag = "payments",
+    params(("order_id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
+    request_body(content = Option<CancelRequest>, description = "Optional; may be empty"),
+    responses(
+        (status = 200, description = "Cancelled and credited back once (also for a repeat)", body = PaymentView),
+        CommonProblems, WriteProblems,
+    ))]
 pub async fn cancel(
     State(service): State<WalletService>,
     ApiPath(order_id): ApiPath<String>,

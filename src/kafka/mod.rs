@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use crate::configuration::KafkaSettings;
 
@@ -40,20 +40,52 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
         .context("creating the Kafka producer")
 }
 
+/// The consumers' client context: reports consumer lag from librdkafka's statistics.
+pub struct LagReporter {
+    name: &'static str,
+}
+
+impl ClientContext for LagReporter {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, stats) in &topic.partitions {
+                // librdkafka reports -1 for partitions it does not consume.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    crate::telemetry::metrics::consumer_lag(
+                        self.name,
+                        *partition,
+                        stats.consumer_lag,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagReporter {}
+
+/// The consumers the service runs.
+pub type WalletConsumer = StreamConsumer<LagReporter>;
+
+/// How often librdkafka reports statistics (consumer lag).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
 /// A consumer in `group` with manual commits: an offset is committed only after the
-/// record's effect is durable.
+/// record's effect is durable. `name` labels its metrics.
 pub fn consumer(
     settings: &KafkaSettings,
+    name: &'static str,
     group: &str,
     topics: &[&str],
-) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = client_config(settings)
+) -> anyhow::Result<WalletConsumer> {
+    let consumer: WalletConsumer = client_config(settings)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .create()
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        .create_with_context(LagReporter { name })
         .context("creating a Kafka consumer")?;
     consumer.subscribe(topics).context("subscribing")?;
     Ok(consumer)

@@ -4,13 +4,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::backoff;
 use super::dead_letter::{DeadLetterPublisher, Failure};
+use super::{backoff, WalletConsumer};
 use crate::shutdown::Shutdown;
+use crate::telemetry::metrics;
 
 /// Why a record was not handled.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +45,7 @@ pub struct RetryPolicy {
 /// handled record, before its commit (a fault the tests inject).
 pub async fn consume<H: RecordHandler>(
     name: &'static str,
-    consumer: StreamConsumer,
+    consumer: WalletConsumer,
     handler: H,
     dead_letters: DeadLetterPublisher,
     retry: RetryPolicy,
@@ -74,6 +75,7 @@ pub async fn consume<H: RecordHandler>(
                 return;
             }
             commit(name, &consumer, &record);
+            metrics::consumer_record(name, "applied");
             continue;
         };
         // Dead-letter it; until the broker takes it, keep trying (never commit a record
@@ -85,6 +87,7 @@ pub async fn consume<H: RecordHandler>(
                     tracing::warn!(consumer = name, topic = record.topic(), offset = record.offset(),
                         error = %failure.message, "record sent to the dead-letter topic");
                     commit(name, &consumer, &record);
+                    metrics::consumer_record(name, "dead_lettered");
                     break;
                 }
                 Err(e) => {
@@ -119,7 +122,7 @@ impl DeadRecord {
 
 /// Handles one record with retries. `None`: handled (or interrupted by shutdown).
 async fn process<H: RecordHandler>(
-    name: &str,
+    name: &'static str,
     record: &OwnedMessage,
     handler: &H,
     retry: &RetryPolicy,
@@ -144,6 +147,7 @@ async fn process<H: RecordHandler>(
                 })
             }
             Err(HandlerError::Transient(e)) => {
+                metrics::consumer_retry(name);
                 tracing::info!(consumer = name, attempt, error = %format!("{e:#}"), "record failed; retrying");
                 tokio::select! {
                     _ = shutdown.recv() => return None,
@@ -155,7 +159,7 @@ async fn process<H: RecordHandler>(
     }
 }
 
-fn commit(name: &str, consumer: &StreamConsumer, record: &OwnedMessage) {
+fn commit(name: &str, consumer: &WalletConsumer, record: &OwnedMessage) {
     let mut offsets = TopicPartitionList::new();
     let next = Offset::Offset(record.offset() + 1);
     if let Err(e) = offsets

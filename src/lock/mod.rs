@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::configuration::LockSettings;
 use crate::domain::Identifier;
 use crate::redis_support::{bounded, KeySpace, RedisFault, SharedRedis};
+use crate::telemetry::metrics;
 use slots::{Baton, LocalTurn, Slots};
 
 /// How many local holders in a row one Redis acquisition may serve. Bounds how long one
@@ -144,13 +145,17 @@ impl WalletLock {
         user_id: &Identifier,
         deadline: Instant,
     ) -> Result<LockGuard, LockError> {
-        let turn = self
-            .slots
-            .enter(user_id, deadline)
-            .await
-            .ok_or(LockError::Timeout)?;
+        let started = Instant::now();
+        let turn = match self.slots.enter(user_id, deadline).await {
+            Some(turn) => turn,
+            None => {
+                metrics::lock_acquired("timeout", started.elapsed());
+                return Err(LockError::Timeout);
+            }
+        };
         if let Some(baton) = turn.take_baton() {
             if !baton.lost.load(Ordering::Acquire) {
+                metrics::lock_acquired("passed", started.elapsed());
                 return Ok(LockGuard {
                     user_id: user_id.clone(),
                     owner: baton.owner,
@@ -178,8 +183,15 @@ impl WalletLock {
                 .key(self.keys.contended(user_id))
                 .arg(&owner)
                 .arg(lease_ms);
-            let answer: i64 = bounded(self.timeout, invocation.invoke_async(conn)).await?;
+            let answer: i64 = match bounded(self.timeout, invocation.invoke_async(conn)).await {
+                Ok(answer) => answer,
+                Err(fault) => {
+                    metrics::lock_acquired("error", started.elapsed());
+                    return Err(fault.into());
+                }
+            };
             if answer > 0 {
+                metrics::lock_acquired("acquired", started.elapsed());
                 drop(released);
                 let lost = Arc::new(AtomicBool::new(false));
                 let renewal = self
@@ -198,6 +210,7 @@ impl WalletLock {
             }
             let now = Instant::now();
             if now >= deadline {
+                metrics::lock_acquired("timeout", started.elapsed());
                 return Err(LockError::Timeout);
             }
             let remaining_lease = Duration::from_millis(answer.unsigned_abs());

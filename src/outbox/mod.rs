@@ -77,7 +77,7 @@ pub async fn mark_sent(
 }
 
 /// How far the relay is behind.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Backlog {
     /// Rows not yet acknowledged by the broker.

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use super::{backlog, claim, mark_sent, OutboxRow};
 use crate::events::{HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use crate::shutdown::Shutdown;
+use crate::telemetry::metrics;
 
 /// The relay worker.
 pub struct Relay {
@@ -57,6 +58,9 @@ impl Relay {
                         tracing::warn!(error = %format!("{e:#}"), backlog = ?lag, "outbox relay cannot publish");
                     }
                 }
+            }
+            if let Ok(lag) = backlog(&self.db).await {
+                metrics::outbox(lag.pending, lag.oldest_pending_ms);
             }
             if shutdown.is_shutdown() {
                 break;

@@ -18,6 +18,7 @@ use crate::idempotency::Claim;
 use crate::lock::{LockError, LockGuard};
 use crate::redis_support::RedisFault;
 use crate::store;
+use crate::telemetry::metrics;
 
 /// How often one request retries a transaction that lost a race it could not see
 /// (a stale fencing token, a lost lease, a deadlock) before it answers 503.
@@ -76,8 +77,10 @@ impl WalletService {
         &self,
         cmd: &C,
     ) -> Result<Outcome<C::Output>, ServiceError> {
+        // The whole request's budget: past it nothing commits.
+        let deadline = Instant::now() + self.request_timeout;
         if self.breaker.mode() == ActiveMode::Redis {
-            match self.execute_on_redis(cmd).await {
+            match self.execute_on_redis(cmd, deadline).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(RedisPath::Failed(e)) => return Err(e),
                 Err(RedisPath::Redis(fault)) => {
@@ -90,11 +93,15 @@ impl WalletService {
                 }
             }
         }
-        self.execute_on_mysql(cmd).await
+        self.execute_on_mysql(cmd, deadline).await
     }
 
     /// Claim the idempotency key, take the lock, transact, release, cache the reply.
-    async fn execute_on_redis<C: Command>(&self, cmd: &C) -> Result<Outcome<C::Output>, RedisPath> {
+    async fn execute_on_redis<C: Command>(
+        &self,
+        cmd: &C,
+        deadline: Instant,
+    ) -> Result<Outcome<C::Output>, RedisPath> {
         let mut conn = self.redis.connection().await.map_err(RedisPath::Redis)?;
         let fingerprint = cmd.fingerprint();
         let claim = self
@@ -106,22 +113,27 @@ impl WalletService {
         let token = match claim {
             Claim::Claimed(token) => token,
             Claim::Done(reply) => {
+                metrics::replayed(C::SCOPE);
                 return serde_json::from_str(&reply)
                     .map(|value| Outcome {
                         value,
                         replayed: true,
                     })
-                    .map_err(|e| RedisPath::Failed(unavailable(e)))
+                    .map_err(|e| RedisPath::Failed(unavailable(e)));
             }
             Claim::Pending(_) => {
+                metrics::in_progress(C::SCOPE);
                 return Err(RedisPath::Failed(ServiceError::InProgress {
                     retry_after: Duration::from_secs(1),
-                }))
+                }));
             }
-            Claim::Mismatch => return Err(RedisPath::Failed(ServiceError::KeyReused)),
+            Claim::Mismatch => {
+                metrics::key_reused(C::SCOPE);
+                return Err(RedisPath::Failed(ServiceError::KeyReused));
+            }
         };
 
-        let result = self.locked(&mut conn, cmd).await;
+        let result = self.locked(&mut conn, cmd, deadline).await;
         let cache = match &result {
             Ok(outcome) => match serde_json::to_string(&outcome.value) {
                 Ok(reply) => {
@@ -155,12 +167,16 @@ impl WalletService {
         &self,
         conn: &mut redis::aio::MultiplexedConnection,
         cmd: &C,
+        deadline: Instant,
     ) -> Result<Outcome<C::Output>, RedisPath> {
-        let deadline = Instant::now() + self.lock_wait;
+        let lock_deadline = (Instant::now() + self.lock_wait).min(deadline);
         let mut attempt = 1;
         loop {
-            let mut guard = match self.lock.acquire(conn, cmd.user_id(), deadline).await {
+            let mut guard = match self.lock.acquire(conn, cmd.user_id(), lock_deadline).await {
                 Ok(guard) => guard,
+                Err(LockError::Timeout) if Instant::now() >= deadline => {
+                    return Err(RedisPath::Failed(ServiceError::Timeout))
+                }
                 Err(LockError::Timeout) => {
                     return Err(RedisPath::Failed(ServiceError::LockTimeout))
                 }
@@ -168,9 +184,10 @@ impl WalletService {
             };
             // Retries under the same lock, while the fencing token can be moved forward.
             let failure = loop {
-                match self.transact(cmd, Some(&guard)).await {
+                match self.transact(cmd, Some(&guard), deadline).await {
                     Err(TxFailure::Stale { seen }) if attempt < MAX_ATTEMPTS => {
                         attempt += 1;
+                        metrics::stale_fence();
                         match self.lock.refence(conn, &mut guard, seen).await {
                             // Redis had lost its counter (a restart): go on with a fresh token.
                             Ok(true) => continue,
@@ -185,7 +202,8 @@ impl WalletService {
                         continue;
                     }
                     Err(TxFailure::LeaseLost) if attempt < MAX_ATTEMPTS => {
-                        break TxFailure::LeaseLost
+                        metrics::lease_lost();
+                        break TxFailure::LeaseLost;
                     }
                     result => {
                         self.release(conn, guard).await?;
@@ -227,10 +245,12 @@ impl WalletService {
     async fn execute_on_mysql<C: Command>(
         &self,
         cmd: &C,
+        deadline: Instant,
     ) -> Result<Outcome<C::Output>, ServiceError> {
+        metrics::mysql_fallback();
         let mut attempt = 1;
         loop {
-            match self.transact(cmd, None).await {
+            match self.transact(cmd, None, deadline).await {
                 Err(TxFailure::Retry(e)) if attempt < MAX_ATTEMPTS => {
                     attempt += 1;
                     tracing::debug!(error = %e, "retrying the transaction");
@@ -240,11 +260,31 @@ impl WalletService {
         }
     }
 
-    /// One transaction: lock the wallet row, check the fence, apply, commit.
+    /// One transaction, measured.
     async fn transact<C: Command>(
         &self,
         cmd: &C,
         guard: Option<&LockGuard>,
+        deadline: Instant,
+    ) -> Result<Outcome<C::Output>, TxFailure> {
+        let started = Instant::now();
+        let result = self.transact_once(cmd, guard, deadline).await;
+        metrics::transaction(C::SCOPE, started.elapsed());
+        match &result {
+            Ok(outcome) if outcome.replayed => metrics::replayed(C::SCOPE),
+            Err(TxFailure::Failed(ServiceError::KeyReused)) => metrics::key_reused(C::SCOPE),
+            _ => {}
+        }
+        result
+    }
+
+    /// One transaction: lock the wallet row, check the fence, apply, commit, unless
+    /// the lease was lost or the request's `deadline` passed.
+    async fn transact_once<C: Command>(
+        &self,
+        cmd: &C,
+        guard: Option<&LockGuard>,
+        deadline: Instant,
     ) -> Result<Outcome<C::Output>, TxFailure> {
         let mut tx = self.db.begin().await?;
         if let Some(most) = self.faults.txn_delay {
@@ -275,6 +315,10 @@ impl WalletService {
                 if guard.is_some_and(LockGuard::is_lost) {
                     tx.rollback().await?;
                     return Err(TxFailure::LeaseLost);
+                }
+                if Instant::now() >= deadline {
+                    tx.rollback().await?;
+                    return Err(TxFailure::Failed(ServiceError::Timeout));
                 }
                 tx.commit().await?;
                 self.outbox_wake.notify_one();

@@ -44,6 +44,8 @@ pub enum ServiceError {
     KeyReused,
     #[error("the wallet is busy")]
     LockTimeout,
+    #[error("the request took too long and was rolled back")]
+    Timeout,
     #[error("failed event not found")]
     FailedEventNotFound,
     #[error("the failed event was ignored; it is never applied")]
@@ -69,6 +71,8 @@ pub struct WalletService {
     breaker: RedisBreaker,
     currency: Currency,
     lock_wait: Duration,
+    /// A money movement that has not committed by then rolls back (503).
+    request_timeout: Duration,
     faults: FaultInjection,
     points_rate: rust_decimal::Decimal,
     /// Wakes the outbox relay after a commit that wrote an event.
@@ -90,6 +94,7 @@ impl WalletService {
         breaker: RedisBreaker,
         currency: Currency,
         lock_wait: Duration,
+        request_timeout: Duration,
         faults: FaultInjection,
         points_rate: rust_decimal::Decimal,
         outbox_wake: Arc<Notify>,
@@ -102,6 +107,7 @@ impl WalletService {
             breaker,
             currency,
             lock_wait,
+            request_timeout,
             faults,
             points_rate,
             outbox_wake,

@@ -22,10 +22,12 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WalletView {
     pub user_id: String,
+    /// Decimal string with the currency's digits, e.g. "150000".
+    #[schema(example = "150000")]
     pub balance: String,
     pub points: i64,
     pub currency: String,
@@ -44,7 +46,7 @@ impl WalletView {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentView {
     pub payment_id: String,
@@ -94,7 +96,7 @@ impl PaymentView {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopUpView {
     pub top_up_id: String,
@@ -118,7 +120,7 @@ impl TopUpView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerEntryView {
     pub entry_id: String,
@@ -145,7 +147,7 @@ impl LedgerEntryView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerPage {
     pub items: Vec<LedgerEntryView>,

@@ -8,8 +8,21 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
-use wallet::configuration::Settings;
+use wallet::configuration::{ApiKey, Scope, Settings};
 use wallet::startup::Application;
+
+/// The API keys every test app accepts.
+pub const CHECKOUT_KEY: &str = "test-checkout-key";
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+/// The key a route needs: admin routes take the admin key, the rest the checkout key.
+fn key_for(path: &str) -> &'static str {
+    if path.starts_with("/api/v1/admin") {
+        ADMIN_KEY
+    } else {
+        CHECKOUT_KEY
+    }
+}
 
 /// Server-level URL of the test database server (no database in the path).
 fn database_server_url() -> String {
@@ -55,6 +68,10 @@ pub async fn test_settings() -> Settings {
     settings.redis.url = redis_url();
     settings.redis.key_prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     settings.lock.breaker_probe_interval = Duration::from_millis(200);
+    settings.api.keys = vec![
+        ApiKey::plain(Scope::Checkout, CHECKOUT_KEY),
+        ApiKey::plain(Scope::Admin, ADMIN_KEY),
+    ];
     // Kafka stays out of the way unless a test asks for it (kafka_settings).
     let kafka = &mut settings.kafka;
     kafka.create_topics = false;
@@ -129,6 +146,10 @@ pub struct Reply {
     pub status: StatusCode,
     pub content_type: String,
     pub replayed: bool,
+    /// `Retry-After`, `WWW-Authenticate`, `X-Request-Id`, when present.
+    pub retry_after: String,
+    pub www_authenticate: String,
+    pub request_id: String,
     pub text: String,
 }
 
@@ -144,12 +165,18 @@ impl Reply {
         };
         let content_type = header("content-type");
         let replayed = header("idempotent-replayed") == "true";
+        let retry_after = header("retry-after");
+        let www_authenticate = header("www-authenticate");
+        let request_id = header("x-request-id");
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         Self {
             status,
             content_type,
             replayed,
+            retry_after,
+            www_authenticate,
+            request_id,
             text,
         }
     }
@@ -171,20 +198,26 @@ impl Reply {
 
 impl TestApp {
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        let response = self
+        self.post_as(Some(key_for(path)), path, body).await
+    }
+
+    /// A POST with the given key (`None`: no Authorization header).
+    pub async fn post_as(&self, key: Option<&str>, path: &str, body: &Value) -> Reply {
+        let mut request = self
             .client
             .post(format!("{}{path}", self.address))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent");
-        Reply::read(response).await
+            .json(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        Reply::read(request.send().await.expect("request sent")).await
     }
 
     pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
         let response = self
             .client
             .post(format!("{}{path}", self.address))
+            .bearer_auth(key_for(path))
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -197,6 +230,7 @@ impl TestApp {
         let response = self
             .client
             .get(format!("{}{path}", self.address))
+            .bearer_auth(key_for(path))
             .send()
             .await
             .expect("request sent");

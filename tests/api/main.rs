@@ -5,5 +5,6 @@ mod bad_input;
 mod concurrency;
 mod events;
 mod faults;
+mod hardening;
 mod helpers;
 mod payments;

@@ -1,4 +1,7 @@
-//! Tracing set-up: `RUST_LOG` filters, `WALLET_LOG_FORMAT=json` for JSON lines.
+//! Tracing set-up (`RUST_LOG` filters, `WALLET_LOG_FORMAT=json` for JSON lines) and the
+//! Prometheus [`metrics`].
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

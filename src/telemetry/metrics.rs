@@ -1,0 +1,208 @@
+//! Prometheus metrics (`GET /metrics`): every name the service records, in one place.
+//!
+//! The recorder is global (the `metrics` facade); it is installed once per process, so
+//! several applications in one process (the tests) share it.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets, in seconds: sub-millisecond Redis calls to multi-second lock waits.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the recorder (once) and returns the handle that renders the scrape.
+/// Must be called inside the tokio runtime: it starts the recorder's upkeep task.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed");
+            }
+            describe();
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    upkeep.run_upkeep();
+                }
+            });
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests by route, method and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route, method and status"
+    );
+    describe_counter!(
+        "wallet_lock_acquisitions_total",
+        "Wallet lock acquisitions by outcome (acquired, passed, timeout, error)"
+    );
+    describe_histogram!(
+        "wallet_lock_wait_seconds",
+        Unit::Seconds,
+        "Time waited for a wallet lock"
+    );
+    describe_gauge!(
+        "wallet_lock_mode",
+        "1 for the lock mode in use (redis or mysql-fallback), 0 for the other"
+    );
+    describe_gauge!(
+        "wallet_redis_breaker_open",
+        "1 while the Redis circuit breaker is open"
+    );
+    describe_counter!(
+        "wallet_lock_stale_fence_total",
+        "Transactions refused because a newer fencing token had written the wallet"
+    );
+    describe_counter!(
+        "wallet_lock_lease_lost_total",
+        "Transactions rolled back because the lock lease could not be renewed"
+    );
+    describe_counter!(
+        "wallet_mysql_fallback_total",
+        "Money movements run on the MySQL fallback path"
+    );
+    describe_counter!(
+        "wallet_idempotent_replays_total",
+        "Requests answered with an earlier reply, by scope"
+    );
+    describe_counter!(
+        "wallet_requests_in_progress_total",
+        "Requests refused with 409 because the same key was in progress"
+    );
+    describe_counter!(
+        "wallet_idempotency_key_reused_total",
+        "Requests refused with 422 because the key was used for another request"
+    );
+    describe_histogram!(
+        "wallet_db_transaction_seconds",
+        Unit::Seconds,
+        "Duration of wallet transactions, by scope"
+    );
+    describe_gauge!(
+        "wallet_outbox_backlog",
+        "Outbox events not yet acknowledged by the broker"
+    );
+    describe_gauge!(
+        "wallet_outbox_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest unpublished outbox event"
+    );
+    describe_counter!("wallet_outbox_published_total", "Outbox events published");
+    describe_counter!(
+        "wallet_consumer_records_total",
+        "Records handled by a consumer, by outcome (applied, dead_lettered)"
+    );
+    describe_counter!(
+        "wallet_consumer_retries_total",
+        "Record retries by consumer"
+    );
+    describe_gauge!(
+        "wallet_consumer_lag",
+        "Records behind the end of the partition, by consumer and partition"
+    );
+}
+
+/// Middleware: counts and times every request by its route template.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    counter!("http_requests_total", &labels).increment(1);
+    histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+pub fn lock_acquired(outcome: &'static str, waited: Duration) {
+    counter!("wallet_lock_acquisitions_total", "outcome" => outcome).increment(1);
+    histogram!("wallet_lock_wait_seconds").record(waited.as_secs_f64());
+}
+
+pub fn lock_mode(mode: &'static str) {
+    let redis = mode == "redis";
+    gauge!("wallet_lock_mode", "mode" => "redis").set(if redis { 1.0 } else { 0.0 });
+    gauge!("wallet_lock_mode", "mode" => "mysql-fallback").set(if redis { 0.0 } else { 1.0 });
+    gauge!("wallet_redis_breaker_open").set(if redis { 0.0 } else { 1.0 });
+}
+
+pub fn stale_fence() {
+    counter!("wallet_lock_stale_fence_total").increment(1);
+}
+
+pub fn lease_lost() {
+    counter!("wallet_lock_lease_lost_total").increment(1);
+}
+
+pub fn mysql_fallback() {
+    counter!("wallet_mysql_fallback_total").increment(1);
+}
+
+pub fn replayed(scope: &'static str) {
+    counter!("wallet_idempotent_replays_total", "scope" => scope).increment(1);
+}
+
+pub fn in_progress(scope: &'static str) {
+    counter!("wallet_requests_in_progress_total", "scope" => scope).increment(1);
+}
+
+pub fn key_reused(scope: &'static str) {
+    counter!("wallet_idempotency_key_reused_total", "scope" => scope).increment(1);
+}
+
+pub fn transaction(scope: &'static str, took: Duration) {
+    histogram!("wallet_db_transaction_seconds", "scope" => scope).record(took.as_secs_f64());
+}
+
+pub fn outbox(pending: i64, oldest_pending_ms: i64) {
+    gauge!("wallet_outbox_backlog").set(pending as f64);
+    gauge!("wallet_outbox_lag_seconds").set(oldest_pending_ms as f64 / 1000.0);
+}
+
+pub fn outbox_published(count: usize) {
+    counter!("wallet_outbox_published_total").increment(count as u64);
+}
+
+pub fn consumer_record(consumer: &'static str, outcome: &'static str) {
+    counter!("wallet_consumer_records_total", "consumer" => consumer, "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn consumer_retry(consumer: &'static str) {
+    counter!("wallet_consumer_retries_total", "consumer" => consumer).increment(1);
+}
+
+pub fn consumer_lag(consumer: &'static str, partition: i32, lag: i64) {
+    gauge!("wallet_consumer_lag", "consumer" => consumer, "partition" => partition.to_string())
+        .set(lag.max(0) as f64);
+}
