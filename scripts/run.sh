@@ -17,6 +17,8 @@ cargo build --release --locked --quiet
 binary="$CARGO_TARGET_DIR/release/wallet"
 
 export WALLET_HTTP_ADDR="${WALLET_HTTP_ADDR:-127.0.0.1:8080}"
+# Development keys for this local run (a production deployment sets its own).
+export WALLET_API_KEYS="${WALLET_API_KEYS:-checkout:dev-checkout-key,admin:dev-admin-key}"
 base="http://$WALLET_HTTP_ADDR"
 pidfile="$WALLET_DATA_DIR/wallet.pid"
 
@@ -44,11 +46,17 @@ cat <<EOT
 The wallet service is up on $base (pid $(cat "$pidfile"), logs: $WALLET_DATA_DIR/wallet.log).
 Readiness: $(curl -fsS "$base/readyz")
 
+Development API keys: checkout scope 'dev-checkout-key', admin scope 'dev-admin-key'
+(set WALLET_API_KEYS to use others).
+
 Try it:
-  curl -s -X POST $base/api/v1/wallets -H 'content-type: application/json' -d '{"userId":"alice"}'
-  curl -s -X POST $base/api/v1/wallets/alice/top-ups -H 'content-type: application/json' -d '{"topUpId":"topup-1","amount":"150000"}'
-  curl -s -X POST $base/api/v1/payments -H 'content-type: application/json' -d '{"orderId":"order-1","userId":"alice","amount":"1000"}'
-  curl -s $base/api/v1/wallets/alice
+  export KEY='Authorization: Bearer dev-checkout-key'
+  curl -s -X POST $base/api/v1/wallets -H "\$KEY" -H 'content-type: application/json' -d '{"userId":"alice"}'
+  curl -s -X POST $base/api/v1/wallets/alice/top-ups -H "\$KEY" -H 'content-type: application/json' -d '{"topUpId":"topup-1","amount":"150000"}'
+  curl -s -X POST $base/api/v1/payments -H "\$KEY" -H 'content-type: application/json' -d '{"orderId":"order-1","userId":"alice","amount":"1000"}'
+  curl -s $base/api/v1/wallets/alice -H "\$KEY"
+  curl -s $base/openapi.json    # the API, documented
+  curl -s $base/metrics         # Prometheus metrics
 
 Stop it with: kill \$(cat $pidfile)
 EOT

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real MariaDB and Redis on 127.0.0.1, installing and
-# starting them when missing. Safe to run twice. Extra arguments go to `cargo test`.
+# Runs the whole test suite against real MariaDB, Redis and a Kafka-protocol broker on
+# 127.0.0.1, installing and starting them when missing, then fuzzes a running instance
+# from its OpenAPI document (scripts/fuzz.sh). Safe to run twice. Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/deps.sh
@@ -18,3 +20,5 @@ export WALLET_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export WALLET_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 log "running the test suite"
 cargo test --locked "$@"
+# Schema-driven fuzzing of a running instance (bounded: a few hundred cases).
+./scripts/fuzz.sh "${WALLET_FUZZ_EXAMPLES:-10}"
