@@ -101,19 +101,19 @@ impl Application {
         );
         let producer = kafka::producer(&settings.kafka)?;
         let outbox_wake = Arc::new(Notify::new());
-        let service = WalletService::new(
-            db.clone(),
-            shared_redis,
+        let service = WalletService {
+            db: db.clone(),
+            redis: shared_redis,
             lock,
             idempotency,
             breaker,
-            settings.currency,
-            settings.lock.wait,
-            settings.api.request_timeout,
-            settings.faults.clone(),
-            settings.points_rate,
-            outbox_wake.clone(),
-        );
+            currency: settings.currency,
+            lock_wait: settings.lock.wait,
+            request_timeout: settings.api.request_timeout,
+            faults: settings.faults.clone(),
+            points_rate: settings.points_rate,
+            outbox_wake: outbox_wake.clone(),
+        };
         let dead_letters = DeadLetters::new(
             db.clone(),
             producer.clone(),

@@ -61,22 +61,23 @@ pub struct Outcome<T> {
     pub replayed: bool,
 }
 
-/// The use cases; cheap to clone.
+/// The use cases; cheap to clone. Built once in `startup`.
 #[derive(Clone)]
 pub struct WalletService {
-    db: MySqlPool,
-    redis: SharedRedis,
-    lock: WalletLock,
-    idempotency: IdempotencyCache,
-    breaker: RedisBreaker,
-    currency: Currency,
-    lock_wait: Duration,
+    pub(crate) db: MySqlPool,
+    pub(crate) redis: SharedRedis,
+    pub(crate) lock: WalletLock,
+    pub(crate) idempotency: IdempotencyCache,
+    pub(crate) breaker: RedisBreaker,
+    pub(crate) currency: Currency,
+    pub(crate) lock_wait: Duration,
     /// A money movement that has not committed by then rolls back (503).
-    request_timeout: Duration,
-    faults: FaultInjection,
-    points_rate: rust_decimal::Decimal,
+    pub(crate) request_timeout: Duration,
+    pub(crate) faults: FaultInjection,
+    /// Points per unit paid.
+    pub(crate) points_rate: rust_decimal::Decimal,
     /// Wakes the outbox relay after a commit that wrote an event.
-    outbox_wake: Arc<Notify>,
+    pub(crate) outbox_wake: Arc<Notify>,
 }
 
 /// The largest balance a wallet may hold (the column holds 10^15).
@@ -85,35 +86,6 @@ fn balance_limit() -> rust_decimal::Decimal {
 }
 
 impl WalletService {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        db: MySqlPool,
-        redis: SharedRedis,
-        lock: WalletLock,
-        idempotency: IdempotencyCache,
-        breaker: RedisBreaker,
-        currency: Currency,
-        lock_wait: Duration,
-        request_timeout: Duration,
-        faults: FaultInjection,
-        points_rate: rust_decimal::Decimal,
-        outbox_wake: Arc<Notify>,
-    ) -> Self {
-        Self {
-            db,
-            redis,
-            lock,
-            idempotency,
-            breaker,
-            currency,
-            lock_wait,
-            request_timeout,
-            faults,
-            points_rate,
-            outbox_wake,
-        }
-    }
-
     pub fn currency(&self) -> Currency {
         self.currency
     }

@@ -93,6 +93,16 @@ async fn read_topic(
     records
 }
 
+/// `POST /api/v1/admin/failed-events/{id}/{action}` for a listed failed event.
+async fn failed_event(app: &TestApp, event: &Value, action: &str) -> crate::helpers::Reply {
+    let id = event["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/admin/failed-events/{id}/{action}"),
+        &json!({}),
+    )
+    .await
+}
+
 async fn drained_with_points(app: &TestApp, user_id: &str, points: i64) -> bool {
     eventually(WAIT, || async {
         app.unsent_events().await == 0 && app.points(user_id).await == points
@@ -326,49 +336,17 @@ async fn a_poison_event_lands_on_the_dlt_and_is_retried_or_ignored() {
 
     // The cause is fixed; a retry applies it once.
     app.funded_wallet("ghost", 0).await;
-    let retried = app
-        .post(
-            &format!(
-                "/api/v1/admin/failed-events/{}/retry",
-                ghost["id"].as_str().unwrap()
-            ),
-            &json!({}),
-        )
-        .await;
+    let retried = failed_event(&app, &ghost, "retry").await;
     assert_eq!(retried.status, StatusCode::OK, "{}", retried.text);
     assert_eq!(retried.json()["status"], "RETRIED");
     assert!(eventually(WAIT, || async { app.points("ghost").await == 7 }).await);
-    let again = app
-        .post(
-            &format!(
-                "/api/v1/admin/failed-events/{}/retry",
-                ghost["id"].as_str().unwrap()
-            ),
-            &json!({}),
-        )
-        .await;
+    let again = failed_event(&app, &ghost, "retry").await;
     assert_eq!(again.status, StatusCode::OK);
 
     // Ignored: kept, never applied, not retryable.
-    let ignored = app
-        .post(
-            &format!(
-                "/api/v1/admin/failed-events/{}/ignore",
-                junk["id"].as_str().unwrap()
-            ),
-            &json!({}),
-        )
-        .await;
+    let ignored = failed_event(&app, &junk, "ignore").await;
     assert_eq!(ignored.json()["status"], "IGNORED");
-    let refused = app
-        .post(
-            &format!(
-                "/api/v1/admin/failed-events/{}/retry",
-                junk["id"].as_str().unwrap()
-            ),
-            &json!({}),
-        )
-        .await;
+    let refused = failed_event(&app, &junk, "retry").await;
     assert_eq!(refused.status, StatusCode::CONFLICT);
     assert_eq!(refused.code(), "failed_event_ignored");
     let listed_ignored = app
