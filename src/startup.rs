@@ -48,6 +48,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Refuse to start without API keys before touching anything else.
         let gatekeeper = http::Gatekeeper::new(&settings.api)?;
+        // Before anything records a metric.
+        let metrics = crate::telemetry::metrics::install();
         let lock_wait_secs = settings.lock.wait.as_secs_f64().ceil() as u64;
         let db = store::connect(&settings.database, lock_wait_secs)
             .await
@@ -127,13 +129,7 @@ impl Application {
             .with_context(|| format!("binding {}", settings.http_addr))?;
         Ok(Self {
             listener,
-            router: http::router(
-                service,
-                dead_letters,
-                crate::telemetry::metrics::install(),
-                gatekeeper,
-                &settings.api,
-            ),
+            router: http::router(service, dead_letters, metrics, gatekeeper, &settings.api),
             db,
             producer,
             stop_workers,
