@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Schema-driven fuzzing: schemathesis (PyPI, in .data/fuzz-venv) generates requests from
+# Schema-driven fuzzing: schemathesis (pip, in .data/fuzz-venv) generates requests from
 # the service's own /openapi.json and sends them, with a valid checkout key, to an
 # instance on a fresh database. Every answer must be documented (status, content type,
 # body schema) and never a 5xx; afterwards the ledger is audited in MySQL.

@@ -15,6 +15,8 @@ pub fn init(format: &str) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            // Every enclosing span, so each line carries the request's id.
+            .with_span_list(true)
             .init();
     } else {
         builder.init();
