@@ -149,14 +149,12 @@ impl Slots {
 }
 
 impl LocalTurn {
-    /// Resolves at the next release of this wallet announced on the channel. Created
-    /// (and enabled) before the acquire attempt, so a release in between is not missed.
+    /// Resolves at the next release of this wallet announced on the channel. A release
+    /// announced before it is awaited leaves a permit (`notify_one`), so none is missed.
     pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
         self.handle.slot.released.notified()
     }
-}
 
-impl LocalTurn {
     /// True when other requests of this process queue for the same wallet.
     pub fn has_waiters(&self) -> bool {
         // One reference in the map, one in our handle; any more are waiters.
