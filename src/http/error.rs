@@ -166,7 +166,10 @@ impl ApiError {
                 "The wallet stayed busy for the whole wait; nothing was applied, retry later."
                     .into()
             }
-            Self::Service(S::Unavailable(_)) => "Nothing was applied; retry later.".into(),
+            Self::Service(S::Unavailable(_)) => {
+                "A dependency failed; retry with the same key, which is applied at most once."
+                    .into()
+            }
             Self::Service(S::Timeout) => {
                 "The request did not finish in time and was rolled back; retry later.".into()
             }

@@ -20,7 +20,7 @@ fn check_reply(order_id: &str, reply: &Reply) {
         StatusCode::CONFLICT => assert_eq!(reply.code(), "request_in_progress"),
         StatusCode::SERVICE_UNAVAILABLE => {
             assert!(
-                ["unavailable", "lock_timeout"].contains(&reply.code().as_str()),
+                ["unavailable", "lock_timeout", "request_timeout"].contains(&reply.code().as_str()),
                 "{order_id}: undocumented 503 {}",
                 reply.text
             );
@@ -303,4 +303,75 @@ async fn two_instances_in_different_lock_modes_keep_the_ledger_exact() {
     check_orders(&on_redis, &replies, &initial).await;
     let paid = on_redis.count("SELECT COUNT(*) FROM payments").await;
     assert!(paid <= 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_killed_mid_load_answers_503_and_every_order_converges_on_retry() {
+    let mysql = Arc::new(std::sync::Mutex::new(OwnServer::mariadb()));
+    let server = format!("mysql://root@{}", mysql.lock().unwrap().address());
+    let admin = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&server)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE wallet")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let mut settings = test_settings().await;
+    settings.database.url = format!("{server}/wallet");
+    settings.database.acquire_timeout = Duration::from_secs(2);
+    let app = Arc::new(spawn_app_with(settings).await);
+    let users = ["a", "b", "c"];
+    let mut initial = HashMap::new();
+    for user in users {
+        app.funded_wallet(user, 90_000).await;
+        initial.insert(user.to_string(), 90_000);
+    }
+
+    let (at_third, third_reached) = tokio::sync::oneshot::channel();
+    let outage = tokio::spawn(async move {
+        third_reached.await.unwrap();
+        mysql.lock().unwrap().kill();
+        // Longer than the pool's acquire timeout: some requests must give up.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        mysql.lock().unwrap().restart();
+        mysql
+    });
+    let load = orders("my", &users, 300);
+    let first = debit_load(vec![app.clone()], load.clone(), 24, Some(at_third)).await;
+    let _mysql = outage.await.unwrap();
+    let failed = first
+        .values()
+        .filter(|(_, _, r)| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    println!("{failed} of 300 debits answered 503 while MySQL was down");
+
+    // A client retries what failed with the same order id: it applies at most once,
+    // whether or not the failed attempt had committed.
+    let mut settled = HashMap::new();
+    for (order_id, user_id, amount) in load {
+        let mut reply = first[&order_id].2.clone();
+        for _ in 0..50 {
+            if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            reply = app.pay(&order_id, &user_id, amount).await;
+        }
+        assert!(
+            [StatusCode::CREATED, StatusCode::OK].contains(&reply.status),
+            "{order_id} did not converge: {} {}",
+            reply.status,
+            reply.text
+        );
+        settled.insert(order_id, (user_id, amount, reply));
+    }
+    check_orders(&app, &settled, &initial).await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM payments").await,
+        300,
+        "each order once"
+    );
 }

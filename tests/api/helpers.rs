@@ -306,7 +306,7 @@ pub struct OwnServer {
 impl OwnServer {
     /// `redis-server` without persistence: a restart comes back empty.
     pub fn redis() -> Self {
-        Self::start("redis-server", |port| {
+        Self::start("redis-server", |port, _| {
             vec![
                 "--bind".into(),
                 "127.0.0.1".into(),
@@ -321,7 +321,7 @@ impl OwnServer {
 
     /// A Tansu broker with SQLite storage: a restart keeps topics, records and offsets.
     pub fn broker() -> Self {
-        Self::start("tansu", |port| {
+        Self::start("tansu", |port, _| {
             let url = format!("tcp://127.0.0.1:{port}");
             [
                 "broker",
@@ -337,7 +337,39 @@ impl OwnServer {
         })
     }
 
-    fn start(program: &'static str, args: impl Fn(u16) -> Vec<String>) -> Self {
+    /// A MariaDB server of its own, in a fresh data folder, without grant tables (any
+    /// user may connect): a kill is a crash, a restart runs crash recovery.
+    pub fn mariadb() -> Self {
+        Self::start("mariadbd", |port, dir| {
+            let data = dir.join("data");
+            let installed = Command::new("mariadb-install-db")
+                .args([
+                    "--no-defaults",
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                ])
+                .arg(format!("--datadir={}", data.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("mariadb-install-db is installed (run scripts/test.sh)");
+            assert!(installed.success(), "mariadb-install-db failed");
+            [
+                "--no-defaults".to_string(),
+                format!("--datadir={}", data.display()),
+                format!("--socket={}", dir.join("mysqld.sock").display()),
+                format!("--port={port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--user=root".into(),
+                "--skip-grant-tables".into(),
+                "--skip-log-bin".into(),
+                "--innodb-buffer-pool-size=64M".into(),
+            ]
+            .into()
+        })
+    }
+
+    fn start(program: &'static str, args: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -348,7 +380,7 @@ impl OwnServer {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let args = args(port);
+        let args = args(port, &dir);
         let mut server = Self {
             port,
             program,
