@@ -102,7 +102,7 @@ ensure_broker() {
   if ! command -v tansu >/dev/null 2>&1; then
     # Tansu: a Kafka-compatible broker written in Rust, with SQLite storage. No Apache
     # Kafka is needed; docker-compose.yml uses the real one.
-    log "installing the Tansu broker with cargo install (about 15 minutes on 2 cores, once)"
+    log "installing the Tansu broker with cargo install (15 to 20 minutes on 2 cores, once)"
     (unset CARGO_TARGET_DIR; cargo install tansu --locked --features libsql --quiet)
   fi
   log "starting the Kafka-protocol broker (Tansu) on 127.0.0.1:$KAFKA_PORT"
