@@ -1,19 +1,10 @@
 // 150 VUs paying small amounts from one wallet for a fixed time (DURATION).
 import { check } from 'k6';
-import { RUN, TREND_STATS, VUS, fund, timedScenarios, pay, summary } from './lib.js';
+import { RUN, fund, pay, summary, timedOptions } from './lib.js';
 
 const user = `${RUN}-hot`;
 
-export const options = {
-  summaryTrendStats: TREND_STATS,
-  setupTimeout: '120s',
-  scenarios: timedScenarios(VUS),
-  thresholds: {
-    http_req_failed: ['rate<0.01'],
-    replies_5xx: ['count==0'],
-    pay_duration: ['p(95)<5000', 'p(99)<8000'],
-  },
-};
+export const options = timedOptions('120s', { pay_duration: ['p(95)<5000', 'p(99)<8000'] });
 
 export function setup() {
   fund([user], 1000000000000);

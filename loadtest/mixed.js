@@ -1,20 +1,11 @@
 // Top-ups, payments, cancels and reads together.
 import { check } from 'k6';
-import { RUN, TREND_STATS, VUS, fund, timedScenarios, get, pay, post, summary } from './lib.js';
+import { RUN, fund, get, pay, post, summary, timedOptions } from './lib.js';
 
 const WALLETS = 500;
 const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-m${i}`);
 
-export const options = {
-  summaryTrendStats: TREND_STATS,
-  setupTimeout: '300s',
-  scenarios: timedScenarios(VUS),
-  thresholds: {
-    http_req_failed: ['rate<0.01'],
-    replies_5xx: ['count==0'],
-    'http_req_duration{name:read}': ['p(95)<2000'],
-  },
-};
+export const options = timedOptions('300s', { 'http_req_duration{name:read}': ['p(95)<2000'] });
 
 export function setup() {
   fund(users, 100000);

@@ -1,23 +1,14 @@
 // 150 VUs paying from many wallets (WALLETS, default 10,000), uniformly; with SKEW=1 a
 // few wallets (1 %) take 80 % of the payments.
 import { check } from 'k6';
-import { RUN, TREND_STATS, VUS, fund, timedScenarios, pay, summary } from './lib.js';
+import { RUN, fund, pay, summary, timedOptions } from './lib.js';
 
 const WALLETS = parseInt(__ENV.WALLETS || '10000', 10);
 const SKEW = __ENV.SKEW === '1';
 const HOT = Math.max(1, Math.floor(WALLETS / 100));
 const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-w${i}`);
 
-export const options = {
-  summaryTrendStats: TREND_STATS,
-  setupTimeout: '600s',
-  scenarios: timedScenarios(VUS),
-  thresholds: {
-    http_req_failed: ['rate<0.01'],
-    replies_5xx: ['count==0'],
-    pay_duration: ['p(95)<3000', 'p(99)<5000'],
-  },
-};
+export const options = timedOptions('600s', { pay_duration: ['p(95)<3000', 'p(99)<5000'] });
 
 export function setup() {
   fund(users, 1000000000);
