@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use wallet::configuration::Settings;
 
-use crate::helpers::{eventually, kafka_settings, spawn_app_with, OwnServer, TestApp};
+use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
+use crate::servers::OwnServer;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -11,7 +11,8 @@ use rust_decimal::Decimal;
 use tokio::task::JoinSet;
 use wallet::configuration::LockMode;
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, OwnServer, Reply, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, test_settings, Reply, TestApp};
+use crate::servers::OwnServer;
 
 /// Every reply a debit may give under faults, and what each means for the ledger.
 fn check_reply(order_id: &str, reply: &Reply) {

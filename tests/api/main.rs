@@ -8,3 +8,4 @@ mod faults;
 mod hardening;
 mod helpers;
 mod payments;
+mod servers;

@@ -1,0 +1,143 @@
+//! Servers of a test's own, which it may kill and restart (never the shared ones).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A server process of a test's own, on a free port, that the test may kill and
+/// restart (never the suite's shared servers). Its files live in a temporary folder.
+pub struct OwnServer {
+    pub port: u16,
+    program: &'static str,
+    args: Vec<String>,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    /// `redis-server` without persistence: a restart comes back empty.
+    pub fn redis() -> Self {
+        Self::start("redis-server", |port, _| {
+            vec![
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+            ]
+            .into_iter()
+            .chain(["--save", "", "--appendonly", "no"].map(String::from))
+            .collect()
+        })
+    }
+
+    /// A Tansu broker with SQLite storage: a restart keeps topics, records and offsets.
+    pub fn broker() -> Self {
+        Self::start("tansu", |port, _| {
+            let url = format!("tcp://127.0.0.1:{port}");
+            [
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ]
+            .into_iter()
+            .chain(["--storage-engine", "sqlite://tansu.db"])
+            .map(String::from)
+            .collect()
+        })
+    }
+
+    /// A MariaDB server of its own, in a fresh data folder, without grant tables (any
+    /// user may connect): a kill is a crash, a restart runs crash recovery.
+    pub fn mariadb() -> Self {
+        Self::start("mariadbd", |port, dir| {
+            let data = dir.join("data");
+            let installed = Command::new("mariadb-install-db")
+                .args([
+                    "--no-defaults",
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                ])
+                .arg(format!("--datadir={}", data.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("mariadb-install-db is installed (run scripts/test.sh)");
+            assert!(installed.success(), "mariadb-install-db failed");
+            [
+                "--no-defaults".to_string(),
+                format!("--datadir={}", data.display()),
+                format!("--socket={}", dir.join("mysqld.sock").display()),
+                format!("--port={port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--user=root".into(),
+                "--skip-grant-tables".into(),
+                "--skip-log-bin".into(),
+                "--innodb-buffer-pool-size=64M".into(),
+            ]
+            .into()
+        })
+    }
+
+    fn start(program: &'static str, args: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "wallet-{program}-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = args(port, &dir);
+        let mut server = Self {
+            port,
+            program,
+            args,
+            dir,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and folder, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let child = Command::new(self.program)
+            .current_dir(&self.dir)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} is installed (run scripts/test.sh): {e}", self.program));
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not start on port {}", self.program, self.port);
+    }
+
+    /// SIGKILL: the process is gone at once, mid-whatever.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
