@@ -33,6 +33,9 @@ pub struct Relay {
     pub wake: Arc<Notify>,
 }
 
+/// How often the backlog gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often a growing backlog is logged while the broker is failing.
 const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -42,6 +45,7 @@ impl Relay {
         tracing::info!(topic = %self.topic, "outbox relay started");
         let mut failures = 0u32;
         let mut last_lag_log = tokio::time::Instant::now();
+        let mut last_gauge = None::<tokio::time::Instant>;
         loop {
             match self.relay_batch().await {
                 // A full batch: there may be more right away.
@@ -59,8 +63,13 @@ impl Relay {
                     }
                 }
             }
-            if let Ok(lag) = backlog(&self.db).await {
-                metrics::outbox(lag.pending, lag.oldest_pending_ms);
+            // The backlog gauges take a COUNT query: at most once a second, not once per
+            // wake-up (which, under load, is once per commit).
+            if last_gauge.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
+                last_gauge = Some(tokio::time::Instant::now());
+                if let Ok(lag) = backlog(&self.db).await {
+                    metrics::outbox(lag.pending, lag.oldest_pending_ms);
+                }
             }
             if shutdown.is_shutdown() {
                 break;
