@@ -11,7 +11,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use serde::Deserialize;
 
 use crate::domain::{Amount, Identifier, RawAmount};
-use crate::kafka::worker::{HandlerError, RecordHandler};
+use crate::kafka::worker::{decode_json, HandlerError, RecordHandler};
 use crate::wallet::{ServiceError, WalletService};
 
 #[derive(Deserialize)]
@@ -29,11 +29,7 @@ pub struct PaymentRequestHandler {
 
 impl RecordHandler for PaymentRequestHandler {
     async fn handle(&self, record: &OwnedMessage) -> Result<(), HandlerError> {
-        let payload = record
-            .payload()
-            .ok_or_else(|| HandlerError::Poison("the record has no payload".into()))?;
-        let request: PaymentRequest = serde_json::from_slice(payload)
-            .map_err(|e| HandlerError::Poison(format!("not a payment request: {e}")))?;
+        let request: PaymentRequest = decode_json(record, "a payment request")?;
         let poison = |e: crate::domain::ValidationError| HandlerError::Poison(e.0);
         let order_id = Identifier::parse("orderId", request.order_id).map_err(poison)?;
         let user_id = Identifier::parse("userId", request.user_id).map_err(poison)?;

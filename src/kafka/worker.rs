@@ -24,6 +24,17 @@ pub enum HandlerError {
     Transient(#[from] anyhow::Error),
 }
 
+/// The record's payload as JSON of type `T`; an empty or unreadable one is poison.
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    record: &OwnedMessage,
+    what: &str,
+) -> Result<T, HandlerError> {
+    let payload = record
+        .payload()
+        .ok_or_else(|| HandlerError::Poison("the record has no payload".into()))?;
+    serde_json::from_slice(payload).map_err(|e| HandlerError::Poison(format!("not {what}: {e}")))
+}
+
 /// Applies one record. Must be idempotent: a record is redelivered when the process
 /// stops between the effect and the commit.
 pub trait RecordHandler: Send + Sync {

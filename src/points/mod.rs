@@ -6,11 +6,11 @@
 //! published a batch twice, an operator's retry) changes nothing.
 
 use anyhow::Context;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use sqlx::MySqlPool;
 
 use crate::events::{PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_DECLINED};
-use crate::kafka::worker::{HandlerError, RecordHandler};
+use crate::kafka::worker::{decode_json, HandlerError, RecordHandler};
 use crate::wallet::views::now;
 
 /// Applies payment events to `wallet_points`.
@@ -22,11 +22,7 @@ pub struct PointsHandler {
 
 impl RecordHandler for PointsHandler {
     async fn handle(&self, record: &OwnedMessage) -> Result<(), HandlerError> {
-        let payload = record
-            .payload()
-            .ok_or_else(|| HandlerError::Poison("the record has no payload".into()))?;
-        let event: PaymentEvent = serde_json::from_slice(payload)
-            .map_err(|e| HandlerError::Poison(format!("not a payment event: {e}")))?;
+        let event: PaymentEvent = decode_json(record, "a payment event")?;
         let delta = match event.event_type.as_str() {
             PAYMENT_COMPLETED => event.points,
             PAYMENT_CANCELLED => -event.points,
