@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::wallet::views::{now, timestamp};
+use crate::wallet::views::{now, paginate, timestamp};
 use crate::wallet::ServiceError;
 
 pub const PENDING: &str = "PENDING";
@@ -132,10 +132,12 @@ impl DeadLetters {
         .fetch_all(&self.db)
         .await
         .map_err(unavailable)?;
-        let more = rows.len() > limit as usize;
-        let items: Vec<FailedEventView> =
-            rows.iter().take(limit as usize).map(Into::into).collect();
-        let next_cursor = more.then(|| items.last().map(|e| e.id.clone())).flatten();
+        let (items, next_cursor) = paginate(
+            &rows,
+            limit,
+            |row| FailedEventView::from(row),
+            |event| &event.id,
+        );
         Ok(FailedEventPage { items, next_cursor })
     }
 

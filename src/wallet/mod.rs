@@ -191,15 +191,12 @@ impl WalletService {
         let rows = store::ledger::page(&self.db, user_id.as_str(), before, limit + 1)
             .await
             .map_err(unavailable)?;
-        let more = rows.len() > limit as usize;
-        let items: Vec<_> = rows
-            .iter()
-            .take(limit as usize)
-            .map(|row| LedgerEntryView::new(row, self.currency))
-            .collect();
-        let next_cursor = more
-            .then(|| items.last().map(|e| e.entry_id.clone()))
-            .flatten();
+        let (items, next_cursor) = views::paginate(
+            &rows,
+            limit,
+            |row| LedgerEntryView::new(row, self.currency),
+            |entry| &entry.entry_id,
+        );
         Ok(LedgerPage { items, next_cursor })
     }
 
