@@ -5,6 +5,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{MySqlPool, Row};
 
+use crate::store::ExactText;
+
 /// What the audit saw, and every invariant that does not hold.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,7 +42,7 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
     .fetch_all(db)
     .await?;
     for row in rows {
-        let user: String = row.get("user_id");
+        let user: String = row.get::<ExactText, _>("user_id").into();
         let balance: Decimal = row.get("balance");
         let ledger: Decimal = row.get("ledger");
         violations.push(format!(
@@ -118,8 +120,9 @@ pub async fn missing_payments(
             list.push_bind(id);
         }
         list.push_unseparated(")");
-        let found: Vec<String> = query.build_query_scalar().fetch_all(db).await?;
-        let found: std::collections::HashSet<_> = found.into_iter().collect();
+        let found: Vec<ExactText> = query.build_query_scalar().fetch_all(db).await?;
+        let found: std::collections::HashSet<String> =
+            found.into_iter().map(String::from).collect();
         missing.extend(chunk.iter().filter(|id| !found.contains(*id)).cloned());
     }
     Ok(missing)

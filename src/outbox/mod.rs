@@ -15,6 +15,7 @@ pub struct OutboxRow {
     pub id: u64,
     pub event_id: String,
     pub event_type: String,
+    #[sqlx(try_from = "crate::store::ExactText")]
     pub aggregate_id: String,
     pub payload: String,
 }

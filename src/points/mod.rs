@@ -58,7 +58,7 @@ impl PointsHandler {
             }
             Err(e) => return Err(e.into()),
         }
-        let wallet: Option<String> =
+        let wallet: Option<crate::store::ExactText> =
             sqlx::query_scalar("SELECT user_id FROM wallets WHERE user_id = ?")
                 .bind(&event.user_id)
                 .fetch_optional(&mut *tx)

@@ -12,10 +12,12 @@ pub const REFUND: &str = "REFUND";
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LedgerRow {
     pub entry_id: u64,
+    #[sqlx(try_from = "crate::store::ExactText")]
     pub user_id: String,
     pub entry_type: String,
     pub amount: Decimal,
     pub balance_after: Decimal,
+    #[sqlx(try_from = "crate::store::ExactText")]
     pub reference: String,
     pub created_at: DateTime<Utc>,
 }

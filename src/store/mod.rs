@@ -5,8 +5,8 @@ pub mod payments;
 pub mod top_ups;
 pub mod wallets;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::Executor;
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlTypeInfo};
+use sqlx::{Decode, Executor, Type};
 
 use crate::configuration::DatabaseSettings;
 
@@ -54,4 +54,38 @@ pub fn is_lock_conflict(error: &sqlx::Error) -> bool {
             Some(1205 | 1213)
         )
     })
+}
+
+/// Text of a byte-exact identifier column (`utf8mb4_bin`, see the migration
+/// `byte_exact_identifiers`).
+///
+/// The server flags a `_bin` column as binary and sqlx then refuses to decode it as a
+/// `String`, although it holds UTF-8 text. Rows read such columns through this type:
+/// `#[sqlx(try_from = "ExactText")]` on a `String` field, or `ExactText` in a scalar
+/// query followed by `.0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExactText(pub String);
+
+impl Type<MySql> for ExactText {
+    fn type_info() -> MySqlTypeInfo {
+        <str as Type<MySql>>::type_info()
+    }
+
+    fn compatible(ty: &MySqlTypeInfo) -> bool {
+        // Text or binary-flagged text: the bytes are checked as UTF-8 when decoded.
+        <str as Type<MySql>>::compatible(ty) || <[u8] as Type<MySql>>::compatible(ty)
+    }
+}
+
+impl<'r> Decode<'r, MySql> for ExactText {
+    fn decode(value: sqlx::mysql::MySqlValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let bytes = <&[u8] as Decode<MySql>>::decode(value)?;
+        Ok(Self(std::str::from_utf8(bytes)?.to_owned()))
+    }
+}
+
+impl From<ExactText> for String {
+    fn from(text: ExactText) -> Self {
+        text.0
+    }
 }

@@ -11,7 +11,9 @@ pub const CANCELLED: &str = "CANCELLED";
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentRow {
     pub payment_id: String,
+    #[sqlx(try_from = "crate::store::ExactText")]
     pub order_id: String,
+    #[sqlx(try_from = "crate::store::ExactText")]
     pub user_id: String,
     pub amount: Decimal,
     pub currency: String,

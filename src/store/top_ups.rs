@@ -7,7 +7,9 @@ use sqlx::{MySqlConnection, MySqlPool};
 /// A top-up row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TopUpRow {
+    #[sqlx(try_from = "crate::store::ExactText")]
     pub top_up_id: String,
+    #[sqlx(try_from = "crate::store::ExactText")]
     pub user_id: String,
     pub amount: Decimal,
     pub currency: String,

@@ -7,6 +7,7 @@ use sqlx::{MySqlConnection, MySqlPool};
 /// A wallet row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WalletRow {
+    #[sqlx(try_from = "crate::store::ExactText")]
     pub user_id: String,
     pub currency: String,
     pub balance: Decimal,

@@ -7,5 +7,6 @@ mod events;
 mod faults;
 mod hardening;
 mod helpers;
+mod identifiers;
 mod payments;
 mod servers;
