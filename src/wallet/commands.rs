@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool};
 
 use super::views::{PaymentView, TopUpView};
-use super::{balance_limit, ServiceError};
+use super::{balance_capacity, balance_limit, ServiceError};
 use crate::domain::{Amount, Currency, Identifier};
 use crate::events::{points_for, PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED};
 use crate::outbox;
@@ -119,9 +119,6 @@ impl Command for TopUp {
     ) -> Result<Applied<TopUpView>, CommandError> {
         let amount = self.amount.value();
         let balance_after = wallet.balance + amount;
-        if balance_after > balance_limit() {
-            return Err(ServiceError::BalanceLimit.into());
-        }
         let row = top_ups::TopUpRow {
             top_up_id: self.top_up_id.to_string(),
             user_id: self.user_id.to_string(),
@@ -130,9 +127,14 @@ impl Command for TopUp {
             balance_after,
             created_at: ctx.now,
         };
+        // The insert comes first: a repeat of an applied top-up is a replay, whatever
+        // the balance is now. Refusing after it rolls the insert back.
         top_ups::insert(conn, &row)
             .await
             .map_err(CommandError::from_insert)?;
+        if balance_after > balance_limit() {
+            return Err(ServiceError::BalanceLimit.into());
+        }
         if !store::wallets::apply_delta(conn, &row.user_id, amount, ctx.fence, ctx.now).await? {
             return Err(CommandError::Conflict);
         }
@@ -305,7 +307,7 @@ impl Command for CancelPayment {
             )));
         }
         let balance_after = wallet.balance + payment.amount;
-        if balance_after > balance_limit() {
+        if balance_after > balance_capacity() {
             return Err(ServiceError::BalanceLimit.into());
         }
         if !payments::mark_cancelled(

@@ -80,9 +80,15 @@ pub struct WalletService {
     pub(crate) outbox_wake: Arc<Notify>,
 }
 
-/// The largest balance a wallet may hold (the column holds 10^15).
+/// The largest balance a top-up may bring a wallet to.
 fn balance_limit() -> rust_decimal::Decimal {
     rust_decimal::Decimal::from(100_000_000_000_000_u64)
+}
+
+/// The largest balance the column holds (`DECIMAL(19, 4)`). A refund gives back what
+/// was paid, so it may take a wallet past [`balance_limit`], but never past this.
+fn balance_capacity() -> rust_decimal::Decimal {
+    rust_decimal::Decimal::from_i128_with_scale(9_999_999_999_999_999_999, 4)
 }
 
 impl WalletService {

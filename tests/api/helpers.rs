@@ -279,6 +279,24 @@ impl TestApp {
         assert!(report.violations.is_empty(), "{:#?}", report);
     }
 
+    /// Forgets every cached reply (and lock key) of this app, as a Redis restart or the
+    /// end of the 24 h TTL would: repeats must then be answered from the database.
+    pub async fn forget_cached_replies(&self) {
+        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.settings.redis.key_prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!keys.is_empty());
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
     /// Waits (bounded) until `/readyz` reports `mode`.
     pub async fn wait_for_lock_mode(&self, mode: &str, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;

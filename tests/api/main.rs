@@ -8,5 +8,6 @@ mod faults;
 mod hardening;
 mod helpers;
 mod identifiers;
+mod limits;
 mod payments;
 mod servers;

@@ -188,20 +188,7 @@ async fn the_database_replays_when_the_redis_cache_is_gone() {
     let first = app.pay("order-1", "u1", 1_000).await;
     assert_eq!(first.status, StatusCode::CREATED);
 
-    // Forget every cached reply of this app, as a Redis restart (or 24 h) would.
-    let client = redis::Client::open(app.settings.redis.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", app.settings.redis.key_prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(!keys.is_empty());
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.forget_cached_replies().await;
 
     // The balance no longer covers it, but a repeat is a replay, not a 402.
     let again = app.pay("order-1", "u1", 1_000).await;
