@@ -46,6 +46,7 @@ impl Application {
     /// Redis need not be up: the pool connects lazily and the breaker starts the
     /// service on the MySQL path if Redis does not answer.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         // Refuse to start without API keys before touching anything else.
         let gatekeeper = http::Gatekeeper::new(&settings.api)?;
         // Before anything records a metric.

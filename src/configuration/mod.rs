@@ -11,6 +11,8 @@ use sha2::Digest;
 
 use crate::domain::Currency;
 
+mod checks;
+
 /// Everything the service needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -102,8 +104,8 @@ pub struct IdempotencySettings {
 /// Who may call the API, how often, and how long a request may take.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
-    /// `scope:key` or `scope:sha256:<hex>` entries, comma-separated; scope is `checkout`
-    /// or `admin`.
+    /// `scope:key` or `scope:sha256:<hex>` entries, comma-separated; scope is `checkout`,
+    /// `funding` or `admin`.
     pub keys: Vec<ApiKey>,
     /// A development run may start without keys (authentication is then off).
     pub development: bool,
@@ -116,12 +118,16 @@ pub struct ApiSettings {
     pub max_in_flight: usize,
 }
 
-/// What a key may do.
+/// What a key may do. Every key may create and read wallets, pay, cancel and read
+/// payments; two kinds of route need a scope of their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// Wallets, top-ups, payments, cancels, reads.
+    /// A checkout: the wallet and payment routes.
     Checkout,
-    /// Everything, the failed-events routes included.
+    /// A funding source (the gateway that took the customer's money): top-ups as well.
+    /// Top-ups create money in a wallet, so a leaked checkout key must not reach them.
+    Funding,
+    /// An operator: the failed-events routes as well.
     Admin,
 }
 
@@ -164,10 +170,11 @@ impl FromStr for ApiKeys {
                 .ok_or("an API key entry is scope:key or scope:sha256:<hex>")?;
             let scope = match scope {
                 "checkout" => Scope::Checkout,
+                "funding" => Scope::Funding,
                 "admin" => Scope::Admin,
                 _ => {
                     return Err(format!(
-                        "unknown API key scope {scope:?} (checkout or admin)"
+                        "unknown API key scope {scope:?} (checkout, funding or admin)"
                     ))
                 }
             };

@@ -1,0 +1,174 @@
+//! Settings checked against each other before anything starts, so a deployment with a
+//! setting that cannot work is refused with the variable's name instead of failing
+//! later under load (a renewal loop that spins, a claim that expires mid-request).
+
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+use super::Settings;
+
+/// Shortest lease: renewal runs every third of it, and a shorter one would spin.
+const MIN_LEASE: Duration = Duration::from_millis(10);
+
+/// How much longer than the request timeout an idempotency claim must live: the HTTP
+/// backstop answers one second after the timeout, and the claim must still keep a
+/// second request for the same key out until the first has finished.
+const CLAIM_MARGIN: Duration = Duration::from_secs(1);
+
+/// Largest points rate: points of the largest amount (10^12) still fit an `i64`.
+const MAX_POINTS_RATE: u64 = 1_000_000;
+
+impl Settings {
+    /// Refuses settings that cannot work together; the message names the variable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+        let positive = |d: Duration| !d.is_zero();
+
+        check(
+            self.lock.lease >= MIN_LEASE,
+            format!(
+                "WALLET_LOCK_LEASE_MS must be at least {} (it is renewed every third of its length)",
+                MIN_LEASE.as_millis()
+            ),
+        );
+        check(
+            positive(self.lock.wait),
+            "WALLET_LOCK_WAIT_MS must be greater than 0".into(),
+        );
+        check(
+            positive(self.lock.poll_interval),
+            "WALLET_LOCK_POLL_MS must be greater than 0".into(),
+        );
+        check(
+            self.lock.breaker_threshold >= 1,
+            "WALLET_BREAKER_THRESHOLD must be at least 1".into(),
+        );
+        check(
+            positive(self.lock.breaker_probe_interval),
+            "WALLET_BREAKER_PROBE_MS must be greater than 0".into(),
+        );
+        check(
+            positive(self.api.request_timeout),
+            "WALLET_REQUEST_TIMEOUT_MS must be greater than 0".into(),
+        );
+        check(
+            self.idempotency.claim_ttl >= self.api.request_timeout + CLAIM_MARGIN,
+            format!(
+                "WALLET_IDEMPOTENCY_CLAIM_TTL_MS ({} ms) must be at least {} ms longer than \
+                 WALLET_REQUEST_TIMEOUT_MS ({} ms): a claim that expires before its request \
+                 ends lets a repeat of that request run beside it",
+                self.idempotency.claim_ttl.as_millis(),
+                CLAIM_MARGIN.as_millis(),
+                self.api.request_timeout.as_millis()
+            ),
+        );
+        check(
+            self.idempotency.reply_ttl >= self.idempotency.claim_ttl,
+            "WALLET_IDEMPOTENCY_TTL_SECS must be at least as long as WALLET_IDEMPOTENCY_CLAIM_TTL_MS"
+                .into(),
+        );
+        check(
+            self.points_rate >= Decimal::ZERO && self.points_rate <= Decimal::from(MAX_POINTS_RATE),
+            format!("WALLET_POINTS_RATE must be between 0 and {MAX_POINTS_RATE}"),
+        );
+        check(
+            self.database.max_connections >= 1,
+            "WALLET_DB_MAX_CONNECTIONS must be at least 1".into(),
+        );
+        check(
+            self.redis.pool_size >= 1,
+            "WALLET_REDIS_POOL_SIZE must be at least 1".into(),
+        );
+        check(
+            positive(self.redis.command_timeout),
+            "WALLET_REDIS_TIMEOUT_MS must be greater than 0".into(),
+        );
+        check(
+            self.api.rate_per_second >= 1 && self.api.burst >= 1,
+            "WALLET_RATE_LIMIT_PER_SECOND and WALLET_RATE_LIMIT_BURST must be at least 1".into(),
+        );
+        check(
+            self.api.max_in_flight >= 1,
+            "WALLET_MAX_IN_FLIGHT must be at least 1".into(),
+        );
+        check(
+            self.kafka.relay_batch >= 1,
+            "WALLET_OUTBOX_BATCH must be at least 1".into(),
+        );
+        check(
+            positive(self.kafka.relay_poll),
+            "WALLET_OUTBOX_POLL_MS must be greater than 0".into(),
+        );
+        check(
+            self.kafka.partitions >= 1 && self.kafka.replication >= 1,
+            "WALLET_KAFKA_PARTITIONS and WALLET_KAFKA_REPLICATION must be at least 1".into(),
+        );
+        check(
+            self.kafka.retry_attempts >= 1,
+            "WALLET_CONSUMER_ATTEMPTS must be at least 1".into(),
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid settings:\n  {}", problems.join("\n  "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings_with(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let settings = Settings::from_lookup(|name| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| value.to_string())
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        settings_with(&[]).unwrap();
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_name() {
+        for (var, value) in [
+            ("WALLET_LOCK_LEASE_MS", "0"),
+            ("WALLET_IDEMPOTENCY_CLAIM_TTL_MS", "5000"),
+            ("WALLET_POINTS_RATE", "-0.01"),
+            ("WALLET_LOCK_POLL_MS", "0"),
+            ("WALLET_OUTBOX_BATCH", "0"),
+            ("WALLET_CONSUMER_ATTEMPTS", "0"),
+            ("WALLET_IDEMPOTENCY_TTL_SECS", "1"),
+        ] {
+            let error = settings_with(&[(var, value)]).unwrap_err().to_string();
+            assert!(error.contains(var), "{var}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_claim_must_outlive_the_request() {
+        let error = settings_with(&[
+            ("WALLET_REQUEST_TIMEOUT_MS", "30000"),
+            ("WALLET_IDEMPOTENCY_CLAIM_TTL_MS", "20000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("WALLET_IDEMPOTENCY_CLAIM_TTL_MS"), "{error}");
+        settings_with(&[
+            ("WALLET_REQUEST_TIMEOUT_MS", "30000"),
+            ("WALLET_IDEMPOTENCY_CLAIM_TTL_MS", "31000"),
+        ])
+        .unwrap();
+    }
+}
