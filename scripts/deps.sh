@@ -7,6 +7,9 @@
 set -euo pipefail
 
 WALLET_DATA_DIR="${WALLET_DATA_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.data}"
+# Created whether or not a server is started here: the service writes its pid and log
+# into it even when every dependency was already running.
+mkdir -p "$WALLET_DATA_DIR"
 DB_PORT="${WALLET_DB_PORT:-3306}"
 REDIS_PORT="${WALLET_REDIS_PORT:-6379}"
 KAFKA_PORT="${WALLET_KAFKA_PORT:-9092}"

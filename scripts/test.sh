@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real MariaDB, Redis and a Kafka-protocol broker on
 # 127.0.0.1, installing and starting them when missing, then fuzzes a running instance
-# from its OpenAPI document (scripts/fuzz.sh). Safe to run twice. Extra arguments go to
+# from its OpenAPI document (scripts/fuzz.sh) after checking the run command
+# (scripts/check-run.sh). Safe to run twice. Extra arguments go to
 # `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,5 +21,7 @@ export WALLET_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export WALLET_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 log "running the test suite"
 cargo test --locked "$@"
+# The README's run command, with every dependency already up (as for a second checkout).
+./scripts/check-run.sh
 # Schema-driven fuzzing of a running instance (bounded: a few hundred cases).
 ./scripts/fuzz.sh "${WALLET_FUZZ_EXAMPLES:-10}"
