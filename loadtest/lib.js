@@ -11,6 +11,11 @@ export const HEADERS = {
   'Content-Type': 'application/json',
   Authorization: `Bearer ${__ENV.API_KEY || 'dev-checkout-key'}`,
 };
+// A funding-scope key: top-ups create money and need a key of their own.
+export const FUNDING_HEADERS = {
+  'Content-Type': 'application/json',
+  Authorization: `Bearer ${__ENV.FUNDING_KEY || 'dev-funding-key'}`,
+};
 export const RUN = __ENV.RUN_ID || `${Date.now()}`;
 export const DURATION = __ENV.DURATION || '30s';
 export const VUS = parseInt(__ENV.VUS || '150', 10);
@@ -56,9 +61,9 @@ function count(status) {
   replies[key].add(1);
 }
 
-export function post(path, body, name) {
+export function post(path, body, name, headers = HEADERS) {
   const res = http.post(`${baseUrl()}${path}`, JSON.stringify(body), {
-    headers: HEADERS,
+    headers,
     responseCallback: expected,
     tags: { name },
   });
@@ -116,11 +121,12 @@ function batchWithRetry(requests) {
 export function fund(userIds, amount) {
   const base = BASE_URLS[0];
   const params = { headers: HEADERS, responseCallback: http.expectedStatuses(200, 201, 429) };
+  const funding = { ...params, headers: FUNDING_HEADERS };
   for (let i = 0; i < userIds.length; i += 200) {
     const chunk = userIds.slice(i, i + 200);
     batchWithRetry(chunk.map((userId) => ['POST', `${base}/api/v1/wallets`, JSON.stringify({ userId }), params]));
     batchWithRetry(chunk.map((userId) => ['POST', `${base}/api/v1/wallets/${userId}/top-ups`,
-      JSON.stringify({ topUpId: `${userId}-seed`, amount: String(amount) }), params]));
+      JSON.stringify({ topUpId: `${userId}-seed`, amount: String(amount) }), funding]));
   }
 }
 

@@ -1,6 +1,6 @@
 // Top-ups, payments, cancels and reads together.
 import { check } from 'k6';
-import { RUN, fund, get, pay, post, summary, timedOptions } from './lib.js';
+import { FUNDING_HEADERS, RUN, fund, get, pay, post, summary, timedOptions } from './lib.js';
 
 const WALLETS = 500;
 const users = Array.from({ length: WALLETS }, (_, i) => `${RUN}-m${i}`);
@@ -17,7 +17,7 @@ export default function () {
   const userId = users[Math.floor(Math.random() * WALLETS)];
   const roll = Math.random();
   if (roll < 0.1) {
-    const res = post(`/api/v1/wallets/${userId}/top-ups`, { topUpId: `${RUN}-t-${__VU}-${__ITER}`, amount: '5000' }, 'top-up');
+    const res = post(`/api/v1/wallets/${userId}/top-ups`, { topUpId: `${RUN}-t-${__VU}-${__ITER}`, amount: '5000' }, 'top-up', FUNDING_HEADERS);
     check(res, { 'top-up 201': (r) => r.status === 201 });
   } else if (roll < 0.65) {
     const orderId = `${RUN}-mx-${__VU}-${__ITER}`;

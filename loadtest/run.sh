@@ -69,7 +69,7 @@ for i in $(seq 1 "$instances"); do
   (
     export WALLET_HTTP_ADDR="127.0.0.1:$port"
     export WALLET_LOCK_MODE="$lock_mode"
-    export WALLET_API_KEYS="checkout:$api_key"
+    export WALLET_API_KEYS="checkout:$api_key,funding:$api_key-funding"
     if [ -n "$rate" ]; then
       export WALLET_RATE_LIMIT_PER_SECOND="$rate" WALLET_RATE_LIMIT_BURST=$((rate / 10 + 1))
     fi
@@ -94,7 +94,7 @@ log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && e
 log "k6 run loadtest/$scenario.js ($vus VUs, $duration)"
 set +e
 SKEW=$skew "$venv/bin/k6" run --quiet \
-  -e BASE_URLS="$base_urls" -e API_KEY="$api_key" -e RUN_ID="$run_id" -e DURATION="$duration" -e WARMUP="$warmup" -e VUS="$vus" \
+  -e BASE_URLS="$base_urls" -e API_KEY="$api_key" -e FUNDING_KEY="$api_key-funding" -e RUN_ID="$run_id" -e DURATION="$duration" -e WARMUP="$warmup" -e VUS="$vus" \
   -e WALLETS="$wallets" -e SKEW="$skew" -e RESULTS_DIR="$results" \
   "loadtest/$scenario.js" 2>"$results/k6.log"
 k6_status=$?

@@ -29,7 +29,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 base="http://127.0.0.1:$port"
 key="fuzz-checkout-$$"
 export WALLET_DATABASE_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/wallet_fuzz"
-WALLET_HTTP_ADDR="127.0.0.1:$port" WALLET_API_KEYS="checkout:$key" \
+WALLET_HTTP_ADDR="127.0.0.1:$port" WALLET_API_KEYS="checkout:$key,funding:$key-funding" \
   WALLET_REDIS_KEY_PREFIX="fuzz-$$" WALLET_RATE_LIMIT_PER_SECOND=100000 WALLET_RATE_LIMIT_BURST=10000 \
   WALLET_KAFKA_CREATE_TOPICS=false WALLET_OUTBOX_RELAY=false WALLET_POINTS_CONSUMER=false \
   WALLET_REQUESTS_CONSUMER=false WALLET_DLT_CONSUMER=false RUST_LOG=warn \
@@ -41,7 +41,8 @@ wait_for 60 "the fuzzed instance" curl -fsS "$base/readyz"
 # A funded wallet under the id the schema's examples use, so some cases go all the way.
 auth=(-H "Authorization: Bearer $key" -H 'content-type: application/json')
 curl -fsS "${auth[@]}" -X POST "$base/api/v1/wallets" -d '{"userId":"alice"}' >/dev/null
-curl -fsS "${auth[@]}" -X POST "$base/api/v1/wallets/alice/top-ups" -d '{"topUpId":"seed","amount":"1000000"}' >/dev/null
+curl -fsS -H "Authorization: Bearer $key-funding" -H 'content-type: application/json' \
+  -X POST "$base/api/v1/wallets/alice/top-ups" -d '{"topUpId":"seed","amount":"1000000"}' >/dev/null
 
 log "schemathesis: at most $max_examples cases per operation against $base"
 "$venv/bin/schemathesis" run "$base/openapi.json" \

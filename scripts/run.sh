@@ -18,7 +18,7 @@ binary="$CARGO_TARGET_DIR/release/wallet"
 
 export WALLET_HTTP_ADDR="${WALLET_HTTP_ADDR:-127.0.0.1:8080}"
 # Development keys for this local run (a production deployment sets its own).
-export WALLET_API_KEYS="${WALLET_API_KEYS:-checkout:dev-checkout-key,admin:dev-admin-key}"
+export WALLET_API_KEYS="${WALLET_API_KEYS:-checkout:dev-checkout-key,funding:dev-funding-key,admin:dev-admin-key}"
 base="http://$WALLET_HTTP_ADDR"
 pidfile="$WALLET_DATA_DIR/wallet.pid"
 
@@ -46,13 +46,13 @@ cat <<EOT
 The wallet service is up on $base (pid $(cat "$pidfile"), logs: $WALLET_DATA_DIR/wallet.log).
 Readiness: $(curl -fsS "$base/readyz")
 
-Development API keys: checkout scope 'dev-checkout-key', admin scope 'dev-admin-key'
-(set WALLET_API_KEYS to use others).
+Development API keys: checkout scope 'dev-checkout-key', funding scope (top-ups)
+'dev-funding-key', admin scope 'dev-admin-key' (set WALLET_API_KEYS to use others).
 
 Try it:
-  export KEY='Authorization: Bearer dev-checkout-key'
+  export KEY='Authorization: Bearer dev-checkout-key' FUNDING='Authorization: Bearer dev-funding-key'
   curl -s -X POST $base/api/v1/wallets -H "\$KEY" -H 'content-type: application/json' -d '{"userId":"alice"}'
-  curl -s -X POST $base/api/v1/wallets/alice/top-ups -H "\$KEY" -H 'content-type: application/json' -d '{"topUpId":"topup-1","amount":"150000"}'
+  curl -s -X POST $base/api/v1/wallets/alice/top-ups -H "\$FUNDING" -H 'content-type: application/json' -d '{"topUpId":"topup-1","amount":"150000"}'
   curl -s -X POST $base/api/v1/payments -H "\$KEY" -H 'content-type: application/json' -d '{"orderId":"order-1","userId":"alice","amount":"1000"}'
   curl -s $base/api/v1/wallets/alice -H "\$KEY"
   curl -s $base/openapi.json    # the API, documented

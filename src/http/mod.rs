@@ -34,7 +34,7 @@ pub use auth::Gatekeeper;
 pub use error::ApiError;
 pub use openapi::ApiDoc;
 
-use crate::configuration::ApiSettings;
+use crate::configuration::{ApiSettings, Scope};
 use crate::dead_letters::DeadLetters;
 use crate::telemetry::metrics::track_http;
 use crate::wallet::{Outcome, ServiceError, WalletService};
@@ -79,21 +79,28 @@ const BODY_LIMIT: usize = 16 * 1024;
 /// enforce the timeout themselves (and roll back), this only catches the rest.
 const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
 
-/// The `/api/v1` routes (behind API keys) and the operations routes, each with its
-/// OpenAPI operation.
+/// The `/api/v1` routes (behind API keys; top-ups need a `funding` key, the failed-events
+/// routes an `admin` key) and the operations routes, each with its OpenAPI operation.
 fn routes(gatekeeper: Gatekeeper) -> OpenApiRouter<AppState> {
-    let api = OpenApiRouter::new()
-        .routes(routes!(wallets::create))
-        .routes(routes!(wallets::show))
+    let only = |scope| middleware::from_fn_with_state(scope, auth::require_scope);
+    let funding = OpenApiRouter::new()
         .routes(routes!(wallets::top_up))
-        .routes(routes!(wallets::transactions))
-        .routes(routes!(payments::pay))
-        .routes(routes!(payments::show))
-        .routes(routes!(payments::cancel))
+        .route_layer(only(Scope::Funding));
+    let admin = OpenApiRouter::new()
         .routes(routes!(admin::list))
         .routes(routes!(admin::retry_all))
         .routes(routes!(admin::retry))
         .routes(routes!(admin::ignore))
+        .route_layer(only(Scope::Admin));
+    let api = OpenApiRouter::new()
+        .routes(routes!(wallets::create))
+        .routes(routes!(wallets::show))
+        .routes(routes!(wallets::transactions))
+        .routes(routes!(payments::pay))
+        .routes(routes!(payments::show))
+        .routes(routes!(payments::cancel))
+        .merge(funding)
+        .merge(admin)
         .layer(middleware::from_fn_with_state(
             gatekeeper,
             auth::require_key,

@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use wallet::configuration::ApiKeys;
 use wallet::startup::Application;
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, ADMIN_KEY, CHECKOUT_KEY};
+use crate::helpers::{
+    spawn_app, spawn_app_with, test_settings, ADMIN_KEY, CHECKOUT_KEY, FUNDING_KEY,
+};
 
 #[tokio::test]
 async fn requests_without_a_valid_key_are_refused_with_401() {
@@ -50,34 +52,6 @@ async fn requests_without_a_valid_key_are_refused_with_401() {
             .unwrap();
         assert_eq!(reply.status(), StatusCode::OK, "{path}");
     }
-}
-
-#[tokio::test]
-async fn a_checkout_key_may_not_use_admin_routes() {
-    let app = spawn_app().await;
-    let reply = app
-        .client
-        .get(format!("{}/api/v1/admin/failed-events", app.address))
-        .bearer_auth(CHECKOUT_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), StatusCode::FORBIDDEN);
-    let reply = crate::helpers::Reply::read(reply).await;
-    assert_eq!(reply.code(), "forbidden");
-    // The admin key may use everything.
-    let admin = app
-        .post_as(
-            Some(ADMIN_KEY),
-            "/api/v1/wallets",
-            &json!({ "userId": "u1" }),
-        )
-        .await;
-    assert_eq!(admin.status, StatusCode::CREATED);
-    assert_eq!(
-        app.get("/api/v1/admin/failed-events").await.status,
-        StatusCode::OK
-    );
 }
 
 #[tokio::test]
@@ -147,7 +121,7 @@ async fn over_the_rate_a_key_gets_429_and_nothing_is_applied() {
     for i in 0..6 {
         let reply = app
             .post_as(
-                Some(CHECKOUT_KEY),
+                Some(FUNDING_KEY),
                 "/api/v1/wallets/u1/top-ups",
                 &json!({ "topUpId": format!("t{i}"), "amount": 10 }),
             )

@@ -12,12 +12,16 @@ use wallet::startup::Application;
 
 /// The API keys every test app accepts.
 pub const CHECKOUT_KEY: &str = "test-checkout-key";
+pub const FUNDING_KEY: &str = "test-funding-key";
 pub const ADMIN_KEY: &str = "test-admin-key";
 
-/// The key a route needs: admin routes take the admin key, the rest the checkout key.
-fn key_for(path: &str) -> &'static str {
+/// The key a route needs: admin routes take the admin key, top-ups the funding key, the
+/// rest the checkout key.
+pub fn key_for(path: &str) -> &'static str {
     if path.starts_with("/api/v1/admin") {
         ADMIN_KEY
+    } else if path.ends_with("/top-ups") {
+        FUNDING_KEY
     } else {
         CHECKOUT_KEY
     }
@@ -69,6 +73,7 @@ pub async fn test_settings() -> Settings {
     settings.lock.breaker_probe_interval = Duration::from_millis(200);
     settings.api.keys = vec![
         ApiKey::plain(Scope::Checkout, CHECKOUT_KEY),
+        ApiKey::plain(Scope::Funding, FUNDING_KEY),
         ApiKey::plain(Scope::Admin, ADMIN_KEY),
     ];
     // Kafka stays out of the way unless a test asks for it (kafka_settings).

@@ -10,4 +10,5 @@ mod helpers;
 mod identifiers;
 mod limits;
 mod payments;
+mod scopes;
 mod servers;
