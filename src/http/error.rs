@@ -32,6 +32,10 @@ pub enum ApiError {
     RateLimited(Duration),
     #[error("the service is at its limit of requests in flight")]
     Overloaded,
+    /// The whole-request backstop fired while the use case was still running: it may
+    /// yet commit (a commit already sent cannot be called back).
+    #[error("the request did not finish in time; its outcome is not known yet")]
+    OutcomeUnknown,
 }
 
 impl From<crate::domain::ValidationError> for ApiError {
@@ -90,6 +94,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "request_timeout",
                 "The request took too long",
+            ),
+            Self::OutcomeUnknown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                "The outcome of the request is not known yet",
             ),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -173,6 +182,10 @@ impl ApiError {
             Self::Service(S::Timeout) => {
                 "The request did not finish in time and was rolled back; retry later.".into()
             }
+            Self::OutcomeUnknown => "The request did not finish in time and may still be applied. \
+                 Retry with the same key: it is applied at most once, and the retry answers \
+                 with its outcome."
+                .into(),
             Self::RateLimited(_) => "Nothing was applied; retry after the indicated delay.".into(),
             Self::Overloaded => "Nothing was applied; retry later.".into(),
             other => other.to_string(),
@@ -185,7 +198,8 @@ impl ApiError {
             Self::Service(
                 ServiceError::LockTimeout | ServiceError::Unavailable(_) | ServiceError::Timeout,
             )
-            | Self::Overloaded => Some(Duration::from_secs(1)),
+            | Self::Overloaded
+            | Self::OutcomeUnknown => Some(Duration::from_secs(1)),
             Self::RateLimited(wait) => Some(*wait),
             _ => None,
         }
@@ -260,7 +274,7 @@ pub enum CommonProblems {
     RateLimited(Problem),
     #[response(
         status = 503,
-        description = "`unavailable`, `lock_timeout`, `request_timeout`, `overloaded`, with Retry-After; nothing applied",
+        description = "`unavailable`, `lock_timeout`, `request_timeout`, `overloaded` (nothing applied), or `outcome_unknown` (retry with the same key); all with Retry-After",
         content_type = "application/problem+json"
     )]
     Unavailable(Problem),

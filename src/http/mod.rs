@@ -76,7 +76,8 @@ impl FromRef<AppState> for openapi::Document {
 const BODY_LIMIT: usize = 16 * 1024;
 
 /// How much longer than the request timeout the outer backstop waits: money movements
-/// enforce the timeout themselves (and roll back), this only catches the rest.
+/// enforce the timeout themselves (and roll back), this only catches the rest, such as
+/// a commit the database is slow to acknowledge.
 const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
 
 /// The `/api/v1` routes (behind API keys; top-ups need a `funding` key, the failed-events
@@ -176,11 +177,16 @@ async fn shed_load(
     }
 }
 
-/// The whole-request timeout's backstop.
+/// The whole-request timeout's backstop. The use case runs detached and may be past its
+/// own deadline check, with a commit on its way, so the answer cannot claim a rollback:
+/// it says the outcome is unknown and that a retry with the same key will tell.
 async fn backstop(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::from(ServiceError::Timeout).into_response(),
+        Err(_) => {
+            tracing::warn!("request outlived its timeout and the backstop; outcome unknown");
+            ApiError::OutcomeUnknown.into_response()
+        }
     }
 }
 

@@ -10,5 +10,7 @@ mod helpers;
 mod identifiers;
 mod limits;
 mod payments;
+mod proxy;
 mod scopes;
 mod servers;
+mod timeouts;
