@@ -153,15 +153,15 @@ impl WalletLock {
                 return Err(LockError::Timeout);
             }
         };
-        if let Some(baton) = turn.take_baton() {
+        if let Some(mut baton) = turn.take_baton() {
             if !baton.lost.load(Ordering::Acquire) {
                 metrics::lock_acquired("passed", started.elapsed());
                 return Ok(LockGuard {
                     user_id: user_id.clone(),
-                    owner: baton.owner,
+                    owner: std::mem::take(&mut baton.owner),
                     fence: baton.fence,
-                    lost: baton.lost,
-                    renewal: baton.renewal,
+                    lost: baton.lost.clone(),
+                    renewal: baton.renewal.take(),
                     held_since: baton.held_since,
                     passes: baton.passes + 1,
                     turn: Some(turn),
@@ -282,14 +282,13 @@ impl WalletLock {
     }
 
     /// Releases a baton nobody took (its successors gave up, or its lease was lost).
-    async fn drop_baton(&self, user_id: &Identifier, mut baton: Baton) {
-        if let Some(renewal) = baton.renewal.take() {
-            renewal.abort();
-        }
+    async fn drop_baton(&self, user_id: &Identifier, baton: Baton) {
+        let owner = baton.owner.clone();
+        // Stops the renewal first: if the release fails, the lease runs out.
+        drop(baton);
         let released = async {
             let mut conn = self.redis.connection().await?;
-            self.release_in_redis(&mut conn, user_id, &baton.owner)
-                .await
+            self.release_in_redis(&mut conn, user_id, &owner).await
         }
         .await;
         if let Err(e) = released {
