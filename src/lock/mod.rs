@@ -4,6 +4,30 @@
 //! The lock keeps a wallet's requests out of each other's way; it does not keep money
 //! safe on its own. The database refuses a write whose fencing token is older than one it
 //! has already seen, so a holder that lost its lease cannot write after its successor.
+//!
+//! # Tokens across a Redis data loss
+//!
+//! That only holds if a successor's token is above its predecessor's even when Redis
+//! lost the counter in between (a restart without persistence, a failover to a replica
+//! that lagged, an older snapshot restored). So the counter follows Redis's clock
+//! (`lua/lock_acquire.lua`): before each increment it is raised to the time in
+//! microseconds since the epoch, and a token issued at Redis time `t` is `t + 1`, a few
+//! more if several fall in one microsecond. The first token issued after a loss, at time
+//! `t'`, is at least `t' + 1`, above every token issued before it, provided Redis's clock
+//! read later at `t'` than at the last token before the loss, by more than the counter
+//! ran ahead of the clock then. A restart takes far longer than a microsecond, so the
+//! condition fails only if the clock was stepped back across it, or if a failover lands
+//! on a machine whose clock is behind by more than the outage lasted. The counter runs
+//! ahead of the clock only after a jump (below): by [`REFENCE_MARGIN`] plus however far
+//! the clock was behind, until the clock catches up.
+//!
+//! If the clock did go back, the database notices at the first write: its row holds a
+//! token above the new one. [`WalletLock::refence`] then moves the counter
+//! [`REFENCE_MARGIN`] past the row's token (or the clock, if that is further), so holders
+//! from before the loss stay below as long as they got their token less than that
+//! margin after the one the row holds. The database's maximum alone would not do: a
+//! wallet the database has never fenced holds 0, and acquisitions that wrote nothing (a
+//! refused payment, a replay) leave tokens above the row's.
 
 mod slots;
 
@@ -28,6 +52,13 @@ const MAX_PASSES: u32 = 16;
 
 /// How long one Redis acquisition may be passed on locally, whatever the count.
 const MAX_HOLD: Duration = Duration::from_millis(100);
+
+/// How far past the database's token [`WalletLock::refence`] moves a counter found
+/// behind it, in the clock's time (tokens are microseconds). It must cover the tokens
+/// handed out after the database's last write of the wallet and before Redis lost its
+/// data. An hour is far more than a request lives; larger would keep the counter ahead
+/// of the clock for longer, and a second loss in that time could repeat tokens.
+pub const REFENCE_MARGIN: Duration = Duration::from_secs(3_600);
 
 /// After a release another instance was waiting for, how long this instance's next
 /// holder stands back: enough for the pub/sub message and the other's acquire.
@@ -153,15 +184,15 @@ impl WalletLock {
                 return Err(LockError::Timeout);
             }
         };
-        if let Some(baton) = turn.take_baton() {
+        if let Some(mut baton) = turn.take_baton() {
             if !baton.lost.load(Ordering::Acquire) {
                 metrics::lock_acquired("passed", started.elapsed());
                 return Ok(LockGuard {
                     user_id: user_id.clone(),
-                    owner: baton.owner,
+                    owner: std::mem::take(&mut baton.owner),
                     fence: baton.fence,
-                    lost: baton.lost,
-                    renewal: baton.renewal,
+                    lost: baton.lost.clone(),
+                    renewal: baton.renewal.take(),
                     held_since: baton.held_since,
                     passes: baton.passes + 1,
                     turn: Some(turn),
@@ -282,14 +313,13 @@ impl WalletLock {
     }
 
     /// Releases a baton nobody took (its successors gave up, or its lease was lost).
-    async fn drop_baton(&self, user_id: &Identifier, mut baton: Baton) {
-        if let Some(renewal) = baton.renewal.take() {
-            renewal.abort();
-        }
+    async fn drop_baton(&self, user_id: &Identifier, baton: Baton) {
+        let owner = baton.owner.clone();
+        // Stops the renewal first: if the release fails, the lease runs out.
+        drop(baton);
         let released = async {
             let mut conn = self.redis.connection().await?;
-            self.release_in_redis(&mut conn, user_id, &baton.owner)
-                .await
+            self.release_in_redis(&mut conn, user_id, &owner).await
         }
         .await;
         if let Err(e) = released {
@@ -297,8 +327,10 @@ impl WalletLock {
         }
     }
 
-    /// Moves the wallet's fencing counter past `seen_by_database` and gives `guard` a
-    /// token above it. Returns false when the guard no longer owns the lock.
+    /// Moves the wallet's fencing counter [`REFENCE_MARGIN`] past `seen_by_database`
+    /// (Redis lost the counter and its clock is behind the one that issued the
+    /// database's token) and gives `guard` a token above it. Returns false when the
+    /// guard no longer owns the lock.
     pub async fn refence<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -310,7 +342,8 @@ impl WalletLock {
             .key(self.keys.lock(&guard.user_id))
             .key(self.keys.fence(&guard.user_id))
             .arg(&guard.owner)
-            .arg(seen_by_database);
+            .arg(seen_by_database)
+            .arg(REFENCE_MARGIN.as_micros() as u64);
         let fence: u64 = bounded(self.timeout, invocation.invoke_async(conn)).await?;
         if fence == 0 {
             return Ok(false);

@@ -189,7 +189,8 @@ impl WalletService {
                         attempt += 1;
                         metrics::stale_fence();
                         match self.lock.refence(conn, &mut guard, seen).await {
-                            // Redis had lost its counter (a restart): go on with a fresh token.
+                            // Redis lost its counter and came back with a clock behind the
+                            // one that issued the row's token: go on with a fresh token.
                             Ok(true) => continue,
                             // Our lease passed to someone else: queue again.
                             Ok(false) => break TxFailure::LeaseLost,

@@ -196,8 +196,8 @@ async fn redis_killed_mid_load_falls_back_to_mysql_and_returns() {
             .await,
         "back on redis after recovery"
     );
-    // The fresh Redis starts its fencing counter at 1; the service moves it past the
-    // database's and debits normally.
+    // The fresh Redis lost the fencing counters; tokens follow its clock, so the next
+    // one is above the database's and debits go on normally.
     let after = app.pay("after-recovery", "a", 1).await;
     assert_eq!(after.status, StatusCode::CREATED, "{}", after.text);
     let replay = app.pay("after-recovery", "a", 1).await;
@@ -244,19 +244,25 @@ async fn the_database_refuses_a_stale_fencing_token() {
     let mut conn = app.db.acquire().await.unwrap();
     let now = chrono::Utc::now();
     use wallet::store::wallets::apply_delta;
+    // Tokens follow Redis's clock: count from the one the top-up wrote.
+    let top_up: u64 = sqlx::query_scalar("SELECT fence_token FROM wallets WHERE user_id = 'u1'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let token = top_up + 1_000;
     assert!(
-        apply_delta(&mut conn, "u1", Decimal::from(-10), Some(1_000), now)
+        apply_delta(&mut conn, "u1", Decimal::from(-10), Some(token), now)
             .await
             .unwrap()
     );
     assert!(
-        !apply_delta(&mut conn, "u1", Decimal::from(-10), Some(999), now)
+        !apply_delta(&mut conn, "u1", Decimal::from(-10), Some(token - 1), now)
             .await
             .unwrap(),
         "older token refused"
     );
     assert!(
-        !apply_delta(&mut conn, "u1", Decimal::from(-5_000), Some(1_001), now)
+        !apply_delta(&mut conn, "u1", Decimal::from(-5_000), Some(token + 1), now)
             .await
             .unwrap(),
         "overdraw refused"

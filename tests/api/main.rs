@@ -9,6 +9,7 @@ mod hardening;
 mod helpers;
 mod identifiers;
 mod limits;
+mod lock;
 mod payments;
 mod proxy;
 mod scopes;

@@ -1,0 +1,300 @@
+//! The wallet lock on its own: fencing tokens across a Redis data loss, and the local
+//! hand-off of a held lock under churn. Each `WalletLock` built here stands for one
+//! instance of the service; two of them on the same key prefix are two instances.
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::json;
+use tokio::time::Instant;
+use wallet::configuration::Settings;
+use wallet::domain::Identifier;
+use wallet::lock::{LockError, WalletLock, REFENCE_MARGIN};
+use wallet::redis_support::{KeySpace, SharedRedis};
+use wallet::store::wallets::apply_delta;
+
+use crate::helpers::{eventually, spawn_app, spawn_app_with, test_settings};
+use crate::servers::OwnServer;
+
+/// One more instance's lock on the Redis and key prefix of `settings`.
+fn wallet_lock(settings: &Settings) -> WalletLock {
+    let redis = &settings.redis;
+    let pool = deadpool_redis::Config::from_url(&redis.url)
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    WalletLock::new(
+        SharedRedis::new(pool, redis.command_timeout),
+        redis::Client::open(redis.url.as_str()).unwrap(),
+        KeySpace::new(&redis.key_prefix),
+        settings.lock.clone(),
+        redis.command_timeout,
+        true,
+    )
+}
+
+async fn connection(settings: &Settings) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn user(id: &str) -> Identifier {
+    Identifier::parse("userId", id.to_owned()).unwrap()
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(2)
+}
+
+async fn fence_of(app: &crate::helpers::TestApp, user_id: &str) -> u64 {
+    sqlx::query_scalar("SELECT fence_token FROM wallets WHERE user_id = ?")
+        .bind(user_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_after_redis_lost_its_data_is_above_every_earlier_one() {
+    let redis = OwnServer::redis();
+    let mut settings = test_settings().await;
+    settings.redis.url = format!("redis://{}", redis.address());
+    let app = spawn_app_with(settings.clone()).await;
+    // The top-up writes a token to the row.
+    app.funded_wallet("u1", 1_000).await;
+    let (lock, twin) = (wallet_lock(&settings), wallet_lock(&settings));
+    let mut conn = connection(&settings).await;
+    let u1 = user("u1");
+    // Acquisitions that write nothing (a refused payment, a replay) move the counter
+    // past the database's token.
+    for _ in 0..3 {
+        let guard = lock.acquire(&mut conn, &u1, soon()).await.unwrap();
+        lock.release(&mut conn, guard).await.unwrap();
+    }
+    let stale = lock.acquire(&mut conn, &u1, soon()).await.unwrap();
+    assert!(stale.fence() > fence_of(&app, "u1").await);
+
+    // Redis loses everything while `stale` holds a token it has not written yet.
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let fresh = twin.acquire(&mut conn, &u1, soon()).await.unwrap();
+    assert!(
+        fresh.fence() > stale.fence(),
+        "token {} issued after the loss is above {} issued before it",
+        fresh.fence(),
+        stale.fence()
+    );
+
+    // Raw writes, as each holder's transaction would make them (no ledger entry).
+    let mut db = app.db.acquire().await.unwrap();
+    let now = chrono::Utc::now();
+    assert!(
+        apply_delta(&mut db, "u1", Decimal::from(-10), Some(fresh.fence()), now)
+            .await
+            .unwrap(),
+        "the new holder writes"
+    );
+    assert!(
+        !apply_delta(&mut db, "u1", Decimal::from(-10), Some(stale.fence()), now)
+            .await
+            .unwrap(),
+        "the holder from before the loss is refused"
+    );
+    assert_eq!(fence_of(&app, "u1").await, fresh.fence());
+    assert_eq!(app.balance("u1").await, Decimal::from(990));
+    twin.release(&mut conn, fresh).await.unwrap();
+    lock.release(&mut conn, stale).await.unwrap();
+
+    // The service itself goes on debiting after the loss.
+    let paid = app.pay("after-loss", "u1", 5).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert_eq!(app.balance("u1").await, Decimal::from(985));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_database_never_fenced() {
+    let redis = OwnServer::redis();
+    let mut settings = test_settings().await;
+    settings.redis.url = format!("redis://{}", redis.address());
+    let app = spawn_app_with(settings.clone()).await;
+    // A new wallet: the database has seen no token yet.
+    app.funded_wallet("u2", 0).await;
+    assert_eq!(fence_of(&app, "u2").await, 0);
+    let lock = wallet_lock(&settings);
+    let mut conn = connection(&settings).await;
+    let u2 = user("u2");
+    for _ in 0..3 {
+        let guard = lock.acquire(&mut conn, &u2, soon()).await.unwrap();
+        lock.release(&mut conn, guard).await.unwrap();
+    }
+    let stale = lock.acquire(&mut conn, &u2, soon()).await.unwrap();
+
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    // Another instance tops the wallet up after the loss.
+    let top_up = app
+        .post(
+            "/api/v1/wallets/u2/top-ups",
+            &json!({ "topUpId": "after-loss", "amount": "100" }),
+        )
+        .await;
+    assert_eq!(top_up.status, StatusCode::CREATED, "{}", top_up.text);
+    let written = fence_of(&app, "u2").await;
+    assert!(
+        written > stale.fence(),
+        "the row's token {written} is above the earlier holder's {}",
+        stale.fence()
+    );
+
+    let mut db = app.db.acquire().await.unwrap();
+    assert!(
+        !apply_delta(
+            &mut db,
+            "u2",
+            Decimal::from(-40),
+            Some(stale.fence()),
+            chrono::Utc::now()
+        )
+        .await
+        .unwrap(),
+        "the holder from before the loss is refused"
+    );
+    assert_eq!(app.balance("u2").await, Decimal::from(100));
+    lock.release(&mut conn, stale).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_counter_found_behind_the_database_jumps_well_past_it() {
+    let app = spawn_app().await;
+    app.funded_wallet("u3", 1_000).await;
+    // As if Redis came back with a clock far behind the one that issued the row's token.
+    let seen: u64 = fence_of(&app, "u3").await + (1 << 45);
+    sqlx::query("UPDATE wallets SET fence_token = ? WHERE user_id = 'u3'")
+        .bind(seen)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let lock = wallet_lock(&app.settings);
+    let mut conn = connection(&app.settings).await;
+    let mut guard = lock.acquire(&mut conn, &user("u3"), soon()).await.unwrap();
+    assert!(guard.fence() < seen);
+    assert!(lock.refence(&mut conn, &mut guard, seen).await.unwrap());
+    // Holders from before the loss may hold tokens above the row's: the counter leaves
+    // a margin's worth of them behind.
+    let margin = REFENCE_MARGIN.as_micros() as u64;
+    assert!(
+        guard.fence() > seen + margin,
+        "{} is well above {seen}",
+        guard.fence()
+    );
+    lock.release(&mut conn, guard).await.unwrap();
+
+    // The service takes the same path on its own and debits.
+    sqlx::query("UPDATE wallets SET fence_token = fence_token + ? WHERE user_id = 'u3'")
+        .bind(1u64 << 46)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let paid = app.pay("behind", "u3", 5).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_passed_on_under_churn_is_always_taken_or_released() {
+    let mut settings = test_settings().await;
+    // Longer than the checks below wait: a lock left behind cannot expire in time.
+    settings.lock.lease = Duration::from_secs(5);
+    settings.lock.poll_interval = Duration::from_millis(2);
+    let lock = wallet_lock(&settings);
+    let churn = user("churn");
+    let keys = KeySpace::new(&settings.redis.key_prefix);
+    let lock_key = keys.lock(&churn);
+    let stop = Instant::now() + Duration::from_secs(6);
+
+    // Release announcements for the wallet, again and again: each one wakes the head of
+    // the local queue.
+    let waker = tokio::spawn({
+        let mut conn = connection(&settings).await;
+        let channel = keys.release_channel();
+        async move {
+            while Instant::now() < stop {
+                let mut pipe = redis::pipe();
+                for _ in 0..100 {
+                    pipe.cmd("PUBLISH").arg(&channel).arg("churn").ignore();
+                }
+                let () = pipe.query_async(&mut conn).await.unwrap();
+            }
+        }
+    });
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        conns.push(connection(&settings).await);
+    }
+    let mut check = connection(&settings).await;
+    let (mut rounds, mut held, mut timed_out) = (0, 0, 0);
+    // Rounds of a burst and a quiet moment: once a burst is over nobody is left to take
+    // a lock passed on, so it must have been released.
+    while Instant::now() < stop {
+        rounds += 1;
+        let mut tasks = tokio::task::JoinSet::new();
+        for conn in &conns {
+            let (lock, churn, mut conn) = (lock.clone(), churn.clone(), conn.clone());
+            tasks.spawn(async move {
+                let wait = Duration::from_micros(rand::rng().random_range(100..4_000));
+                let guard = match lock.acquire(&mut conn, &churn, Instant::now() + wait).await {
+                    Ok(guard) => guard,
+                    Err(LockError::Timeout) => return false,
+                    Err(e) => panic!("{e}"),
+                };
+                let work = rand::rng().random_range(0..1_500);
+                if work < 500 {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(Duration::from_micros(work)).await;
+                }
+                lock.release(&mut conn, guard).await.unwrap();
+                true
+            });
+        }
+        for acquired in tasks.join_all().await {
+            if acquired {
+                held += 1;
+            } else {
+                timed_out += 1;
+            }
+        }
+        let released = eventually(Duration::from_millis(300), || {
+            let (mut conn, key) = (check.clone(), lock_key.clone());
+            async move {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                !exists
+            }
+        })
+        .await;
+        assert!(
+            released,
+            "round {rounds}: nobody holds the wallet's lock once everyone left"
+        );
+    }
+    waker.await.unwrap();
+    println!("{rounds} rounds, {held} acquisitions, {timed_out} timeouts");
+    assert!(timed_out > 0, "some waiters gave up");
+
+    // Another instance takes it at once.
+    let other = wallet_lock(&settings);
+    let guard = other
+        .acquire(
+            &mut check,
+            &churn,
+            Instant::now() + Duration::from_millis(500),
+        )
+        .await
+        .expect("another instance acquires promptly");
+    other.release(&mut check, guard).await.unwrap();
+}
