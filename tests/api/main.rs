@@ -7,5 +7,6 @@ mod events;
 mod faults;
 mod hardening;
 mod helpers;
+mod kafka;
 mod payments;
 mod servers;
