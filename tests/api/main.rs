@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod concurrency;
+mod dead_letters;
 mod events;
 mod faults;
 mod hardening;
