@@ -3,7 +3,9 @@
 //!
 //! The event id goes into `processed_events` in the same transaction as the points
 //! change, so a redelivered event (a crash before the offset commit, a relay that
-//! published a batch twice, an operator's retry) changes nothing.
+//! published a batch twice, an operator's retry) changes nothing. The event id alone is
+//! the key, not the consumer group: a group renamed, or a second group run by mistake,
+//! reads the topic from its beginning and finds every event already applied.
 
 use anyhow::Context;
 use rdkafka::message::OwnedMessage;
@@ -16,7 +18,8 @@ use crate::wallet::views::now;
 /// Applies payment events to `wallet_points`.
 pub struct PointsHandler {
     pub db: MySqlPool,
-    /// The consumer group: the dedupe namespace in `processed_events`.
+    /// The consumer group, recorded with each event it applied (for the record only:
+    /// an event applied under any group is never applied again).
     pub consumer: String,
 }
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use wallet::configuration::Settings;
 
@@ -107,4 +107,48 @@ pub async fn drained_with_points(app: &TestApp, user_id: &str, points: i64) -> b
         app.unsent_events().await == 0 && app.points(user_id).await == points
     })
     .await
+}
+
+/// Waits until `group` has committed its offsets past every record now on `topic`: it
+/// has handled all of them.
+pub async fn group_caught_up(settings: &Settings, group: &str, topic: &str) -> bool {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            let caught_up = (|| -> Option<bool> {
+                let metadata = consumer.fetch_metadata(Some(&topic), timeout).ok()?;
+                let partitions = metadata.topics().first()?.partitions().len() as i32;
+                let mut wanted = TopicPartitionList::new();
+                for partition in 0..partitions {
+                    wanted.add_partition(&topic, partition);
+                }
+                let committed = consumer.committed_offsets(wanted, timeout).ok()?;
+                let mut all = true;
+                for partition in 0..partitions {
+                    let (_, high) = consumer.fetch_watermarks(&topic, partition, timeout).ok()?;
+                    let done = match committed.find_partition(&topic, partition)?.offset() {
+                        Offset::Offset(offset) => offset >= high,
+                        _ => high == 0,
+                    };
+                    all &= done;
+                }
+                Some(all)
+            })();
+            if caught_up == Some(true) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    })
+    .await
+    .unwrap()
 }

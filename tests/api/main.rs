@@ -10,4 +10,5 @@ mod hardening;
 mod helpers;
 mod kafka;
 mod payments;
+mod points;
 mod servers;
