@@ -4,8 +4,11 @@
 //!
 //! A completed debit publishes its `payment.completed` event through the outbox like any
 //! other; a business refusal publishes `payment.declined` with the problem code as the
-//! reason. Unreadable requests go to the requests topic's DLT at once; a request that
-//! keeps failing on a dependency goes there after the bounded retries.
+//! reason. A request for an order that another request (REST) is paying right now waits
+//! for it, up to the idempotency claim's TTL, and then takes its outcome: a replay of the
+//! payment, or its own attempt if the other one was refused. Unreadable requests go to
+//! the requests topic's DLT at once; a request that keeps failing on a dependency goes
+//! there after the bounded retries.
 
 use rdkafka::message::{Message, OwnedMessage};
 use serde::Deserialize;
@@ -42,6 +45,11 @@ impl RecordHandler for PaymentRequestHandler {
             .await;
         let reason = match result {
             Ok(_) => return Ok(()),
+            Err(ServiceError::InProgress { .. }) => {
+                return Err(HandlerError::InFlight(format!(
+                    "order {order_id} is being paid by another request"
+                )))
+            }
             Err(ServiceError::InsufficientFunds) => "insufficient_funds",
             Err(ServiceError::WalletNotFound) => "wallet_not_found",
             Err(ServiceError::KeyReused) => "idempotency_key_reused",

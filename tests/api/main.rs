@@ -9,6 +9,7 @@ mod faults;
 mod hardening;
 mod helpers;
 mod kafka;
+mod payment_requests;
 mod payments;
 mod points;
 mod servers;
