@@ -11,7 +11,9 @@ use anyhow::Context;
 use rdkafka::message::OwnedMessage;
 use sqlx::MySqlPool;
 
-use crate::events::{PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_DECLINED};
+use crate::events::{
+    PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REQUEST_REJECTED,
+};
 use crate::kafka::worker::{decode_json, HandlerError, RecordHandler};
 use crate::wallet::views::now;
 
@@ -29,7 +31,8 @@ impl RecordHandler for PointsHandler {
         let delta = match event.event_type.as_str() {
             PAYMENT_COMPLETED => event.points,
             PAYMENT_CANCELLED => -event.points,
-            PAYMENT_DECLINED => return Ok(()),
+            // Refused requests move no money and earn nothing.
+            PAYMENT_DECLINED | PAYMENT_REQUEST_REJECTED => return Ok(()),
             other => {
                 return Err(HandlerError::Poison(format!(
                     "unknown event type {other:?}"

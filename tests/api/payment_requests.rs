@@ -10,7 +10,7 @@ use sqlx::{MySql, Transaction};
 use wallet::configuration::Settings;
 
 use crate::helpers::{eventually, kafka_settings, redis_url, spawn_app_with, TestApp};
-use crate::kafka::{produce, WAIT};
+use crate::kafka::{produce, read_topic, WAIT};
 
 /// Settings whose debits wait long enough on a wallet row the test holds.
 async fn settings() -> Settings {
@@ -146,4 +146,97 @@ async fn a_request_for_an_order_paid_over_rest_at_that_moment_gets_the_real_outc
     assert_eq!(refused[0].1["reason"], "insufficient_funds");
     assert_eq!(app.balance("u1").await, Decimal::from(2_800));
     app.assert_ledger_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_reusing_a_paid_order_is_rejected_never_declined() {
+    let settings = settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    app.funded_wallet("u1", 10_000).await;
+    app.funded_wallet("u2", 10_000).await;
+
+    // Paid over REST, then requested by event with another amount.
+    let paid = app.pay("o1", "u1", 2_000).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    request(&settings, "o1", "u1", 3_000).await;
+    let answered = eventually(WAIT, || async { events_of(&app, "o1").await.len() == 2 }).await;
+    assert!(answered, "{:?}", events_of(&app, "o1").await);
+    let events = events_of(&app, "o1").await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|(kind, _)| kind.as_str())
+            .collect::<Vec<_>>(),
+        ["payment.completed", "payment.request.rejected"],
+        "never payment.declined for a paid order"
+    );
+    let rejected = &events[1].1;
+    assert_eq!(rejected["reason"], "idempotency_key_reused");
+    assert_eq!(rejected["orderStatus"], "COMPLETED");
+    assert_eq!(rejected["paymentId"], paid.json()["paymentId"]);
+    assert_eq!(
+        rejected["amount"], "3000",
+        "the amount the request asked for"
+    );
+    assert_eq!(rejected["points"], 0);
+
+    // Cancelled, then requested by event by another user: the rejection says so.
+    let cancelled = app.post("/api/v1/payments/o1/cancel", &json!({})).await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    request(&settings, "o1", "u2", 2_000).await;
+    assert!(eventually(WAIT, || async { events_of(&app, "o1").await.len() == 4 }).await);
+    let (kind, rejected) = events_of(&app, "o1").await.pop().unwrap();
+    assert_eq!(kind, "payment.request.rejected");
+    assert_eq!(rejected["orderStatus"], "CANCELLED");
+    assert_eq!(rejected["userId"], "u2");
+
+    // Requested by event with another amount while the REST debit is in flight: the
+    // request waits for it instead of declining an order about to be paid.
+    let held = hold_wallet(&app, "u1").await;
+    let in_flight = {
+        let (address, client) = (app.address.clone(), app.client.clone());
+        tokio::spawn(async move {
+            let body = json!({ "orderId": "o2", "userId": "u1", "amount": 2_000 });
+            client
+                .post(format!("{address}/api/v1/payments"))
+                .bearer_auth(crate::helpers::CHECKOUT_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    assert!(claim_pending(&settings, "o2").await);
+    request(&settings, "o2", "u1", 5_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    held.rollback().await.unwrap();
+    assert_eq!(in_flight.await.unwrap(), StatusCode::CREATED);
+    assert!(eventually(WAIT, || async { events_of(&app, "o2").await.len() == 2 }).await);
+    let events = events_of(&app, "o2").await;
+    assert_eq!(events[0].0, "payment.completed");
+    assert_eq!(events[1].0, "payment.request.rejected");
+    assert_eq!(events[1].1["orderStatus"], "COMPLETED");
+    assert_eq!(app.count("SELECT COUNT(*) FROM failed_events").await, 0);
+
+    // On the topic, with its type in the header; no points move for it.
+    let records = read_topic(&settings, &settings.kafka.events_topic, 6).await;
+    let rejected: Vec<_> = records
+        .iter()
+        .filter(|(_, payload)| payload["type"] == "payment.request.rejected")
+        .collect();
+    assert_eq!(rejected.len(), 3);
+    assert!(rejected[0]
+        .0
+        .iter()
+        .any(|(k, v)| k == "event-type" && v == b"payment.request.rejected"));
+    assert!(eventually(WAIT, || async { app.unsent_events().await == 0 }).await);
+    assert!(eventually(WAIT, || async { app.points("u1").await == 20 }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.points("u1").await,
+        20,
+        "o2's 20 points; o1's were taken back"
+    );
+    assert_eq!(app.points("u2").await, 0);
 }
