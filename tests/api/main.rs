@@ -12,4 +12,5 @@ mod kafka;
 mod payment_requests;
 mod payments;
 mod points;
+mod relay;
 mod servers;
