@@ -6,13 +6,22 @@ use serde::{Deserialize, Serialize};
 
 pub const PAYMENT_COMPLETED: &str = "payment.completed";
 pub const PAYMENT_CANCELLED: &str = "payment.cancelled";
+/// A payment requested by event was refused and the order is not paid.
 pub const PAYMENT_DECLINED: &str = "payment.declined";
+/// A payment requested by event was refused because its order already has a payment
+/// with other terms (another amount or user). Says nothing against the order: the
+/// order stands as `orderStatus` tells, and `paymentId` names its payment.
+pub const PAYMENT_REQUEST_REJECTED: &str = "payment.request.rejected";
 
 /// Header names carried by every event record.
 pub const HEADER_EVENT_ID: &str = "event-id";
 pub const HEADER_EVENT_TYPE: &str = "event-type";
 
 /// A payment event. The Kafka key is `userId`, so one user's events stay in order.
+///
+/// On `payment.declined` and `payment.request.rejected`, `userId` and `amount` are the
+/// request's; on `payment.request.rejected`, `paymentId` and `orderStatus` are the
+/// order's existing payment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentEvent {
@@ -28,9 +37,13 @@ pub struct PaymentEvent {
     /// Points earned (completed) or taken back (cancelled); 0 for a decline.
     #[serde(default)]
     pub points: i64,
-    /// Why a requested payment was declined: the problem `code`.
+    /// Why a requested payment was declined or rejected: the problem `code`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// On a rejected request: the status of the order's existing payment,
+    /// `COMPLETED` or `CANCELLED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_status: Option<String>,
     pub occurred_at: String,
 }
 

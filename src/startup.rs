@@ -217,6 +217,7 @@ fn spawn_workers(
         attempts: kafka.retry_attempts.max(1),
         base: kafka.retry_base,
         cap: kafka.retry_cap,
+        in_flight_wait: settings.idempotency.claim_ttl,
     };
     let mut workers = Vec::new();
     if kafka.create_topics {

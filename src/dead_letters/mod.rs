@@ -92,6 +92,7 @@ pub struct FailedEventPage {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryAllReport {
+    /// Dead letters re-published and marked `RETRIED` by this call.
     pub retried: u64,
 }
 
@@ -154,15 +155,29 @@ impl DeadLetters {
         Ok((&row).into())
     }
 
-    /// Retries every `PENDING` dead letter, in batches.
+    /// Retries the dead letters that were `PENDING` when the call started, in batches.
+    ///
+    /// Bounded by the largest id read at the start: a re-published record that fails
+    /// again comes back as a new `PENDING` row (a new offset, a new id), and retrying
+    /// those too would chase its own output for as long as the cause persists. They wait
+    /// for the next call.
     pub async fn retry_all(&self) -> Result<RetryAllReport, ServiceError> {
+        let last: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM failed_events")
+            .fetch_one(&self.db)
+            .await
+            .map_err(unavailable)?;
+        let Some(last) = last else {
+            return Ok(RetryAllReport { retried: 0 });
+        };
         let mut retried = 0;
         loop {
             let mut tx = self.db.begin().await.map_err(unavailable)?;
             let rows: Vec<FailedEventRow> = sqlx::query_as(
-                "SELECT * FROM failed_events WHERE status = ? ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+                "SELECT * FROM failed_events WHERE status = ? AND id <= ? \
+                 ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
             )
             .bind(PENDING)
+            .bind(last)
             .bind(RETRY_BATCH)
             .fetch_all(&mut *tx)
             .await

@@ -61,7 +61,11 @@ pub async fn retry(
     ))
 }
 
-/// `POST /api/v1/admin/failed-events/retry-all`: retry every `PENDING` one.
+/// `POST /api/v1/admin/failed-events/retry-all`: retry every one `PENDING` at the start.
+///
+/// Re-publishes the dead letters that are `PENDING` when the call starts (ids up to the
+/// largest one then) and marks them `RETRIED`. A record that fails again comes back as a
+/// new `PENDING` dead letter, left for the next call.
 #[utoipa::path(post, path = "/api/v1/admin/failed-events/retry-all", tag = "admin",
     responses((status = 200, description = "How many were re-published", body = RetryAllReport), CommonProblems))]
 pub async fn retry_all(

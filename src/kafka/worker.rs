@@ -1,8 +1,11 @@
-//! The consume loop every consumer shares: handle a record, retry transient failures
-//! with backoff, send what keeps failing to the dead-letter topic, then commit.
+//! The consume loop every consumer shares: handle a record, wait for a request in
+//! flight that it depends on, retry transient failures with backoff, send what keeps
+//! failing to the dead-letter topic, then commit.
 
 use std::future::Future;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -22,6 +25,13 @@ pub enum HandlerError {
     /// It may succeed later: retry, then dead-letter.
     #[error(transparent)]
     Transient(#[from] anyhow::Error),
+    /// Another request for the same thing is being applied right now (the same order
+    /// paid through the API at this moment): wait for it to finish, up to
+    /// [`RetryPolicy::in_flight_wait`], then handle the record again. Its outcome
+    /// decides this record's, so giving up after the short transient budget would
+    /// dead-letter a record that was about to have an answer.
+    #[error("{0}")]
+    InFlight(String),
 }
 
 /// The record's payload as JSON of type `T`; an empty or unreadable one is poison.
@@ -47,10 +57,19 @@ pub trait RecordHandler: Send + Sync {
 /// How a consume loop retries.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
+    /// Attempts per record before a transient failure is dead-lettered.
     pub attempts: u32,
     pub base: Duration,
     pub cap: Duration,
+    /// How long a record waits for a request in flight ([`HandlerError::InFlight`])
+    /// before that counts as a transient failure: the idempotency claim's TTL, the
+    /// longest an unfinished request can hold its key.
+    pub in_flight_wait: Duration,
 }
+
+/// How often a record waiting for a request in flight tries again: such a request
+/// usually ends within milliseconds, and a try costs one Redis call.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(100);
 
 /// Consumes until shutdown. `crash_after_first` stops the loop dead after the first
 /// handled record, before its commit (a fault the tests inject).
@@ -140,8 +159,9 @@ async fn process<H: RecordHandler>(
     shutdown: &mut Shutdown,
 ) -> Option<DeadRecord> {
     let mut attempt = 1;
+    let mut waiting_since = None::<Instant>;
     loop {
-        match handler.handle(record).await {
+        let error = match handler.handle(record).await {
             Ok(()) => return None,
             Err(HandlerError::Poison(message)) => {
                 return Some(DeadRecord {
@@ -150,23 +170,35 @@ async fn process<H: RecordHandler>(
                     attempts: attempt,
                 })
             }
-            Err(HandlerError::Transient(e)) if attempt >= retry.attempts => {
-                return Some(DeadRecord {
-                    kind: "failed",
-                    message: format!("{e:#}"),
-                    attempts: attempt,
-                })
-            }
-            Err(HandlerError::Transient(e)) => {
-                metrics::consumer_retry(name);
-                tracing::info!(consumer = name, attempt, error = %format!("{e:#}"), "record failed; retrying");
-                tokio::select! {
-                    _ = shutdown.recv() => return None,
-                    _ = tokio::time::sleep(backoff(attempt, retry.base, retry.cap)) => {}
+            Err(HandlerError::InFlight(message)) => {
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < retry.in_flight_wait {
+                    tracing::debug!(consumer = name, %message, "record waits for a request in flight");
+                    tokio::select! {
+                        _ = shutdown.recv() => return None,
+                        _ = tokio::time::sleep(IN_FLIGHT_POLL) => {}
+                    }
+                    continue;
                 }
-                attempt += 1;
+                // Waited as long as a claim can last: something keeps the key busy.
+                anyhow::anyhow!("{message} (waited {:?})", since.elapsed())
             }
+            Err(HandlerError::Transient(e)) => e,
+        };
+        if attempt >= retry.attempts {
+            return Some(DeadRecord {
+                kind: "failed",
+                message: format!("{error:#}"),
+                attempts: attempt,
+            });
         }
+        metrics::consumer_retry(name);
+        tracing::info!(consumer = name, attempt, error = %format!("{error:#}"), "record failed; retrying");
+        tokio::select! {
+            _ = shutdown.recv() => return None,
+            _ = tokio::time::sleep(backoff(attempt, retry.base, retry.cap)) => {}
+        }
+        attempt += 1;
     }
 }
 

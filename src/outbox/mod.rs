@@ -4,6 +4,8 @@
 
 pub mod relay;
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
@@ -55,6 +57,46 @@ pub async fn claim(conn: &mut MySqlConnection, limit: u32) -> Result<Vec<OutboxR
     .bind(limit)
     .fetch_all(conn)
     .await
+}
+
+/// Of the claimed `rows` (oldest first), those that may be published now: for each key,
+/// the claimed rows before the first unsent row of that key this relay does not hold.
+///
+/// Such a row is held by another relay (`SKIP LOCKED` let each of us skip the other's
+/// rows), or was committed after our claim. Publishing our later rows of its key first
+/// would overtake it on the topic, so they wait for a later pass. Rows are marked sent
+/// only after the broker's ack, so a row seen here as sent really is on the topic. The
+/// read does not lock: it sees the last committed state and waits for no one.
+pub async fn publishable(
+    conn: &mut MySqlConnection,
+    rows: Vec<OutboxRow>,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let Some(last) = rows.iter().map(|row| row.id).max() else {
+        return Ok(rows);
+    };
+    // Only rows older than our newest can come before ours: few, since we claimed the
+    // oldest unsent rows that nobody else held.
+    let unsent: Vec<(u64, crate::store::ExactText)> = sqlx::query_as(
+        "SELECT id, aggregate_id FROM outbox_events WHERE sent_at IS NULL AND id < ? ORDER BY id",
+    )
+    .bind(last)
+    .fetch_all(conn)
+    .await?;
+    let claimed: HashSet<u64> = rows.iter().map(|row| row.id).collect();
+    let mut first_foreign: HashMap<String, u64> = HashMap::new();
+    for (id, key) in unsent {
+        if !claimed.contains(&id) {
+            first_foreign.entry(key.into()).or_insert(id);
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .filter(|row| {
+            first_foreign
+                .get(&row.aggregate_id)
+                .is_none_or(|&foreign| row.id < foreign)
+        })
+        .collect())
 }
 
 /// Marks rows sent (the broker acknowledged them).

@@ -5,7 +5,25 @@
 //! `FOR UPDATE SKIP LOCKED`, so several instances can relay without publishing a row
 //! twice in the normal case (a crash between the ack and the mark republishes a batch:
 //! consumers dedupe by event id).
+//!
+//! One user's events (one Kafka key) reach the topic in the order they were written:
+//! - Within a batch, a key's rows are sent one after the other, each once the broker
+//!   acknowledged the one before, and the key stops at its first failure: its later
+//!   rows are neither sent nor marked, and the next pass starts again from the failed
+//!   one. Different keys go in parallel: a batch takes as many round trips as its
+//!   busiest key has rows in it, not one per row. Sending a key's rows concurrently and
+//!   trusting the idempotent producer's per-partition order is not enough: a record that
+//!   times out (`message.timeout.ms`) leaves a gap that later records fill, and
+//!   librdkafka's `enable.gapless.guarantee` does not cover timeouts.
+//! - Across relays, a relay publishes no row of a key while an earlier unsent row of
+//!   that key is held by another relay ([`super::publishable`]): `SKIP LOCKED` hands
+//!   relay B the later rows of a key whose earlier rows relay A is still publishing.
+//!
+//! Ids follow commit order within a key where order matters: a user's payments and
+//! cancels append their events while holding the wallet's row lock. (A decline is
+//! appended on its own; it concerns an order that moved no money.)
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +34,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 
-use super::{backlog, claim, mark_sent, OutboxRow};
+use super::{backlog, claim, mark_sent, publishable, OutboxRow};
 use crate::events::{HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use crate::shutdown::Shutdown;
 use crate::telemetry::metrics;
@@ -95,22 +113,27 @@ impl Relay {
             .begin()
             .await
             .context("starting the relay transaction")?;
-        let rows = claim(&mut tx, self.batch)
+        let claimed = claim(&mut tx, self.batch)
             .await
             .context("claiming outbox rows")?;
+        let rows = publishable(&mut tx, claimed)
+            .await
+            .context("checking for earlier rows held by another relay")?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(0);
         }
-        let deliveries = join_all(rows.iter().map(|row| self.publish(row))).await;
+        let mut keys: HashMap<&str, Vec<&OutboxRow>> = HashMap::new();
+        for row in &rows {
+            keys.entry(&row.aggregate_id).or_default().push(row);
+        }
+        let deliveries = join_all(keys.into_values().map(|rows| self.publish_in_order(rows))).await;
         let mut sent = Vec::with_capacity(rows.len());
         let mut first_error = None;
-        for (row, delivery) in rows.iter().zip(deliveries) {
-            match delivery {
-                Ok(()) => sent.push(row.id),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+        for (ids, error) in deliveries {
+            sent.extend(ids);
+            if let Some(e) = error {
+                first_error.get_or_insert(e);
             }
         }
         mark_sent(&mut tx, &sent, crate::wallet::views::now())
@@ -119,10 +142,25 @@ impl Relay {
         tx.commit()
             .await
             .context("committing the relay transaction")?;
+        metrics::outbox_published(sent.len());
         match first_error {
             Some(e) => Err(e),
             None => Ok(sent.len()),
         }
+    }
+
+    /// Publishes one key's rows, oldest first, each once the broker acknowledged the one
+    /// before, up to the first failure. Returns the ids the broker acknowledged and the
+    /// failure, if any.
+    async fn publish_in_order(&self, rows: Vec<&OutboxRow>) -> (Vec<u64>, Option<anyhow::Error>) {
+        let mut sent = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Err(e) = self.publish(row).await {
+                return (sent, Some(e));
+            }
+            sent.push(row.id);
+        }
+        (sent, None)
     }
 
     async fn publish(&self, row: &OutboxRow) -> anyhow::Result<()> {

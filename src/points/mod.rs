@@ -3,20 +3,25 @@
 //!
 //! The event id goes into `processed_events` in the same transaction as the points
 //! change, so a redelivered event (a crash before the offset commit, a relay that
-//! published a batch twice, an operator's retry) changes nothing.
+//! published a batch twice, an operator's retry) changes nothing. The event id alone is
+//! the key, not the consumer group: a group renamed, or a second group run by mistake,
+//! reads the topic from its beginning and finds every event already applied.
 
 use anyhow::Context;
 use rdkafka::message::OwnedMessage;
 use sqlx::MySqlPool;
 
-use crate::events::{PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_DECLINED};
+use crate::events::{
+    PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REQUEST_REJECTED,
+};
 use crate::kafka::worker::{decode_json, HandlerError, RecordHandler};
 use crate::wallet::views::now;
 
 /// Applies payment events to `wallet_points`.
 pub struct PointsHandler {
     pub db: MySqlPool,
-    /// The consumer group: the dedupe namespace in `processed_events`.
+    /// The consumer group, recorded with each event it applied (for the record only:
+    /// an event applied under any group is never applied again).
     pub consumer: String,
 }
 
@@ -26,7 +31,8 @@ impl RecordHandler for PointsHandler {
         let delta = match event.event_type.as_str() {
             PAYMENT_COMPLETED => event.points,
             PAYMENT_CANCELLED => -event.points,
-            PAYMENT_DECLINED => return Ok(()),
+            // Refused requests move no money and earn nothing.
+            PAYMENT_DECLINED | PAYMENT_REQUEST_REJECTED => return Ok(()),
             other => {
                 return Err(HandlerError::Poison(format!(
                     "unknown event type {other:?}"

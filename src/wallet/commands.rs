@@ -378,6 +378,7 @@ fn payment_event(
         currency: payment.currency.clone(),
         points: payment.points,
         reason: None,
+        order_status: None,
         occurred_at: super::views::timestamp(ctx.now),
     }
 }

@@ -54,6 +54,22 @@ pub enum ServiceError {
     Unavailable(#[source] anyhow::Error),
 }
 
+/// Why a payment requested by event was refused, as the event published for it says.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The order is not paid: `payment.declined`, with the problem code as its reason.
+    Declined { reason: &'static str },
+    /// The request was refused, but its order is paid (or was, then cancelled) under
+    /// other terms: `payment.request.rejected`, naming that payment and its status. A
+    /// decline here would tell every consumer that a paid order is unpaid.
+    Rejected {
+        reason: &'static str,
+        payment_id: String,
+        /// `COMPLETED` or `CANCELLED`.
+        order_status: String,
+    },
+}
+
 /// A successful answer and whether it is a replay of an earlier one.
 #[derive(Debug)]
 pub struct Outcome<T> {
@@ -206,28 +222,42 @@ impl WalletService {
         Ok(LedgerPage { items, next_cursor })
     }
 
-    /// Publishes (through the outbox) that a requested payment was declined. `decline_id`
-    /// names the request, so declining the same request twice publishes once.
-    pub async fn publish_declined(
+    /// Publishes (through the outbox) why a payment requested by event was refused.
+    /// `request_id` names the request, so refusing the same request twice publishes once.
+    pub async fn publish_refusal(
         &self,
-        decline_id: &str,
+        request_id: &str,
         order_id: &Identifier,
         user_id: &Identifier,
         amount: Amount,
-        reason: &str,
+        refusal: Refusal,
     ) -> Result<(), sqlx::Error> {
         let now = views::now();
+        let (event_type, reason, payment_id, order_status) = match refusal {
+            Refusal::Declined { reason } => (crate::events::PAYMENT_DECLINED, reason, None, None),
+            Refusal::Rejected {
+                reason,
+                payment_id,
+                order_status,
+            } => (
+                crate::events::PAYMENT_REQUEST_REJECTED,
+                reason,
+                Some(payment_id),
+                Some(order_status),
+            ),
+        };
         let event = crate::events::PaymentEvent {
-            event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, decline_id.as_bytes())
+            event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, request_id.as_bytes())
                 .to_string(),
-            event_type: crate::events::PAYMENT_DECLINED.to_owned(),
+            event_type: event_type.to_owned(),
             order_id: order_id.to_string(),
             user_id: user_id.to_string(),
-            payment_id: None,
+            payment_id,
             amount: self.currency.format(amount.value()),
             currency: self.currency.code().to_owned(),
             points: 0,
             reason: Some(reason.to_owned()),
+            order_status,
             occurred_at: views::timestamp(now),
         };
         let mut conn = self.db.acquire().await?;

@@ -5,111 +5,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
-use wallet::configuration::Settings;
 
-use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
+use crate::helpers::{eventually, kafka_settings, spawn_app_with};
+use crate::kafka::{drained_with_points, failed_event, produce, read_topic, WAIT};
 use crate::servers::OwnServer;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .unwrap()
-}
-
-async fn produce(
-    settings: &Settings,
-    topic: &str,
-    key: &str,
-    payload: &str,
-    headers: &[(&str, &str)],
-) {
-    let mut owned = OwnedHeaders::new();
-    for (k, v) in headers {
-        owned = owned.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
-    producer(&settings.kafka.brokers)
-        .send(
-            FutureRecord::to(topic)
-                .key(key)
-                .payload(payload)
-                .headers(owned),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("the broker takes the record");
-}
-
-/// Every record of `topic` from the beginning, read by a group of the test's own, until
-/// `count` records arrived or the wait ran out.
-async fn read_topic(
-    settings: &Settings,
-    topic: &str,
-    count: usize,
-) -> Vec<(Vec<(String, Vec<u8>)>, Value)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set(
-            "group.id",
-            format!("reader-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut records = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while records.len() < count {
-        let Ok(Ok(message)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
-            break;
-        };
-        let headers = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let payload =
-            serde_json::from_slice(message.payload().unwrap_or_default()).unwrap_or(Value::Null);
-        records.push((headers, payload));
-    }
-    records
-}
-
-/// `POST /api/v1/admin/failed-events/{id}/{action}` for a listed failed event.
-async fn failed_event(app: &TestApp, event: &Value, action: &str) -> crate::helpers::Reply {
-    let id = event["id"].as_str().unwrap();
-    app.post(
-        &format!("/api/v1/admin/failed-events/{id}/{action}"),
-        &json!({}),
-    )
-    .await
-}
-
-async fn drained_with_points(app: &TestApp, user_id: &str, points: i64) -> bool {
-    eventually(WAIT, || async {
-        app.unsent_events().await == 0 && app.points(user_id).await == points
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payments_publish_one_event_each_and_earn_points_once() {

@@ -3,15 +3,20 @@
 
 mod bad_input;
 mod concurrency;
+mod dead_letters;
 mod events;
 mod faults;
 mod hardening;
 mod helpers;
 mod identifiers;
+mod kafka;
 mod limits;
 mod lock;
+mod payment_requests;
 mod payments;
+mod points;
 mod proxy;
+mod relay;
 mod scopes;
 mod servers;
 mod timeouts;

@@ -1,0 +1,154 @@
+//! Talking to the broker from the tests: producing records, reading a topic from the
+//! beginning, waiting for the points to settle.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use wallet::configuration::Settings;
+
+use crate::helpers::{eventually, TestApp};
+
+/// How long a test waits for anything that crosses the broker.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A plain producer of the test's own.
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap()
+}
+
+/// Produces one record and waits for the broker's ack.
+pub async fn produce(
+    settings: &Settings,
+    topic: &str,
+    key: &str,
+    payload: &str,
+    headers: &[(&str, &str)],
+) {
+    let mut owned = OwnedHeaders::new();
+    for (k, v) in headers {
+        owned = owned.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    producer(&settings.kafka.brokers)
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(owned),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the broker takes the record");
+}
+
+/// Every record of `topic` from the beginning, read by a group of the test's own, until
+/// `count` records arrived or the wait ran out.
+pub async fn read_topic(
+    settings: &Settings,
+    topic: &str,
+    count: usize,
+) -> Vec<(Vec<(String, Vec<u8>)>, Value)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set(
+            "group.id",
+            format!("reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while records.len() < count {
+        let Ok(Ok(message)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let payload =
+            serde_json::from_slice(message.payload().unwrap_or_default()).unwrap_or(Value::Null);
+        records.push((headers, payload));
+    }
+    records
+}
+
+/// `POST /api/v1/admin/failed-events/{id}/{action}` for a listed failed event.
+pub async fn failed_event(app: &TestApp, event: &Value, action: &str) -> crate::helpers::Reply {
+    let id = event["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/admin/failed-events/{id}/{action}"),
+        &json!({}),
+    )
+    .await
+}
+
+/// Waits until the outbox is drained and `user_id` holds `points`.
+pub async fn drained_with_points(app: &TestApp, user_id: &str, points: i64) -> bool {
+    eventually(WAIT, || async {
+        app.unsent_events().await == 0 && app.points(user_id).await == points
+    })
+    .await
+}
+
+/// Waits until `group` has committed its offsets past every record now on `topic`: it
+/// has handled all of them.
+pub async fn group_caught_up(settings: &Settings, group: &str, topic: &str) -> bool {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            let caught_up = (|| -> Option<bool> {
+                let metadata = consumer.fetch_metadata(Some(&topic), timeout).ok()?;
+                let partitions = metadata.topics().first()?.partitions().len() as i32;
+                let mut wanted = TopicPartitionList::new();
+                for partition in 0..partitions {
+                    wanted.add_partition(&topic, partition);
+                }
+                let committed = consumer.committed_offsets(wanted, timeout).ok()?;
+                let mut all = true;
+                for partition in 0..partitions {
+                    let (_, high) = consumer.fetch_watermarks(&topic, partition, timeout).ok()?;
+                    let done = match committed.find_partition(&topic, partition)?.offset() {
+                        Offset::Offset(offset) => offset >= high,
+                        _ => high == 0,
+                    };
+                    all &= done;
+                }
+                Some(all)
+            })();
+            if caught_up == Some(true) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    })
+    .await
+    .unwrap()
+}

@@ -1,0 +1,242 @@
+//! Payments requested by event (real broker): every request ends with its order's real
+//! outcome on the events topic, also when the same order is being paid over REST.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use sqlx::{MySql, Transaction};
+use wallet::configuration::Settings;
+
+use crate::helpers::{eventually, kafka_settings, redis_url, spawn_app_with, TestApp};
+use crate::kafka::{produce, read_topic, WAIT};
+
+/// Settings whose debits wait long enough on a wallet row the test holds.
+async fn settings() -> Settings {
+    let mut settings = kafka_settings().await;
+    settings.lock.wait = Duration::from_secs(8);
+    settings
+}
+
+async fn request(settings: &Settings, order_id: &str, user_id: &str, amount: u64) {
+    let body = json!({ "orderId": order_id, "userId": user_id, "amount": amount.to_string() });
+    let topic = &settings.kafka.requests_topic;
+    produce(settings, topic, user_id, &body.to_string(), &[]).await;
+}
+
+/// The types and payloads of the outbox events of `order_id`, oldest first.
+async fn events_of(app: &TestApp, order_id: &str) -> Vec<(String, Value)> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type, payload FROM outbox_events \
+         WHERE JSON_VALUE(payload, '$.orderId') = ? ORDER BY id",
+    )
+    .bind(order_id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(kind, payload)| (kind, serde_json::from_str(&payload).unwrap()))
+        .collect()
+}
+
+async fn types_of(app: &TestApp, order_id: &str) -> Vec<String> {
+    events_of(app, order_id)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .collect()
+}
+
+/// Locks `user_id`'s wallet row in a transaction of the test's own: a debit of that
+/// wallet then waits inside its own transaction, its idempotency claim pending, until
+/// the returned transaction ends.
+async fn hold_wallet(app: &TestApp, user_id: &str) -> Transaction<'static, MySql> {
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SELECT user_id FROM wallets WHERE user_id = ? FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// Waits until a request holds the idempotency claim of `order_id`, unfinished.
+async fn claim_pending(settings: &Settings, order_id: &str) -> bool {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:idem:payment:{{{order_id}}}", settings.redis.key_prefix);
+    eventually(Duration::from_secs(5), || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            let state: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("state")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            state.as_deref() == Some("pending")
+        }
+    })
+    .await
+}
+
+/// Sends a request of `user_id` and waits until it is paid: the consumer runs, and
+/// has handled every earlier request of that user (same key, same partition).
+async fn paid_by_event(app: &TestApp, order_id: &str, user_id: &str) {
+    request(&app.settings, order_id, user_id, 100).await;
+    let paid = eventually(WAIT, || async {
+        types_of(app, order_id).await == ["payment.completed"]
+    })
+    .await;
+    assert!(paid, "{order_id} paid by event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_for_an_order_paid_over_rest_at_that_moment_gets_the_real_outcome() {
+    let settings = settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    app.funded_wallet("u1", 5_000).await;
+    paid_by_event(&app, "warm-up", "u1").await;
+
+    // Two REST debits in flight, waiting on the wallet row: one will be paid, one
+    // refused for want of funds. The same two orders arrive by event meanwhile.
+    let held = hold_wallet(&app, "u1").await;
+    let rest = |order: &'static str, amount| {
+        let (address, client) = (app.address.clone(), app.client.clone());
+        tokio::spawn(async move {
+            let body = json!({ "orderId": order, "userId": "u1", "amount": amount });
+            client
+                .post(format!("{address}/api/v1/payments"))
+                .bearer_auth(crate::helpers::CHECKOUT_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let paid = rest("o-paid", 2_000);
+    let refused = rest("o-refused", 9_000);
+    assert!(claim_pending(&settings, "o-paid").await);
+    assert!(claim_pending(&settings, "o-refused").await);
+    request(&settings, "o-paid", "u1", 2_000).await;
+    request(&settings, "o-refused", "u1", 9_000).await;
+    // Well past the consumer's transient retries (a few hundred ms here).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    held.rollback().await.unwrap();
+    assert_eq!(paid.await.unwrap(), StatusCode::CREATED);
+    assert_eq!(refused.await.unwrap(), StatusCode::PAYMENT_REQUIRED);
+
+    // A later request of the same user is handled after both.
+    paid_by_event(&app, "after", "u1").await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM failed_events").await,
+        0,
+        "no request was dead-lettered"
+    );
+    assert_eq!(
+        types_of(&app, "o-paid").await,
+        ["payment.completed"],
+        "paid once, by REST; the request waited and took that outcome"
+    );
+    let refused = events_of(&app, "o-refused").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "payment.declined");
+    assert_eq!(refused[0].1["reason"], "insufficient_funds");
+    assert_eq!(app.balance("u1").await, Decimal::from(2_800));
+    app.assert_ledger_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_reusing_a_paid_order_is_rejected_never_declined() {
+    let settings = settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    app.funded_wallet("u1", 10_000).await;
+    app.funded_wallet("u2", 10_000).await;
+
+    // Paid over REST, then requested by event with another amount.
+    let paid = app.pay("o1", "u1", 2_000).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    request(&settings, "o1", "u1", 3_000).await;
+    let answered = eventually(WAIT, || async { events_of(&app, "o1").await.len() == 2 }).await;
+    assert!(answered, "{:?}", events_of(&app, "o1").await);
+    let events = events_of(&app, "o1").await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|(kind, _)| kind.as_str())
+            .collect::<Vec<_>>(),
+        ["payment.completed", "payment.request.rejected"],
+        "never payment.declined for a paid order"
+    );
+    let rejected = &events[1].1;
+    assert_eq!(rejected["reason"], "idempotency_key_reused");
+    assert_eq!(rejected["orderStatus"], "COMPLETED");
+    assert_eq!(rejected["paymentId"], paid.json()["paymentId"]);
+    assert_eq!(
+        rejected["amount"], "3000",
+        "the amount the request asked for"
+    );
+    assert_eq!(rejected["points"], 0);
+
+    // Cancelled, then requested by event by another user: the rejection says so.
+    let cancelled = app.post("/api/v1/payments/o1/cancel", &json!({})).await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    request(&settings, "o1", "u2", 2_000).await;
+    assert!(eventually(WAIT, || async { events_of(&app, "o1").await.len() == 4 }).await);
+    let (kind, rejected) = events_of(&app, "o1").await.pop().unwrap();
+    assert_eq!(kind, "payment.request.rejected");
+    assert_eq!(rejected["orderStatus"], "CANCELLED");
+    assert_eq!(rejected["userId"], "u2");
+
+    // Requested by event with another amount while the REST debit is in flight: the
+    // request waits for it instead of declining an order about to be paid.
+    let held = hold_wallet(&app, "u1").await;
+    let in_flight = {
+        let (address, client) = (app.address.clone(), app.client.clone());
+        tokio::spawn(async move {
+            let body = json!({ "orderId": "o2", "userId": "u1", "amount": 2_000 });
+            client
+                .post(format!("{address}/api/v1/payments"))
+                .bearer_auth(crate::helpers::CHECKOUT_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    assert!(claim_pending(&settings, "o2").await);
+    request(&settings, "o2", "u1", 5_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    held.rollback().await.unwrap();
+    assert_eq!(in_flight.await.unwrap(), StatusCode::CREATED);
+    assert!(eventually(WAIT, || async { events_of(&app, "o2").await.len() == 2 }).await);
+    let events = events_of(&app, "o2").await;
+    assert_eq!(events[0].0, "payment.completed");
+    assert_eq!(events[1].0, "payment.request.rejected");
+    assert_eq!(events[1].1["orderStatus"], "COMPLETED");
+    assert_eq!(app.count("SELECT COUNT(*) FROM failed_events").await, 0);
+
+    // On the topic, with its type in the header; no points move for it.
+    let records = read_topic(&settings, &settings.kafka.events_topic, 6).await;
+    let rejected: Vec<_> = records
+        .iter()
+        .filter(|(_, payload)| payload["type"] == "payment.request.rejected")
+        .collect();
+    assert_eq!(rejected.len(), 3);
+    assert!(rejected[0]
+        .0
+        .iter()
+        .any(|(k, v)| k == "event-type" && v == b"payment.request.rejected"));
+    assert!(eventually(WAIT, || async { app.unsent_events().await == 0 }).await);
+    assert!(eventually(WAIT, || async { app.points("u1").await == 20 }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.points("u1").await,
+        20,
+        "o2's 20 points; o1's were taken back"
+    );
+    assert_eq!(app.points("u2").await, 0);
+}
