@@ -5,11 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::time::Instant;
 
 use super::dead_letter::{DeadLetterPublisher, Failure};
 use super::{backoff, WalletConsumer};
