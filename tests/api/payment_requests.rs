@@ -62,6 +62,27 @@ async fn hold_wallet(app: &TestApp, user_id: &str) -> Transaction<'static, MySql
 }
 
 /// Waits until a request holds the idempotency claim of `order_id`, unfinished.
+/// A REST payment sent from a task of its own, so the test can act while it waits.
+fn pay_in_background(
+    app: &TestApp,
+    order_id: &str,
+    user_id: &str,
+    amount: u64,
+) -> tokio::task::JoinHandle<StatusCode> {
+    let (address, client) = (app.address.clone(), app.client.clone());
+    let body = json!({ "orderId": order_id, "userId": user_id, "amount": amount });
+    tokio::spawn(async move {
+        client
+            .post(format!("{address}/api/v1/payments"))
+            .bearer_auth(crate::helpers::CHECKOUT_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    })
+}
+
 async fn claim_pending(settings: &Settings, order_id: &str) -> bool {
     let client = redis::Client::open(redis_url()).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -102,22 +123,8 @@ async fn a_request_for_an_order_paid_over_rest_at_that_moment_gets_the_real_outc
     // Two REST debits in flight, waiting on the wallet row: one will be paid, one
     // refused for want of funds. The same two orders arrive by event meanwhile.
     let held = hold_wallet(&app, "u1").await;
-    let rest = |order: &'static str, amount| {
-        let (address, client) = (app.address.clone(), app.client.clone());
-        tokio::spawn(async move {
-            let body = json!({ "orderId": order, "userId": "u1", "amount": amount });
-            client
-                .post(format!("{address}/api/v1/payments"))
-                .bearer_auth(crate::helpers::CHECKOUT_KEY)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
-    let paid = rest("o-paid", 2_000);
-    let refused = rest("o-refused", 9_000);
+    let paid = pay_in_background(&app, "o-paid", "u1", 2_000);
+    let refused = pay_in_background(&app, "o-refused", "u1", 9_000);
     assert!(claim_pending(&settings, "o-paid").await);
     assert!(claim_pending(&settings, "o-refused").await);
     request(&settings, "o-paid", "u1", 2_000).await;
@@ -193,20 +200,7 @@ async fn a_request_reusing_a_paid_order_is_rejected_never_declined() {
     // Requested by event with another amount while the REST debit is in flight: the
     // request waits for it instead of declining an order about to be paid.
     let held = hold_wallet(&app, "u1").await;
-    let in_flight = {
-        let (address, client) = (app.address.clone(), app.client.clone());
-        tokio::spawn(async move {
-            let body = json!({ "orderId": "o2", "userId": "u1", "amount": 2_000 });
-            client
-                .post(format!("{address}/api/v1/payments"))
-                .bearer_auth(crate::helpers::CHECKOUT_KEY)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let in_flight = pay_in_background(&app, "o2", "u1", 2_000);
     assert!(claim_pending(&settings, "o2").await);
     request(&settings, "o2", "u1", 5_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
