@@ -1,12 +1,17 @@
--- Renews the lease of a lock the caller still owns.
+-- Renews the leases of locks the caller still owns: one wallet, or a batch in one round
+-- trip.
 --
--- KEYS[1] lock key
--- ARGV[1] owner token
--- ARGV[2] lease in ms
+-- KEYS[i]  lock key
+-- ARGV[1]  owner token
+-- ARGV[2]  lease in ms
 --
--- Returns 1 when renewed, 0 when the lease was lost (the holder must not commit).
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+-- Returns how many leases were renewed: fewer than #KEYS means one was lost and the
+-- holder must not commit.
+local renewed = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    renewed = renewed + 1
+  end
 end
-return 0
+return renewed

@@ -116,7 +116,10 @@ impl Application {
             faults: settings.faults.clone(),
             points_rate: settings.points_rate,
             outbox_wake: outbox_wake.clone(),
-        };
+            lock_poll: settings.lock.poll_interval,
+            batcher: None,
+        }
+        .with_batches(settings.lock.batch_max);
         let dead_letters = DeadLetters::new(
             db.clone(),
             producer.clone(),

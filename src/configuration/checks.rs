@@ -19,6 +19,10 @@ const CLAIM_MARGIN: Duration = Duration::from_secs(1);
 /// Largest points rate: points of the largest amount (10^12) still fit an `i64`.
 const MAX_POINTS_RATE: u64 = 1_000_000;
 
+/// The largest batch: its statements carry a few parameters per command, and MySQL
+/// takes at most 65,535 placeholders in one statement.
+const MAX_BATCH: usize = 1_000;
+
 impl Settings {
     /// Refuses settings that cannot work together; the message names the variable.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -44,6 +48,10 @@ impl Settings {
         check(
             positive(self.lock.poll_interval),
             "WALLET_LOCK_POLL_MS must be greater than 0".into(),
+        );
+        check(
+            (1..=MAX_BATCH).contains(&self.lock.batch_max),
+            format!("WALLET_BATCH_MAX must be between 1 and {MAX_BATCH}"),
         );
         check(
             self.lock.breaker_threshold >= 1,

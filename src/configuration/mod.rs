@@ -91,6 +91,9 @@ pub struct LockSettings {
     pub breaker_threshold: u32,
     /// How often an open breaker probes Redis.
     pub breaker_probe_interval: Duration,
+    /// Most debits and top-ups one transaction applies together (group commit); 1 runs
+    /// each request in a transaction of its own.
+    pub batch_max: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -294,6 +297,7 @@ impl Settings {
                 poll_interval: env.millis("WALLET_LOCK_POLL_MS", 200)?,
                 breaker_threshold: env.get("WALLET_BREAKER_THRESHOLD", 3)?,
                 breaker_probe_interval: env.millis("WALLET_BREAKER_PROBE_MS", 1_000)?,
+                batch_max: env.get("WALLET_BATCH_MAX", 128)?,
             },
             idempotency: IdempotencySettings {
                 reply_ttl: Duration::from_secs(env.get("WALLET_IDEMPOTENCY_TTL_SECS", 86_400)?),

@@ -36,8 +36,33 @@ pub struct IdempotencyCache {
     claim_ttl: Duration,
     timeout: Duration,
     claim: Script,
-    complete: Script,
-    abandon: Script,
+    settle: Script,
+}
+
+/// A key to claim: its scope, its id and what the request asked for.
+pub struct ClaimRequest<'a> {
+    pub scope: &'static str,
+    pub id: &'a Identifier,
+    pub fingerprint: &'a str,
+}
+
+/// How a claim ends once its request is answered.
+pub enum Settlement<'a> {
+    /// Applied (or found applied): cache `reply` for the reply TTL.
+    Done {
+        fingerprint: &'a str,
+        reply: &'a str,
+    },
+    /// Nothing was applied: free the key for an immediate retry.
+    Abandon,
+}
+
+/// A claim to settle, with the token that proves it is ours.
+pub struct Settle<'a> {
+    pub scope: &'static str,
+    pub id: &'a Identifier,
+    pub token: &'a ClaimToken,
+    pub how: Settlement<'a>,
 }
 
 impl IdempotencyCache {
@@ -53,8 +78,7 @@ impl IdempotencyCache {
             claim_ttl,
             timeout,
             claim: Script::new(include_str!("../../lua/idempotency_claim.lua")),
-            complete: Script::new(include_str!("../../lua/idempotency_complete.lua")),
-            abandon: Script::new(include_str!("../../lua/idempotency_abandon.lua")),
+            settle: Script::new(include_str!("../../lua/idempotency_settle.lua")),
         }
     }
 
@@ -62,71 +86,141 @@ impl IdempotencyCache {
     pub async fn claim<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        scope: &str,
+        scope: &'static str,
         id: &Identifier,
         fingerprint: &str,
     ) -> Result<Claim, RedisFault> {
-        let token = uuid::Uuid::new_v4().to_string();
-        let mut invocation = self.claim.prepare_invoke();
-        invocation
-            .key(self.keys.idempotency(scope, id))
-            .arg(fingerprint)
-            .arg(&token)
-            .arg(self.claim_ttl.as_millis() as u64);
-        let reply: Vec<redis::Value> = bounded(self.timeout, invocation.invoke_async(conn)).await?;
-        let text = |i: usize| -> Option<String> {
-            reply
-                .get(i)
-                .and_then(|v| redis::from_redis_value_ref(v).ok())
+        let request = ClaimRequest {
+            scope,
+            id,
+            fingerprint,
         };
-        Ok(match text(0).as_deref() {
-            Some("claimed") => Claim::Claimed(ClaimToken(token)),
-            Some("done") => Claim::Done(text(1).unwrap_or_default()),
-            Some("mismatch") => Claim::Mismatch,
-            _ => {
-                let ttl_ms: i64 = reply
-                    .get(1)
-                    .and_then(|v| redis::from_redis_value_ref(v).ok())
-                    .unwrap_or(1_000);
-                Claim::Pending(Duration::from_millis(ttl_ms.max(1) as u64))
-            }
-        })
+        let mut claims = self.claim_all(conn, &[request]).await?;
+        Ok(claims.pop().unwrap_or(Claim::Mismatch))
+    }
+
+    /// Claims every key of a batch in one round trip; one [`Claim`] per request, in order.
+    pub async fn claim_all<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        requests: &[ClaimRequest<'_>],
+    ) -> Result<Vec<Claim>, RedisFault> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens: Vec<String> = requests
+            .iter()
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
+        let mut invocation = self.claim.prepare_invoke();
+        invocation.arg(self.claim_ttl.as_millis() as u64);
+        for (request, token) in requests.iter().zip(&tokens) {
+            invocation
+                .key(self.keys.idempotency(request.scope, request.id))
+                .arg(request.fingerprint)
+                .arg(token);
+        }
+        let replies: Vec<Vec<redis::Value>> =
+            bounded(self.timeout, invocation.invoke_async(conn)).await?;
+        Ok(replies
+            .into_iter()
+            .zip(tokens)
+            .map(|(reply, token)| parse_claim(&reply, token))
+            .collect())
     }
 
     /// Stores the reply of a finished request for the reply TTL.
     pub async fn complete<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        scope: &str,
+        scope: &'static str,
         id: &Identifier,
         token: &ClaimToken,
         fingerprint: &str,
         reply: &str,
     ) -> Result<(), RedisFault> {
-        let mut invocation = self.complete.prepare_invoke();
-        invocation
-            .key(self.keys.idempotency(scope, id))
-            .arg(&token.0)
-            .arg(fingerprint)
-            .arg(reply)
-            .arg(self.reply_ttl.as_millis() as u64);
-        bounded(self.timeout, invocation.invoke_async::<i64>(conn)).await?;
-        Ok(())
+        let how = Settlement::Done { fingerprint, reply };
+        self.settle_all(
+            conn,
+            &[Settle {
+                scope,
+                id,
+                token,
+                how,
+            }],
+        )
+        .await
     }
 
     /// Drops a claim without caching anything, so the key may be tried again at once.
     pub async fn abandon<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        scope: &str,
+        scope: &'static str,
         id: &Identifier,
         token: &ClaimToken,
     ) -> Result<(), RedisFault> {
-        let mut invocation = self.abandon.prepare_invoke();
-        invocation
-            .key(self.keys.idempotency(scope, id))
-            .arg(&token.0);
+        let how = Settlement::Abandon;
+        self.settle_all(
+            conn,
+            &[Settle {
+                scope,
+                id,
+                token,
+                how,
+            }],
+        )
+        .await
+    }
+
+    /// Completes or abandons every claim of a batch in one round trip.
+    pub async fn settle_all<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        claims: &[Settle<'_>],
+    ) -> Result<(), RedisFault> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.settle.prepare_invoke();
+        invocation.arg(self.reply_ttl.as_millis() as u64);
+        for claim in claims {
+            invocation.key(self.keys.idempotency(claim.scope, claim.id));
+            match claim.how {
+                Settlement::Done { fingerprint, reply } => invocation
+                    .arg("done")
+                    .arg(&claim.token.0)
+                    .arg(fingerprint)
+                    .arg(reply),
+                Settlement::Abandon => invocation
+                    .arg("abandon")
+                    .arg(&claim.token.0)
+                    .arg("")
+                    .arg(""),
+            };
+        }
         bounded(self.timeout, invocation.invoke_async::<i64>(conn)).await?;
         Ok(())
+    }
+}
+
+/// One answer of `lua/idempotency_claim.lua`.
+fn parse_claim(reply: &[redis::Value], token: String) -> Claim {
+    let text = |i: usize| -> Option<String> {
+        reply
+            .get(i)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+    };
+    match text(0).as_deref() {
+        Some("claimed") => Claim::Claimed(ClaimToken(token)),
+        Some("done") => Claim::Done(text(1).unwrap_or_default()),
+        Some("mismatch") => Claim::Mismatch,
+        _ => {
+            let ttl_ms: i64 = reply
+                .get(1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or(1_000);
+            Claim::Pending(Duration::from_millis(ttl_ms.max(1) as u64))
+        }
     }
 }

@@ -62,7 +62,7 @@ pub const REFENCE_MARGIN: Duration = Duration::from_secs(3_600);
 
 /// After a release another instance was waiting for, how long this instance's next
 /// holder stands back: enough for the pub/sub message and the other's acquire.
-const YIELD: Duration = Duration::from_millis(3);
+pub const YIELD: Duration = Duration::from_millis(3);
 
 /// Why a lock was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,26 @@ impl Drop for LockGuard {
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
         }
+    }
+}
+
+/// The Redis locks one batch holds, under one owner token. Give them back with
+/// [`WalletLock::release_batch`]; dropped, they run out with their lease.
+pub struct BatchLocks {
+    owner: String,
+    /// When the leases were last set: taken or renewed.
+    taken_at: Instant,
+    /// The wallets held and their fencing tokens.
+    fences: Vec<(Identifier, u64)>,
+}
+
+impl BatchLocks {
+    /// The fencing token of `user_id`'s lock, if the batch holds it.
+    pub fn fence(&self, user_id: &str) -> Option<u64> {
+        self.fences
+            .iter()
+            .find(|(id, _)| id.as_str() == user_id)
+            .map(|(_, fence)| *fence)
     }
 }
 
@@ -214,13 +234,14 @@ impl WalletLock {
                 .key(self.keys.contended(user_id))
                 .arg(&owner)
                 .arg(lease_ms);
-            let answer: i64 = match bounded(self.timeout, invocation.invoke_async(conn)).await {
-                Ok(answer) => answer,
-                Err(fault) => {
-                    metrics::lock_acquired("error", started.elapsed());
-                    return Err(fault.into());
-                }
-            };
+            let answer =
+                match bounded(self.timeout, invocation.invoke_async::<Vec<i64>>(conn)).await {
+                    Ok(answers) => answers.first().copied().unwrap_or(1),
+                    Err(fault) => {
+                        metrics::lock_acquired("error", started.elapsed());
+                        return Err(fault.into());
+                    }
+                };
             if answer > 0 {
                 metrics::lock_acquired("acquired", started.elapsed());
                 drop(released);
@@ -309,7 +330,8 @@ impl WalletLock {
             .arg(owner)
             .arg(self.keys.release_channel())
             .arg(user_id.as_str());
-        bounded(self.timeout, invocation.invoke_async(conn)).await
+        let answers: Vec<i64> = bounded(self.timeout, invocation.invoke_async(conn)).await?;
+        Ok(answers.first().copied().unwrap_or(0))
     }
 
     /// Releases a baton nobody took (its successors gave up, or its lease was lost).
@@ -337,19 +359,173 @@ impl WalletLock {
         guard: &mut LockGuard,
         seen_by_database: u64,
     ) -> Result<bool, RedisFault> {
+        match self
+            .refence_owned(conn, &guard.user_id, &guard.owner, seen_by_database)
+            .await?
+        {
+            Some(fence) => {
+                guard.fence = fence;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// [`Self::refence`] for the lock `owner` holds on `user_id`: the new token, or
+    /// `None` when `owner` no longer holds it.
+    async fn refence_owned<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        user_id: &Identifier,
+        owner: &str,
+        seen_by_database: u64,
+    ) -> Result<Option<u64>, RedisFault> {
         let mut invocation = self.scripts.refence.prepare_invoke();
         invocation
-            .key(self.keys.lock(&guard.user_id))
-            .key(self.keys.fence(&guard.user_id))
-            .arg(&guard.owner)
+            .key(self.keys.lock(user_id))
+            .key(self.keys.fence(user_id))
+            .arg(owner)
             .arg(seen_by_database)
             .arg(REFENCE_MARGIN.as_micros() as u64);
         let fence: u64 = bounded(self.timeout, invocation.invoke_async(conn)).await?;
-        if fence == 0 {
-            return Ok(false);
+        Ok((fence > 0).then_some(fence))
+    }
+
+    /// Tries to take the locks of a batch's wallets, all in one round trip and under one
+    /// owner token. A wallet held elsewhere is left out (with how long its lease still
+    /// runs) and never holds up the others.
+    pub async fn acquire_batch<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        wallets: &[Identifier],
+    ) -> Result<(BatchLocks, Vec<(Identifier, Duration)>), RedisFault> {
+        let started = Instant::now();
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let mut invocation = self.scripts.acquire.prepare_invoke();
+        invocation
+            .arg(&owner)
+            .arg(self.settings.lease.as_millis() as u64);
+        for user_id in wallets {
+            invocation
+                .key(self.keys.lock(user_id))
+                .key(self.keys.fence(user_id))
+                .key(self.keys.contended(user_id));
         }
-        guard.fence = fence;
-        Ok(true)
+        let answers: Vec<i64> = bounded(self.timeout, invocation.invoke_async(conn)).await?;
+        let mut locks = BatchLocks {
+            owner,
+            taken_at: started,
+            fences: Vec::with_capacity(wallets.len()),
+        };
+        let mut refused = Vec::new();
+        for (user_id, answer) in wallets.iter().zip(answers) {
+            if answer > 0 {
+                metrics::lock_acquired("acquired", started.elapsed());
+                locks.fences.push((user_id.clone(), answer as u64));
+            } else {
+                metrics::lock_acquired("busy", started.elapsed());
+                refused.push((
+                    user_id.clone(),
+                    Duration::from_millis(answer.unsigned_abs()),
+                ));
+            }
+        }
+        Ok((locks, refused))
+    }
+
+    /// Renews every lease of a batch in one round trip, once a third of the lease has
+    /// passed since they were set. Returns false when one was lost: the batch must not
+    /// commit.
+    pub async fn renew_batch<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        locks: &mut BatchLocks,
+    ) -> Result<bool, RedisFault> {
+        if locks.fences.is_empty() || locks.taken_at.elapsed() < self.settings.lease / 3 {
+            return Ok(true);
+        }
+        if !self.renew {
+            // Fault injection: leases run out, as a stalled process's would.
+            return Ok(true);
+        }
+        let renewed_at = Instant::now();
+        let mut invocation = self.scripts.extend.prepare_invoke();
+        invocation
+            .arg(&locks.owner)
+            .arg(self.settings.lease.as_millis() as u64);
+        for (user_id, _) in &locks.fences {
+            invocation.key(self.keys.lock(user_id));
+        }
+        let renewed: usize = bounded(self.timeout, invocation.invoke_async(conn)).await?;
+        locks.taken_at = renewed_at;
+        Ok(renewed == locks.fences.len())
+    }
+
+    /// Moves one wallet's token of a batch past `seen_by_database` (see
+    /// [`Self::refence`]). Returns false when the batch no longer owns that lock.
+    pub async fn refence_batch<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        locks: &mut BatchLocks,
+        user_id: &str,
+        seen_by_database: u64,
+    ) -> Result<bool, RedisFault> {
+        let Some(slot) = locks
+            .fences
+            .iter_mut()
+            .find(|(id, _)| id.as_str() == user_id)
+        else {
+            return Ok(false);
+        };
+        match self
+            .refence_owned(conn, &slot.0, &locks.owner, seen_by_database)
+            .await?
+        {
+            Some(fence) => {
+                slot.1 = fence;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Releases every lock of a batch in one round trip. Returns the wallets another
+    /// process was waiting for.
+    pub async fn release_batch<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        locks: BatchLocks,
+    ) -> Result<Vec<Identifier>, RedisFault> {
+        if locks.fences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation
+            .arg(&locks.owner)
+            .arg(self.keys.release_channel());
+        for (user_id, _) in &locks.fences {
+            invocation
+                .key(self.keys.lock(user_id))
+                .key(self.keys.contended(user_id))
+                .arg(user_id.as_str());
+        }
+        let answers: Vec<i64> = bounded(self.timeout, invocation.invoke_async(conn)).await?;
+        let lost = answers.iter().filter(|&&answer| answer == 0).count();
+        if lost > 0 {
+            tracing::warn!(lost, "batch lock leases had expired before release");
+        }
+        Ok(locks
+            .fences
+            .into_iter()
+            .zip(answers)
+            .filter(|(_, answer)| *answer == 2)
+            .map(|((user_id, _), _)| user_id)
+            .collect())
+    }
+
+    /// Resolves at the next lock release announced on the channel, for any wallet.
+    pub fn any_release(&self) -> tokio::sync::futures::Notified<'_> {
+        self.slots.any_release.notified()
     }
 
     /// Renews the lease every third of its length until aborted; on the first failure
@@ -390,7 +566,7 @@ impl WalletLock {
 }
 
 /// A random duration between half and all of `d`, so waiters do not poll in step.
-fn jitter(d: Duration) -> Duration {
+pub fn jitter(d: Duration) -> Duration {
     let millis = d.as_millis().max(2) as u64;
     Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
 }

@@ -60,6 +60,9 @@ struct Entry {
 /// The wallets that have a request in this process right now.
 pub struct Slots {
     map: Mutex<HashMap<String, Entry>>,
+    /// Notified at every release announced on the channel, whatever the wallet: the
+    /// batch committer waits on it for wallets another process held.
+    pub any_release: Notify,
     /// Batons left behind when every successor gave up waiting: released in Redis by
     /// the lock's orphan task.
     orphans: UnboundedSender<(Identifier, Baton)>,
@@ -83,6 +86,7 @@ impl Slots {
     pub fn new(orphans: UnboundedSender<(Identifier, Baton)>) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
+            any_release: Notify::new(),
             orphans,
         }
     }
@@ -184,6 +188,7 @@ impl Slots {
                     let Some(slots) = slots.upgrade() else { return };
                     if let Ok(user_id) = message.get_payload::<String>() {
                         slots.wake(&user_id);
+                        slots.any_release.notify_one();
                     }
                 }
             }

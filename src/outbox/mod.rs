@@ -29,23 +29,43 @@ pub async fn append(
     event: &PaymentEvent,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let payload = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let inserted = sqlx::query(
-        "INSERT INTO outbox_events (event_id, event_type, aggregate_id, payload, created_at) \
-         VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(&event.event_id)
-    .bind(&event.event_type)
-    .bind(&event.user_id)
-    .bind(payload)
-    .bind(now)
-    .execute(conn)
-    .await;
-    match inserted {
-        Ok(_) => Ok(true),
+    match append_many(conn, std::slice::from_ref(event), now).await {
+        Ok(()) => Ok(true),
         Err(e) if crate::store::is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Appends events in one statement, in order, inside the caller's transaction.
+pub async fn append_many(
+    conn: &mut MySqlConnection,
+    events: &[PaymentEvent],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let payloads = events
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let mut query = sqlx::QueryBuilder::new(
+        "INSERT INTO outbox_events (event_id, event_type, aggregate_id, payload, created_at) ",
+    );
+    query.push_values(
+        events.iter().zip(payloads),
+        |mut values, (event, payload)| {
+            values
+                .push_bind(&event.event_id)
+                .push_bind(&event.event_type)
+                .push_bind(&event.user_id)
+                .push_bind(payload)
+                .push_bind(now);
+        },
+    );
+    query.build().execute(conn).await?;
+    Ok(())
 }
 
 /// Locks up to `limit` unsent rows, oldest first, skipping rows another relay holds.

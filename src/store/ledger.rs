@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 pub const TOP_UP: &str = "TOP_UP";
 pub const PAYMENT: &str = "PAYMENT";
@@ -22,28 +22,59 @@ pub struct LedgerRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// An entry to append.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub user_id: String,
+    pub entry_type: &'static str,
+    /// Signed: a payment is negative.
+    pub amount: Decimal,
+    pub balance_after: Decimal,
+    pub reference: String,
+}
+
 /// Appends an entry; `amount` is signed (a payment is negative).
 pub async fn append(
     conn: &mut MySqlConnection,
     user_id: &str,
-    entry_type: &str,
+    entry_type: &'static str,
     amount: Decimal,
     balance_after: Decimal,
     reference: &str,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO ledger_entries (user_id, entry_type, amount, balance_after, reference, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(user_id)
-    .bind(entry_type)
-    .bind(amount)
-    .bind(balance_after)
-    .bind(reference)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    let entry = NewEntry {
+        user_id: user_id.to_owned(),
+        entry_type,
+        amount,
+        balance_after,
+        reference: reference.to_owned(),
+    };
+    append_many(conn, &[entry], now).await
+}
+
+/// Appends entries in one statement, in order (entry ids follow it).
+pub async fn append_many(
+    conn: &mut MySqlConnection,
+    entries: &[NewEntry],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut query = QueryBuilder::new(
+        "INSERT INTO ledger_entries (user_id, entry_type, amount, balance_after, reference, created_at) ",
+    );
+    query.push_values(entries, |mut values, e| {
+        values
+            .push_bind(&e.user_id)
+            .push_bind(e.entry_type)
+            .push_bind(e.amount)
+            .push_bind(e.balance_after)
+            .push_bind(&e.reference)
+            .push_bind(now);
+    });
+    query.build().execute(conn).await?;
     Ok(())
 }
 

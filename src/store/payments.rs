@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 pub const COMPLETED: &str = "COMPLETED";
 pub const CANCELLED: &str = "CANCELLED";
@@ -29,22 +29,50 @@ pub struct PaymentRow {
 
 /// Inserts a completed payment; fails with a unique violation when the order has one.
 pub async fn insert(conn: &mut MySqlConnection, p: &PaymentRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at, points) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&p.payment_id)
-    .bind(&p.order_id)
-    .bind(&p.user_id)
-    .bind(p.amount)
-    .bind(&p.currency)
-    .bind(&p.status)
-    .bind(p.balance_after)
-    .bind(p.created_at)
-    .bind(p.points)
-    .execute(conn)
-    .await?;
+    insert_many(conn, std::slice::from_ref(p)).await
+}
+
+/// Inserts payments in one statement; fails as a whole with a unique violation when one
+/// of the orders has one.
+pub async fn insert_many(
+    conn: &mut MySqlConnection,
+    rows: &[PaymentRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut query = QueryBuilder::new(
+        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at, points) ",
+    );
+    query.push_values(rows, |mut values, p| {
+        values
+            .push_bind(&p.payment_id)
+            .push_bind(&p.order_id)
+            .push_bind(&p.user_id)
+            .push_bind(p.amount)
+            .push_bind(&p.currency)
+            .push_bind(&p.status)
+            .push_bind(p.balance_after)
+            .push_bind(p.created_at)
+            .push_bind(p.points);
+    });
+    query.build().execute(conn).await?;
     Ok(())
+}
+
+/// The payments of any of `order_ids`, read inside the caller's transaction.
+pub async fn find_many(
+    conn: &mut MySqlConnection,
+    order_ids: &[&str],
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = QueryBuilder::new("SELECT * FROM payments WHERE order_id IN ");
+    query.push_tuples(order_ids, |mut tuple, id| {
+        tuple.push_bind(*id);
+    });
+    query.build_query_as().fetch_all(conn).await
 }
 
 pub async fn find(pool: &MySqlPool, order_id: &str) -> Result<Option<PaymentRow>, sqlx::Error> {

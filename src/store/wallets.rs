@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder};
 
 /// A wallet row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -77,17 +77,79 @@ pub async fn apply_delta(
     fence: Option<u64>,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE wallets SET balance = balance + ?, fence_token = GREATEST(fence_token, ?), updated_at = ? \
-         WHERE user_id = ? AND balance + ? >= 0 AND fence_token <= ?",
-    )
-    .bind(delta)
-    .bind(fence.unwrap_or(0))
-    .bind(now)
-    .bind(user_id)
-    .bind(delta)
-    .bind(fence.unwrap_or(u64::MAX))
-    .execute(conn)
-    .await?;
-    Ok(updated.rows_affected() == 1)
+    let delta = Delta {
+        user_id,
+        amount: delta,
+        fence,
+    };
+    apply_deltas(conn, &[delta], now).await
+}
+
+/// One wallet's net change in a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Delta<'a> {
+    pub user_id: &'a str,
+    /// Negative for a net debit.
+    pub amount: Decimal,
+    pub fence: Option<u64>,
+}
+
+/// [`apply_delta`] for many wallets in one statement: every wallet's conditions are
+/// checked in the `WHERE`, so it returns true only when every row was written.
+pub async fn apply_deltas(
+    conn: &mut MySqlConnection,
+    deltas: &[Delta<'_>],
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    if deltas.is_empty() {
+        return Ok(true);
+    }
+    // One `CASE user_id WHEN … THEN … END` per per-wallet value.
+    fn case<T>(
+        query: &mut QueryBuilder<'_, MySql>,
+        deltas: &[Delta<'_>],
+        value: impl Fn(&Delta<'_>) -> T,
+    ) where
+        T: for<'q> sqlx::Encode<'q, MySql> + sqlx::Type<MySql> + Send + 'static,
+    {
+        query.push("CASE user_id");
+        for delta in deltas {
+            query.push(" WHEN ").push_bind(delta.user_id.to_owned());
+            query.push(" THEN ").push_bind(value(delta));
+        }
+        query.push(" END");
+    }
+    let mut query = QueryBuilder::new("UPDATE wallets SET balance = balance + ");
+    case(&mut query, deltas, |d| d.amount);
+    query.push(", fence_token = GREATEST(fence_token, ");
+    case(&mut query, deltas, |d| d.fence.unwrap_or(0));
+    query.push("), updated_at = ").push_bind(now);
+    query.push(" WHERE user_id IN ");
+    query.push_tuples(deltas, |mut tuple, delta| {
+        tuple.push_bind(delta.user_id.to_owned());
+    });
+    query.push(" AND balance + ");
+    case(&mut query, deltas, |d| d.amount);
+    query.push(" >= 0 AND fence_token <= ");
+    case(&mut query, deltas, |d| d.fence.unwrap_or(u64::MAX));
+    let updated = query.build().execute(conn).await?;
+    Ok(updated.rows_affected() == deltas.len() as u64)
+}
+
+/// Reads the wallets of `user_ids` and locks their rows until the transaction ends.
+/// InnoDB takes the row locks in primary-key order whatever the order of the list, so
+/// two batches never wait for each other in a circle.
+pub async fn lock_many(
+    conn: &mut MySqlConnection,
+    user_ids: &[&str],
+) -> Result<Vec<WalletRow>, sqlx::Error> {
+    if user_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = QueryBuilder::new("SELECT * FROM wallets WHERE user_id IN ");
+    query.push_tuples(user_ids, |mut tuple, id| {
+        tuple.push_bind(*id);
+    });
+    query.push(" ORDER BY user_id FOR UPDATE");
+    query.build_query_as().fetch_all(conn).await
 }

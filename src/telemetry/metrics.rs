@@ -99,6 +99,14 @@ fn describe() {
         "Requests refused with 422 because the key was used for another request"
     );
     describe_histogram!(
+        "wallet_batch_commands",
+        "Debits and top-ups applied together in one group-committed transaction"
+    );
+    describe_histogram!(
+        "wallet_batch_wallets",
+        "Wallets locked together in one group-committed transaction"
+    );
+    describe_histogram!(
         "wallet_db_transaction_seconds",
         Unit::Seconds,
         "Duration of wallet transactions, by scope"
@@ -178,6 +186,12 @@ pub fn in_progress(scope: &'static str) {
 
 pub fn key_reused(scope: &'static str) {
     counter!("wallet_idempotency_key_reused_total", "scope" => scope).increment(1);
+}
+
+/// One group-committed transaction: how many commands and wallets it carried.
+pub fn batch(commands: usize, wallets: usize) {
+    histogram!("wallet_batch_commands").record(commands as f64);
+    histogram!("wallet_batch_wallets").record(wallets as f64);
 }
 
 pub fn transaction(scope: &'static str, took: Duration) {

@@ -4,6 +4,7 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool};
@@ -119,14 +120,7 @@ impl Command for TopUp {
     ) -> Result<Applied<TopUpView>, CommandError> {
         let amount = self.amount.value();
         let balance_after = wallet.balance + amount;
-        let row = top_ups::TopUpRow {
-            top_up_id: self.top_up_id.to_string(),
-            user_id: self.user_id.to_string(),
-            amount,
-            currency: ctx.currency.code().to_owned(),
-            balance_after,
-            created_at: ctx.now,
-        };
+        let row = self.row(balance_after, ctx);
         // The insert comes first: a repeat of an applied top-up is a replay, whatever
         // the balance is now. Refusing after it rolls the insert back.
         top_ups::insert(conn, &row)
@@ -163,10 +157,29 @@ impl Command for TopUp {
             .ok_or_else(|| {
                 super::unavailable(anyhow::anyhow!("top-up vanished after a duplicate key"))
             })?;
-        if row.user_id != self.user_id.as_str() || row.amount.normalize() != self.amount.value() {
+        if !self.matches(&row) {
             return Err(ServiceError::KeyReused);
         }
         Ok(TopUpView::new(&row, currency))
+    }
+}
+
+impl TopUp {
+    /// The top-up's row, for a wallet whose balance it takes to `balance_after`.
+    pub(super) fn row(&self, balance_after: Decimal, ctx: &TxContext) -> top_ups::TopUpRow {
+        top_ups::TopUpRow {
+            top_up_id: self.top_up_id.to_string(),
+            user_id: self.user_id.to_string(),
+            amount: self.amount.value(),
+            currency: ctx.currency.code().to_owned(),
+            balance_after,
+            created_at: ctx.now,
+        }
+    }
+
+    /// True when `row`, recorded under this top-up id, is this very request.
+    pub(super) fn matches(&self, row: &top_ups::TopUpRow) -> bool {
+        row.user_id == self.user_id.as_str() && row.amount.normalize() == self.amount.value()
     }
 }
 
@@ -209,20 +222,7 @@ impl Command for Debit {
             };
         }
         let balance_after = wallet.balance - amount;
-        let row = payments::PaymentRow {
-            payment_id: uuid::Uuid::now_v7().to_string(),
-            order_id: self.order_id.to_string(),
-            user_id: self.user_id.to_string(),
-            amount,
-            currency: ctx.currency.code().to_owned(),
-            status: payments::COMPLETED.to_owned(),
-            balance_after,
-            created_at: ctx.now,
-            cancelled_at: None,
-            cancel_reason: None,
-            refund_balance_after: None,
-            points: points_for(amount, ctx.points_rate),
-        };
+        let row = self.row(balance_after, ctx);
         payments::insert(conn, &row)
             .await
             .map_err(CommandError::from_insert)?;
@@ -259,10 +259,36 @@ impl Command for Debit {
             .ok_or_else(|| {
                 super::unavailable(anyhow::anyhow!("payment vanished after a duplicate key"))
             })?;
-        if row.user_id != self.user_id.as_str() || row.amount.normalize() != self.amount.value() {
+        if !self.matches(&row) {
             return Err(ServiceError::KeyReused);
         }
         Ok(PaymentView::as_debited(&row, currency))
+    }
+}
+
+impl Debit {
+    /// The payment's row, for a wallet whose balance it takes to `balance_after`.
+    pub(super) fn row(&self, balance_after: Decimal, ctx: &TxContext) -> payments::PaymentRow {
+        let amount = self.amount.value();
+        payments::PaymentRow {
+            payment_id: uuid::Uuid::now_v7().to_string(),
+            order_id: self.order_id.to_string(),
+            user_id: self.user_id.to_string(),
+            amount,
+            currency: ctx.currency.code().to_owned(),
+            status: payments::COMPLETED.to_owned(),
+            balance_after,
+            created_at: ctx.now,
+            cancelled_at: None,
+            cancel_reason: None,
+            refund_balance_after: None,
+            points: points_for(amount, ctx.points_rate),
+        }
+    }
+
+    /// True when `row`, recorded under this order id, is this very request.
+    pub(super) fn matches(&self, row: &payments::PaymentRow) -> bool {
+        row.user_id == self.user_id.as_str() && row.amount.normalize() == self.amount.value()
     }
 }
 
@@ -363,7 +389,7 @@ impl Command for CancelPayment {
 }
 
 /// The outbox event of a payment that was just completed or cancelled.
-fn payment_event(
+pub(super) fn payment_event(
     payment: &payments::PaymentRow,
     event_type: &str,
     ctx: &TxContext,

@@ -5,6 +5,7 @@
 //! release, cached reply; or, while Redis is unavailable, the same transaction guarded
 //! by `SELECT … FOR UPDATE` alone.
 
+mod batch;
 mod commands;
 mod executor;
 pub mod views;
@@ -94,6 +95,11 @@ pub struct WalletService {
     pub(crate) points_rate: rust_decimal::Decimal,
     /// Wakes the outbox relay after a commit that wrote an event.
     pub(crate) outbox_wake: Arc<Notify>,
+    /// Longest sleep of a request waiting for a wallet another process holds.
+    pub(crate) lock_poll: Duration,
+    /// The group-commit queue for debits and top-ups; `None` runs each in its own
+    /// transaction (`WALLET_BATCH_MAX=1`).
+    pub(crate) batcher: Option<batch::Batcher>,
 }
 
 /// The largest balance a top-up may bring a wallet to.
@@ -149,12 +155,23 @@ impl WalletService {
         user_id: Identifier,
         amount: Amount,
     ) -> Result<Outcome<TopUpView>, ServiceError> {
-        self.execute(&TopUp {
+        let top_up = TopUp {
             top_up_id,
             user_id,
             amount,
-        })
-        .await
+        };
+        match &self.batcher {
+            None => self.execute(&top_up).await,
+            Some(batcher) => match self.submit(batcher, batch::Request::TopUp(top_up)).await? {
+                Outcome {
+                    value: batch::Reply::TopUp(value),
+                    replayed,
+                } => Ok(Outcome { value, replayed }),
+                _ => Err(unavailable(anyhow::anyhow!(
+                    "a top-up answered as a payment"
+                ))),
+            },
+        }
     }
 
     /// Debits a wallet once per `order_id`.
@@ -165,12 +182,39 @@ impl WalletService {
         user_id: Identifier,
         amount: Amount,
     ) -> Result<Outcome<PaymentView>, ServiceError> {
-        self.execute(&Debit {
+        let debit = Debit {
             order_id,
             user_id,
             amount,
-        })
-        .await
+        };
+        match &self.batcher {
+            None => self.execute(&debit).await,
+            Some(batcher) => match self.submit(batcher, batch::Request::Debit(debit)).await? {
+                Outcome {
+                    value: batch::Reply::Payment(value),
+                    replayed,
+                } => Ok(Outcome { value, replayed }),
+                _ => Err(unavailable(anyhow::anyhow!(
+                    "a payment answered as a top-up"
+                ))),
+            },
+        }
+    }
+
+    /// Queues a debit or top-up for the next batch and waits for its answer.
+    async fn submit(&self, batcher: &batch::Batcher, request: batch::Request) -> batch::Answer {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        batcher.submit(request, deadline, self.lock_wait).await
+    }
+
+    /// Starts group commit: debits and top-ups queue for batches of at most `max`.
+    /// With `max` 1 each runs in its own transaction, as it always did.
+    pub fn with_batches(mut self, max: usize) -> Self {
+        self.batcher = None;
+        if max > 1 {
+            self.batcher = Some(batch::Batcher::start(self.clone(), max));
+        }
+        self
     }
 
     /// Cancels a payment and credits its amount back, once.

@@ -8,11 +8,22 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use tokio::task::JoinSet;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with, test_settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_hundred_fifty_concurrent_payers_spend_exactly_the_balance() {
-    let app = Arc::new(spawn_app().await);
+    one_hundred_fifty_payers(test_settings().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_hundred_fifty_payers_without_group_commit_spend_exactly_the_balance() {
+    let mut settings = test_settings().await;
+    settings.lock.batch_max = 1;
+    one_hundred_fifty_payers(settings).await;
+}
+
+async fn one_hundred_fifty_payers(settings: wallet::configuration::Settings) {
+    let app = Arc::new(spawn_app_with(settings).await);
     app.funded_wallet("hot", 150_000).await;
 
     let started = Instant::now();

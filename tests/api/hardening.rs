@@ -247,7 +247,8 @@ async fn metrics_are_scraped_in_prometheus_format() {
         "wallet_redis_breaker_open",
         "wallet_idempotent_replays_total{scope=\"payment\"}",
         "wallet_idempotency_key_reused_total{scope=\"payment\"}",
-        "wallet_db_transaction_seconds_bucket{scope=\"payment\"",
+        "wallet_db_transaction_seconds_bucket{scope=\"batch\"",
+        "wallet_batch_commands_bucket",
     ] {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }

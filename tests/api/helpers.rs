@@ -347,3 +347,37 @@ impl TestApp {
             .await
     }
 }
+
+/// Locks `user_id`'s wallet row in a transaction of the test's own: a debit of that
+/// wallet then waits inside its own transaction, its idempotency claim pending, until
+/// the returned transaction ends.
+pub async fn hold_wallet(app: &TestApp, user_id: &str) -> sqlx::Transaction<'static, sqlx::MySql> {
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SELECT user_id FROM wallets WHERE user_id = ? FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// A REST payment sent from a task of its own, so the test can act while it waits.
+pub fn pay_in_background(
+    app: &TestApp,
+    order_id: &str,
+    user_id: &str,
+    amount: u64,
+) -> tokio::task::JoinHandle<Reply> {
+    let (address, client) = (app.address.clone(), app.client.clone());
+    let body = json!({ "orderId": order_id, "userId": user_id, "amount": amount });
+    tokio::spawn(async move {
+        let response = client
+            .post(format!("{address}/api/v1/payments"))
+            .bearer_auth(CHECKOUT_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        Reply::read(response).await
+    })
+}

@@ -2,6 +2,7 @@
 //! every test spawns its own app on port 0 with its own database and Redis key prefix.
 
 mod bad_input;
+mod batches;
 mod concurrency;
 mod dead_letters;
 mod events;

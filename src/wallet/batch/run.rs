@@ -1,0 +1,376 @@
+//! One batch from claim to answer: on the Redis path (claims, locks, transaction,
+//! cached replies, release) or, while Redis is unavailable, on row locks alone.
+
+use std::collections::HashSet;
+
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+
+use super::apply::{BatchFailure, Held};
+use super::{Answer, Finished, Job, Outcome};
+use crate::breaker::ActiveMode;
+use crate::configuration::LockMode;
+use crate::domain::Identifier;
+use crate::idempotency::{Claim, ClaimRequest, Settle, Settlement};
+use crate::redis_support::RedisFault;
+use crate::telemetry::metrics;
+use crate::wallet::{unavailable, ServiceError, WalletService};
+
+/// How often one batch retries a transaction that lost a race it could not see (a
+/// deadlock, a stale fencing token, an order inserted meanwhile) before its callers get
+/// 503, and how many lost leases one request lives through.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// What became of one job of a transaction. Short-lived, one per job of a batch: its
+/// size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Verdict {
+    Answer(Answer),
+    /// Its wallet's lock was lost: queue it again, claim kept.
+    Requeue,
+}
+
+impl WalletService {
+    /// Runs one batch; returns what must wait for a later one.
+    pub(super) async fn run(self, jobs: Vec<Job>) -> Finished {
+        let mut finished = Finished::default();
+        let jobs = if self.breaker.mode() == ActiveMode::Redis {
+            match self.run_on_redis(jobs, &mut finished).await {
+                Ok(()) => return finished,
+                Err((fault, jobs)) => {
+                    self.redis.reset();
+                    self.breaker.record_failure(&fault);
+                    if self.breaker.configured() != LockMode::Auto {
+                        let reason = format!("{fault:#}");
+                        for job in jobs {
+                            job.answer(Err(unavailable(anyhow::anyhow!(reason.clone()))));
+                        }
+                        return finished;
+                    }
+                    tracing::warn!(error = %fault, "redis failed before commit; finishing the batch on the mysql path");
+                    jobs
+                }
+            }
+        } else {
+            jobs
+        };
+        metrics::mysql_fallback();
+        let verdicts = self.transact_batch(&jobs, None).await;
+        for (job, verdict) in jobs.into_iter().zip(verdicts) {
+            match verdict {
+                Verdict::Answer(answer) => job.answer(answer),
+                // Without Redis locks there is no lease to lose.
+                Verdict::Requeue => finished.retry.push(job),
+            }
+        }
+        finished
+    }
+
+    /// Claims, locks, transaction, cached replies, release. Hands the jobs back when
+    /// Redis failed before anything was committed.
+    async fn run_on_redis(
+        &self,
+        jobs: Vec<Job>,
+        finished: &mut Finished,
+    ) -> Result<(), (RedisFault, Vec<Job>)> {
+        let mut conn = match self.redis.connection().await {
+            Ok(conn) => conn,
+            Err(fault) => return Err((fault, jobs)),
+        };
+        let jobs = self.claim(&mut conn, jobs).await?;
+        self.breaker.record_success();
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let wallets = distinct_wallets(&jobs);
+        let (locks, refused) = match self.lock.acquire_batch(&mut conn, &wallets).await {
+            Ok(taken) => taken,
+            Err(fault) => return Err((fault, jobs)),
+        };
+        let (ready, held): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|job| locks.fence(job.user_id()).is_some());
+        for mut job in held {
+            let remaining = refused
+                .iter()
+                .find(|(user_id, _)| user_id.as_str() == job.user_id())
+                .map_or(self.lock_poll, |(_, lease)| *lease);
+            job.ready_at = Instant::now() + crate::lock::jitter(remaining.min(self.lock_poll));
+            job.held_elsewhere = true;
+            finished.retry.push(job);
+        }
+        let mut held = Held { locks, conn };
+        let verdicts = self.transact_batch(&ready, Some(&mut held)).await;
+        let Held { locks, mut conn } = held;
+
+        let mut release_conn = conn.clone();
+        let released = self.lock.release_batch(&mut release_conn, locks);
+        let replies: Vec<Option<String>> = verdicts
+            .iter()
+            .map(|verdict| match verdict {
+                Verdict::Answer(Ok(outcome)) => outcome.value.to_json().ok(),
+                _ => None,
+            })
+            .collect();
+        let settles: Vec<Settle<'_>> = ready
+            .iter()
+            .zip(&verdicts)
+            .zip(&replies)
+            .filter_map(|((job, verdict), reply)| {
+                let token = job.claim.as_ref()?;
+                let how = match (verdict, reply) {
+                    (Verdict::Requeue, _) => return None,
+                    (Verdict::Answer(Ok(_)), Some(reply)) => Settlement::Done {
+                        fingerprint: &job.fingerprint,
+                        reply,
+                    },
+                    // Nothing was applied (or the reply could not be stored): free the
+                    // key; the database replays an applied one.
+                    _ => Settlement::Abandon,
+                };
+                Some(Settle {
+                    scope: job.request.scope(),
+                    id: job.request.key(),
+                    token,
+                    how,
+                })
+            })
+            .collect();
+        let settled = self.idempotency.settle_all(&mut conn, &settles);
+        let (released, settled) = tokio::join!(released, settled);
+        drop(settles);
+        match released {
+            Ok(waited_for) => finished.yielded = waited_for,
+            Err(fault) => {
+                // The leases run out by themselves; count it against Redis all the same.
+                tracing::warn!(error = %fault, "could not release the batch's wallet locks");
+                self.redis_failed(&fault);
+            }
+        }
+        if let Err(fault) = settled {
+            // The answers stand: the database replays them if the cache missed them.
+            tracing::warn!(error = %fault, "could not update the idempotency cache");
+            self.redis_failed(&fault);
+        }
+        for (mut job, verdict) in ready.into_iter().zip(verdicts) {
+            match verdict {
+                Verdict::Answer(answer) => job.answer(answer),
+                Verdict::Requeue if job.lost_leases + 1 >= MAX_ATTEMPTS => {
+                    self.abandon_claims(std::slice::from_ref(&job)).await;
+                    job.answer(Err(ServiceError::LockTimeout));
+                }
+                Verdict::Requeue => {
+                    job.lost_leases += 1;
+                    finished.retry.push(job);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the keys of the jobs that have no claim yet, in one round trip, and
+    /// answers those the cache already knows. A key twice in the batch is claimed once:
+    /// the later request is checked against the earlier inside the transaction.
+    async fn claim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        jobs: Vec<Job>,
+    ) -> Result<Vec<Job>, (RedisFault, Vec<Job>)> {
+        let mut seen = HashSet::new();
+        let to_claim: Vec<usize> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| {
+                job.claim.is_none()
+                    && seen.insert((job.request.scope(), job.request.key().as_str()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let requests: Vec<ClaimRequest<'_>> = to_claim
+            .iter()
+            .map(|&i| ClaimRequest {
+                scope: jobs[i].request.scope(),
+                id: jobs[i].request.key(),
+                fingerprint: &jobs[i].fingerprint,
+            })
+            .collect();
+        let claims = match self.idempotency.claim_all(conn, &requests).await {
+            Ok(claims) => claims,
+            Err(fault) => {
+                drop(requests);
+                return Err((fault, jobs));
+            }
+        };
+        drop(requests);
+        let mut claims: Vec<Option<Claim>> = {
+            let mut slots: Vec<Option<Claim>> = jobs.iter().map(|_| None).collect();
+            for (i, claim) in to_claim.into_iter().zip(claims) {
+                slots[i] = Some(claim);
+            }
+            slots
+        };
+        let mut kept = Vec::with_capacity(jobs.len());
+        for (mut job, claim) in jobs.into_iter().zip(claims.iter_mut()) {
+            let scope = job.request.scope();
+            match claim.take() {
+                None => kept.push(job),
+                Some(Claim::Claimed(token)) => {
+                    job.claim = Some(token);
+                    kept.push(job);
+                }
+                Some(Claim::Done(reply)) => {
+                    metrics::replayed(scope);
+                    let answer = job
+                        .request
+                        .cached(&reply)
+                        .map(|value| Outcome {
+                            value,
+                            replayed: true,
+                        })
+                        .map_err(unavailable);
+                    job.answer(answer);
+                }
+                Some(Claim::Pending(_)) => {
+                    metrics::in_progress(scope);
+                    job.answer(Err(ServiceError::InProgress {
+                        retry_after: std::time::Duration::from_secs(1),
+                    }));
+                }
+                Some(Claim::Mismatch) => {
+                    metrics::key_reused(scope);
+                    job.answer(Err(ServiceError::KeyReused));
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Runs the batch's transaction, retrying what may be retried. One verdict per job.
+    async fn transact_batch(&self, jobs: &[Job], mut held: Option<&mut Held>) -> Vec<Verdict> {
+        let mut verdicts: Vec<Option<Verdict>> = jobs.iter().map(|_| None).collect();
+        let mut attempt = 1;
+        loop {
+            let now = Instant::now();
+            for (job, verdict) in jobs.iter().zip(verdicts.iter_mut()) {
+                if verdict.is_none() && job.deadline <= now {
+                    *verdict = Some(Verdict::Answer(Err(ServiceError::Timeout)));
+                }
+            }
+            let open: Vec<usize> = (0..jobs.len()).filter(|&i| verdicts[i].is_none()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let batch: Vec<&Job> = open.iter().map(|&i| &jobs[i]).collect();
+            let failure = match self.apply_batch(&batch, held.as_deref_mut()).await {
+                Ok(answers) => {
+                    for (i, answer) in open.into_iter().zip(answers) {
+                        verdicts[i] = Some(Verdict::Answer(answer));
+                    }
+                    break;
+                }
+                Err(failure) => failure,
+            };
+            let last = attempt >= MAX_ATTEMPTS;
+            attempt += 1;
+            match failure {
+                BatchFailure::Stale { user_id, seen } if !last => {
+                    metrics::stale_fence();
+                    let Some(held) = held.as_deref_mut() else {
+                        continue;
+                    };
+                    let refenced = self
+                        .lock
+                        .refence_batch(&mut held.conn, &mut held.locks, &user_id, seen)
+                        .await;
+                    if !matches!(refenced, Ok(true)) {
+                        // That wallet's lease passed to someone else: its jobs queue again.
+                        for &i in &open {
+                            if jobs[i].user_id() == user_id {
+                                verdicts[i] = Some(Verdict::Requeue);
+                            }
+                        }
+                    }
+                }
+                BatchFailure::Retry(e) if !last => {
+                    tracing::debug!(error = %e, "retrying the batch");
+                }
+                BatchFailure::Stale { .. } | BatchFailure::LeaseLost => {
+                    metrics::lease_lost();
+                    tracing::info!("batch lease lost before commit; its requests queue again");
+                    for i in open {
+                        verdicts[i] = Some(Verdict::Requeue);
+                    }
+                    break;
+                }
+                BatchFailure::Retry(e) | BatchFailure::Failed(e) => {
+                    let reason = format!("{e:#}");
+                    for i in open {
+                        let e = anyhow::anyhow!(reason.clone()).context("the batch did not commit");
+                        verdicts[i] = Some(Verdict::Answer(Err(unavailable(e))));
+                    }
+                    break;
+                }
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|verdict| verdict.unwrap_or(Verdict::Requeue))
+            .collect()
+    }
+
+    /// Answers jobs that waited for their wallet longer than the lock wait.
+    pub(super) async fn expire(self, jobs: Vec<Job>) {
+        self.abandon_claims(&jobs).await;
+        let now = Instant::now();
+        for job in jobs {
+            let error = if job.deadline <= now {
+                ServiceError::Timeout
+            } else {
+                ServiceError::LockTimeout
+            };
+            job.answer(Err(error));
+        }
+    }
+
+    /// Frees the claims of jobs answered without being applied.
+    async fn abandon_claims(&self, jobs: &[Job]) {
+        let settles: Vec<Settle<'_>> = jobs
+            .iter()
+            .filter_map(|job| {
+                Some(Settle {
+                    scope: job.request.scope(),
+                    id: job.request.key(),
+                    token: job.claim.as_ref()?,
+                    how: Settlement::Abandon,
+                })
+            })
+            .collect();
+        if settles.is_empty() {
+            return;
+        }
+        let abandoned = async {
+            let mut conn = self.redis.connection().await?;
+            self.idempotency.settle_all(&mut conn, &settles).await
+        }
+        .await;
+        if let Err(fault) = abandoned {
+            // The claims expire on their own.
+            tracing::warn!(error = %fault, "could not free idempotency claims");
+        }
+    }
+
+    fn redis_failed(&self, fault: &RedisFault) {
+        self.redis.reset();
+        self.breaker.record_failure(fault);
+    }
+}
+
+/// The batch's wallets, each once.
+fn distinct_wallets(jobs: &[Job]) -> Vec<Identifier> {
+    let mut seen = HashSet::new();
+    jobs.iter()
+        .map(|job| job.request.user_id())
+        .filter(|user_id| seen.insert(user_id.as_str()))
+        .cloned()
+        .collect()
+}
