@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The benchmark matrix, in one go on this machine: hot wallet and spread wallets, each on
-# the Redis-lock path and on the MySQL FOR UPDATE path, plus the database floor (a bare
-# conditional UPDATE at the same concurrency). Every cell runs --runs times (default 2)
-# so their agreement can be judged. Writes BENCHMARKS.md.
+# The benchmark matrix, in one go on this machine: the hot wallet and spread wallets, each
+# on the batched Redis-lock path (group commit, the default), the unbatched Redis path
+# (WALLET_BATCH_MAX=1), the per-request MySQL FOR UPDATE path (WALLET_LOCK_MODE=mysql,
+# WALLET_BATCH_MAX=1: one transaction per request, as a Spring + Redisson service runs
+# it) and the batched FOR UPDATE path (what the fallback does while Redis is down),
+# plus the database floor (a bare conditional UPDATE at the same concurrency). Every
+# cell runs --runs times (default 2) so their agreement can be judged, and reports the
+# CPU time per debit of the service and of MariaDB from /proc. Writes the matrix to
+# loadtest/results/bench-*/matrix.md.
 #
 #   ./loadtest/bench.sh [--duration 30s] [--warmup 5s] [--runs 2] [--wallets 10000]
 set -euo pipefail
@@ -24,26 +29,57 @@ mkdir -p "$out"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 secs() { python3 -c "import re,sys; print(sum(int(n)*{'s':1,'m':60,'h':3600}[u] for n,u in re.findall(r'(\d+)([smh])', sys.argv[1])))" "$1"; }
 
+# cell name → run.sh options
+declare -A cells=(
+  [batched]="--lock-mode redis"
+  [unbatched]="--lock-mode redis --batch-max 1"
+  [forupdate]="--lock-mode mysql --batch-max 1"
+  [fallback]="--lock-mode mysql"
+)
 for run in $(seq 1 "$runs"); do
   for scenario in hot-wallet spread; do
-    for mode in redis mysql; do
-      echo "--- run $run: $scenario, $mode"
+    for cell in batched unbatched forupdate fallback; do
+      echo "--- run $run: $scenario, $cell"
       # The matrix measures the lock paths, not the rate limiter: a rate no cell reaches.
-      ./loadtest/run.sh "$scenario" --lock-mode "$mode" --no-kafka --duration "$duration" --warmup "$warmup" \
+      # shellcheck disable=SC2086
+      ./loadtest/run.sh "$scenario" ${cells[$cell]} --no-kafka --duration "$duration" --warmup "$warmup" \
         --wallets "$wallets" --rate 100000 | tee "$out/run.log"
       results=$(grep '^results: ' "$out/run.log" | tail -n 1 | cut -d' ' -f2)
-      cp "$results/report.json" "$out/$scenario-$mode-$run.json"
+      cp "$results/report.json" "$out/$scenario-$cell-$run.json"
     done
   done
   # The floor, on the same database server (scripts/deps.sh started it for run.sh).
   source scripts/deps.sh >/dev/null
+  db_pid=$(pgrep -f -- "--port=$DB_PORT" | head -n 1 || pgrep -xo mariadbd || true)
   for wallets_floor in 1 "$wallets"; do
     name=$([ "$wallets_floor" = 1 ] && echo hot-wallet || echo spread)
     echo "--- run $run: $name, database floor"
     WALLET_DATABASE_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/wallet_load" \
-      "$CARGO_TARGET_DIR/release/db-floor" --concurrency 150 --connections 64 \
-      --seconds "$(secs "$duration")" --warmup "$(secs "$warmup")" --wallets "$wallets_floor" \
-      | tee "$out/$name-floor-$run.json"
+      python3 - "$db_pid" "$out/$name-floor-$run.json" "$CARGO_TARGET_DIR/release/db-floor" \
+      --concurrency 150 --connections 64 --seconds "$(secs "$duration")" --warmup "$(secs "$warmup")" \
+      --wallets "$wallets_floor" <<'PY'
+# Runs db-floor and adds the CPU per update of the client and of MariaDB over its whole
+# run (warm-up included), at the measured rate.
+import json, os, resource, subprocess, sys
+db_pid, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+tick = os.sysconf("SC_CLK_TCK")
+def db_ticks():
+    try:
+        fields = open(f"/proc/{db_pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+before = db_ticks()
+report = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+db = (db_ticks() - before) / tick
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+secs = float(cmd[cmd.index("--seconds") + 1]) + float(cmd[cmd.index("--warmup") + 1])
+updates = report["updatesPerSecond"] * secs
+report.update(serviceCpuUsPerDebit=(usage.ru_utime + usage.ru_stime) * 1e6 / updates,
+              dbCpuUsPerDebit=db * 1e6 / updates)
+json.dump(report, open(out, "w"))
+print(json.dumps(report))
+PY
   done
 done
 
@@ -57,27 +93,50 @@ def cpu():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+def mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 mem = int(open("/proc/meminfo").readline().split()[1]) // (1024 * 1024)
-rows, rates = [], {}
+paths = [("batched", "Redis lock, batched (default)"), ("unbatched", "Redis lock, unbatched"),
+         ("forupdate", "FOR UPDATE per request"), ("fallback", "FOR UPDATE, batched (fallback)"),
+         ("floor", "database floor")]
+rows, rate, p99, svc, db = [], {}, {}, {}, {}
 for scenario in ["hot-wallet", "spread"]:
-    for mode, label in [("redis", "Redis lock"), ("mysql", "MySQL FOR UPDATE"), ("floor", "database floor")]:
-        cells = [load(f"{scenario}-{mode}-{r}.json") for r in range(1, runs + 1)]
-        rate = [c.get("debitsPerSecond", c.get("updatesPerSecond", 0)) for c in cells]
-        mean = sum(rate) / len(rate)
-        spread_pct = (max(rate) - min(rate)) / mean * 100 if mean else 0
-        rates[(scenario, mode)] = mean
-        last = cells[-1]
+    for cell, label in paths:
+        cells = [load(f"{scenario}-{cell}-{r}.json") for r in range(1, runs + 1)]
+        rates = [c.get("debitsPerSecond", c.get("updatesPerSecond", 0)) for c in cells]
+        m = mean(rates)
+        spread_pct = (max(rates) - min(rates)) / m * 100 if m else 0
+        key = (scenario, cell)
+        rate[key], p99[key] = m, cells[-1]["p99"]
+        svc[key] = mean([c.get("serviceCpuUsPerDebit") for c in cells])
+        db[key] = mean([c.get("dbCpuUsPerDebit") for c in cells])
         errors = sum(c.get("errors", 0) for c in cells)
-        rows.append(f"| {scenario} | {label} | {mean:,.0f} | {' / '.join(f'{r:,.0f}' for r in rate)} ({spread_pct:.1f} %) "
-                    f"| {last['p50']:.1f} | {last['p95']:.1f} | {last['p99']:.1f} | {errors} |")
-ratios = []
-for scenario, goal in [("hot-wallet", 0.8), ("spread", 0.9)]:
-    r, m, f = rates[(scenario, "redis")], rates[(scenario, "mysql")], rates[(scenario, "floor")]
-    ratios.append(f"| {scenario} | {r / m:.2f} (goal ≥ {goal}) | {r / f:.2f} | {m / f:.2f} |")
+        last = cells[-1]
+        rows.append(f"| {scenario} | {label} | {m:,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} ({spread_pct:.1f} %) "
+                    f"| {last['p50']:.1f} | {last['p95']:.1f} | {last['p99']:.1f} | {svc[key]:,.0f} | {db[key]:,.0f} | {errors} |")
+def target(name, value, goal, ok):
+    return f"| {name} | {value} | {goal} | {'met' if ok else 'not met'} |"
+h, s = "hot-wallet", "spread"
+targets = [
+    target("hot wallet: batched ÷ FOR UPDATE per request", f"{rate[(h, 'batched')] / rate[(h, 'forupdate')]:.2f}", "≥ 3",
+           rate[(h, 'batched')] >= 3 * rate[(h, 'forupdate')]),
+    target("hot wallet ÷ spread, both batched", f"{rate[(h, 'batched')] / rate[(s, 'batched')]:.2f}", "≥ 0.9",
+           rate[(h, 'batched')] >= 0.9 * rate[(s, 'batched')]),
+    target("spread: batched ÷ FOR UPDATE per request", f"{rate[(s, 'batched')] / rate[(s, 'forupdate')]:.2f}", "≥ 2",
+           rate[(s, 'batched')] >= 2 * rate[(s, 'forupdate')]),
+    target("hot wallet: batched ÷ single-row floor", f"{rate[(h, 'batched')] / rate[(h, 'floor')]:.2f}", "> 1",
+           rate[(h, 'batched')] > rate[(h, 'floor')]),
+    target("hot wallet p99, batched", f"{p99[(h, 'batched')]:.1f} ms", "< 100 ms", p99[(h, 'batched')] < 100),
+]
+cpu_rows = []
+for scenario in [h, s]:
+    for cell, label in paths[1:4]:
+        cpu_rows.append(f"| {scenario} | {label} | {svc[(scenario, cell)] / svc[(scenario, 'batched')]:.2f} "
+                        f"| {db[(scenario, cell)] / db[(scenario, 'batched')]:.2f} |")
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-table = "\n".join(rows)
-ratio_table = "\n".join(ratios)
+nl = "\n"
 text = f"""## Latest matrix
 
 - machine: {os.cpu_count()} cores ({cpu()}), {mem} GiB; MariaDB, Redis, k6 and the service all on it
@@ -85,14 +144,23 @@ text = f"""## Latest matrix
 - command: `{command}`
 - each cell: 2 release instances, 150 VUs, Kafka workers off, {runs} runs; debits/s over the measured part only
   (after warm-up, set-up excluded); latency percentiles from the last run; spread = {wallets} wallets
+- CPU per debit: the kernel's accounting (`/proc/<pid>/stat`, user + system) of the two instances and of
+  MariaDB over the measured part, divided by the debits written in it; mean of the runs. For the floor,
+  the `db-floor` client and MariaDB over its whole run at its measured rate.
 
-| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | errors |
-|---|---|---|---|---|---|---|---|
-{table}
+| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | service CPU µs/debit | MariaDB CPU µs/debit | errors |
+|---|---|---|---|---|---|---|---|---|---|
+{nl.join(rows)}
 
-| scenario | Redis path / FOR UPDATE path | Redis path / floor | FOR UPDATE path / floor |
+| target (same run) | measured | goal | |
 |---|---|---|---|
-{ratio_table}
+{nl.join(targets)}
+
+CPU per debit of each path relative to the batched Redis path (same scenario):
+
+| scenario | path | service CPU × | MariaDB CPU × |
+|---|---|---|---|
+{nl.join(cpu_rows)}
 """
 open(os.path.join(out, "matrix.md"), "w").write(text)
 print(text)

@@ -4,10 +4,15 @@
 #
 #   ./loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql]
 #                              [--duration 30s] [--warmup 0s] [--vus 150] [--no-kafka]
-#                              [--skew] [--wallets N] [--rate N]
+#                              [--skew] [--wallets N] [--rate N] [--batch-max N]
 #
 # The instances run with the service's default rate limit (per key and instance)
-# unless --rate sets WALLET_RATE_LIMIT_PER_SECOND (and a burst of a tenth of it).
+# unless --rate sets WALLET_RATE_LIMIT_PER_SECOND (and a burst of a tenth of it), and
+# with the service's default group commit unless --batch-max sets WALLET_BATCH_MAX
+# (1: every debit in a transaction of its own).
+#
+# The report carries the CPU time per debit of the instances and of MariaDB over the
+# measured part (loadtest/cpu.py), from the kernel's accounting of each process.
 #
 # SCENARIO: pay-150, hot-wallet, spread, retry-storm, mixed. Every run gets a fresh
 # database (wallet_load), its own Redis key prefix and its own topics.
@@ -16,7 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scenario="${1:?usage: loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql] [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N]}"
 shift
-instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate=
+instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate= batch_max=
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) instances=$2; shift 2 ;;
@@ -26,6 +31,7 @@ while [ $# -gt 0 ]; do
     --vus) vus=$2; shift 2 ;;
     --wallets) wallets=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
+    --batch-max) batch_max=$2; shift 2 ;;
     --no-kafka) kafka=0; shift ;;
     --skew) skew=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -70,6 +76,7 @@ for i in $(seq 1 "$instances"); do
     export WALLET_HTTP_ADDR="127.0.0.1:$port"
     export WALLET_LOCK_MODE="$lock_mode"
     export WALLET_API_KEYS="checkout:$api_key,funding:$api_key-funding"
+    if [ -n "$batch_max" ]; then export WALLET_BATCH_MAX="$batch_max"; fi
     if [ -n "$rate" ]; then
       export WALLET_RATE_LIMIT_PER_SECOND="$rate" WALLET_RATE_LIMIT_BURST=$((rate / 10 + 1))
     fi
@@ -91,6 +98,13 @@ done
 base_urls=$(IFS=,; echo "${urls[*]}")
 log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && echo on || echo off): $base_urls"
 
+db_pid=$(pgrep -f -- "--port=$DB_PORT" | head -n 1 || true)
+[ -n "$db_pid" ] || db_pid=$(pgrep -xo mariadbd || pgrep -xo mysqld || true)
+python3 loadtest/cpu.py sample "$results/cpu.tsv" --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" \
+  -u "$DB_USER" -p"$DB_PASSWORD" wallet_load -- "$(IFS=,; echo "${pids[*]}")" "${db_pid:-0}" &
+sampler=$!
+pids+=("$sampler")
+
 log "k6 run loadtest/$scenario.js ($vus VUs, $duration)"
 set +e
 SKEW=$skew "$venv/bin/k6" run --quiet \
@@ -99,6 +113,9 @@ SKEW=$skew "$venv/bin/k6" run --quiet \
   "loadtest/$scenario.js" 2>"$results/k6.log"
 k6_status=$?
 set -e
+kill "$sampler" 2>/dev/null || true
+secs() { python3 -c "import re,sys; print(sum(int(n)*{'s':1,'m':60,'h':3600}[u] for n,u in re.findall(r'(\d+)([smh])', sys.argv[1])))" "$1"; }
+python3 loadtest/cpu.py window "$results/cpu.tsv" "$(secs "$warmup")" >"$results/cpu.json"
 grep -o 'paid [^"]*' "$results/k6.log" | cut -d' ' -f2 >"$results/paid.txt" || true
 
 audit_args=(--paid "$results/paid.txt")
@@ -115,10 +132,11 @@ set +e
 audit_status=$?
 set -e
 
-summary_file=$(ls "$results"/*.json | grep -v -e audit.json -e report.json | head -n 1)
-python3 - "$summary_file" "$results/audit.json" "$scenario" "$lock_mode" "$instances" "$duration" "$results/report.json" <<'PY'
+summary_file=$(ls "$results"/*.json | grep -v -e audit.json -e report.json -e cpu.json | head -n 1)
+python3 - "$summary_file" "$results/audit.json" "$scenario" "$lock_mode" "$instances" "$duration" "$results/report.json" "$results/cpu.json" <<'PY'
 import json, re, sys
-summary, audit, scenario, mode, instances, duration, report = sys.argv[1:]
+summary, audit, scenario, mode, instances, duration, report, cpu_file = sys.argv[1:]
+cpu = json.load(open(cpu_file))
 m = json.load(open(summary))["metrics"]
 def v(name, key, default=0):
     return m.get(name, {}).get("values", {}).get(key, default)
@@ -136,11 +154,14 @@ json.dump({"scenario": scenario, "mode": mode, "instances": int(instances), "deb
            "debitsPerSecond": rate, "p50": v("pay_duration", "med"), "p95": v("pay_duration", "p(95)"),
            "p99": v("pay_duration", "p(99)"), "statuses": statuses,
            "errors": sum(c for s, c in statuses.items() if s not in ("200", "201", "402", "409", "422")),
-           "violations": a["violations"]}, open(report, "w"))
+           "violations": a["violations"], **cpu}, open(report, "w"))
 print(f"\n=== {scenario}: {instances} instance(s), lock mode {mode} ===")
 print(f"debits: {debits} ({rate:.0f}/s)")
 print(f"pay latency: p50 {v('pay_duration', 'med'):.1f} ms, p95 {v('pay_duration', 'p(95)'):.1f} ms, p99 {v('pay_duration', 'p(99)'):.1f} ms")
 print(f"replies by status: {statuses}")
+if cpu:
+    print(f"cpu per debit: service {cpu['serviceCpuUsPerDebit']:.0f} µs, MariaDB {cpu['dbCpuUsPerDebit']:.0f} µs "
+          f"({cpu['cpuWindowDebits']} debits over {cpu['cpuWindowSeconds']} s)")
 print(f"ledger: {a['wallets']} wallets, {a['payments']} payments, outbox pending {a['outboxPending']}, points mismatches {a['pointsMismatches']}")
 print("invariants: " + ("all hold" if not a["violations"] else "VIOLATED: " + "; ".join(a["violations"])))
 PY

@@ -523,6 +523,11 @@ impl WalletLock {
             .collect())
     }
 
+    /// How many releases have been announced on the channel so far, for any wallet.
+    pub fn release_count(&self) -> u64 {
+        self.slots.releases.load(Ordering::Acquire)
+    }
+
     /// Resolves at the next lock release announced on the channel, for any wallet.
     pub fn any_release(&self) -> tokio::sync::futures::Notified<'_> {
         self.slots.any_release.notified()

@@ -63,6 +63,9 @@ pub struct Slots {
     /// Notified at every release announced on the channel, whatever the wallet: the
     /// batch committer waits on it for wallets another process held.
     pub any_release: Notify,
+    /// How many releases were announced so far: a waiter that read it before trying
+    /// Redis knows whether one came while it was not listening.
+    pub releases: std::sync::atomic::AtomicU64,
     /// Batons left behind when every successor gave up waiting: released in Redis by
     /// the lock's orphan task.
     orphans: UnboundedSender<(Identifier, Baton)>,
@@ -87,6 +90,7 @@ impl Slots {
         Self {
             map: Mutex::new(HashMap::new()),
             any_release: Notify::new(),
+            releases: std::sync::atomic::AtomicU64::new(0),
             orphans,
         }
     }
@@ -188,6 +192,9 @@ impl Slots {
                     let Some(slots) = slots.upgrade() else { return };
                     if let Ok(user_id) = message.get_payload::<String>() {
                         slots.wake(&user_id);
+                        slots
+                            .releases
+                            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         slots.any_release.notify_one();
                     }
                 }

@@ -21,6 +21,11 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Sizes of group-committed batches, in commands or wallets.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0,
+];
+
 /// Installs the recorder (once) and returns the handle that renders the scrape.
 /// Must be called inside the tokio runtime: it starts the recorder's upkeep task.
 pub fn install() -> PrometheusHandle {
@@ -28,6 +33,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("buckets are not empty")
+                .set_buckets_for_metric(Matcher::Prefix("wallet_batch_".into()), BATCH_BUCKETS)
                 .expect("buckets are not empty")
                 .build_recorder();
             let handle = recorder.handle();

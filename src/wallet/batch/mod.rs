@@ -115,6 +115,9 @@ struct Job {
     ready_at: Instant,
     /// Its wallet was held by another process: a release announcement makes it ready.
     held_elsewhere: bool,
+    /// The count of release announcements before its wallet was found held: a higher
+    /// count when it is queued again means the announcement may have been missed.
+    releases_seen: u64,
     /// Its idempotency claim, once taken; kept while the job waits for its wallet.
     claim: Option<ClaimToken>,
     /// Batches that lost their lease before committing this job.
@@ -168,6 +171,7 @@ impl Batcher {
             lock_deadline: (now + lock_wait).min(deadline),
             ready_at: now,
             held_elsewhere: false,
+            releases_seen: 0,
             claim: None,
             lost_leases: 0,
             caller,
@@ -246,12 +250,18 @@ impl Queue {
             .min()
     }
 
-    fn finish(&mut self, id: tokio::task::Id, finished: Option<Finished>) {
+    fn finish(&mut self, id: tokio::task::Id, finished: Option<Finished>, releases: u64) {
         for user_id in self.running.remove(&id).unwrap_or_default() {
             self.busy.remove(&user_id);
         }
         let Some(finished) = finished else { return };
-        for job in finished.retry.into_iter().rev() {
+        let now = Instant::now();
+        for mut job in finished.retry.into_iter().rev() {
+            if job.held_elsewhere && releases > job.releases_seen {
+                // A release was announced while the batch ran: try again now.
+                job.held_elsewhere = false;
+                job.ready_at = now;
+            }
             self.waiting.push_front(job);
         }
         let until = Instant::now() + crate::lock::YIELD;
@@ -308,10 +318,10 @@ async fn dispatch(service: WalletService, mut incoming: mpsc::UnboundedReceiver<
                 None => open = false,
             },
             Some(done) = running.join_next_with_id() => match done {
-                Ok((id, finished)) => queue.finish(id, Some(finished)),
+                Ok((id, finished)) => queue.finish(id, Some(finished), service.lock.release_count()),
                 Err(e) => {
                     tracing::error!(error = %e, "a batch failed");
-                    queue.finish(e.id(), None);
+                    queue.finish(e.id(), None, 0);
                 }
             },
             _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}

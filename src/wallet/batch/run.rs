@@ -83,6 +83,7 @@ impl WalletService {
             return Ok(());
         }
         let wallets = distinct_wallets(&jobs);
+        let releases_seen = self.lock.release_count();
         let (locks, refused) = match self.lock.acquire_batch(&mut conn, &wallets).await {
             Ok(taken) => taken,
             Err(fault) => return Err((fault, jobs)),
@@ -97,6 +98,7 @@ impl WalletService {
                 .map_or(self.lock_poll, |(_, lease)| *lease);
             job.ready_at = Instant::now() + crate::lock::jitter(remaining.min(self.lock_poll));
             job.held_elsewhere = true;
+            job.releases_seen = releases_seen;
             finished.retry.push(job);
         }
         let mut held = Held { locks, conn };
