@@ -2,7 +2,7 @@
 """CPU time per debit from the kernel's own accounting (/proc/<pid>/stat).
 
   cpu.py sample OUT DB_ARGS... -- PID...   one line a second: time, ticks of each pid group, ledger id
-  cpu.py window OUT WARMUP_SECS            µs per debit over the measured part, as JSON
+  cpu.py window OUT SECONDS                µs per debit over the last SECONDS of load, as JSON
 
 Pid groups are comma-separated (the service's instances; MariaDB). The ledger's highest
 entry id counts debits (every debit writes one entry), read with an O(1) query.
@@ -33,14 +33,15 @@ def sample(out, db_args, groups):
             time.sleep(1)
 
 
-def window(out, warmup):
+def window(out, measured):
+    """The last `measured` seconds in which debits were written: the measured part, after
+    the set-up (which writes ledger entries of its own: top-ups) and the warm-up."""
     rows = [list(map(float, line.split("\t"))) for line in open(out) if line.strip()]
     moving = [i for i in range(1, len(rows)) if rows[i][-1] > rows[i - 1][-1]]
     if not moving:
         return {}
-    first_debit = rows[moving[0] - 1][0]
-    start = next((r for r in rows if r[0] >= first_debit + warmup), rows[moving[0] - 1])
     end = rows[moving[-1]]
+    start = next((r for r in rows if r[0] >= end[0] - measured), rows[0])
     debits = end[-1] - start[-1]
     if debits <= 0:
         return {}

@@ -115,7 +115,7 @@ k6_status=$?
 set -e
 kill "$sampler" 2>/dev/null || true
 secs() { python3 -c "import re,sys; print(sum(int(n)*{'s':1,'m':60,'h':3600}[u] for n,u in re.findall(r'(\d+)([smh])', sys.argv[1])))" "$1"; }
-python3 loadtest/cpu.py window "$results/cpu.tsv" "$(secs "$warmup")" >"$results/cpu.json"
+python3 loadtest/cpu.py window "$results/cpu.tsv" "$(secs "$duration")" >"$results/cpu.json"
 grep -o 'paid [^"]*' "$results/k6.log" | cut -d' ' -f2 >"$results/paid.txt" || true
 
 audit_args=(--paid "$results/paid.txt")
