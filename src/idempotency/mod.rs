@@ -129,48 +129,22 @@ impl IdempotencyCache {
             .collect())
     }
 
-    /// Stores the reply of a finished request for the reply TTL.
-    pub async fn complete<C: redis::aio::ConnectionLike + Send>(
+    /// Completes or abandons one claim: [`Self::settle_all`] for a batch of one.
+    pub async fn settle<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
         scope: &'static str,
         id: &Identifier,
         token: &ClaimToken,
-        fingerprint: &str,
-        reply: &str,
+        how: Settlement<'_>,
     ) -> Result<(), RedisFault> {
-        let how = Settlement::Done { fingerprint, reply };
-        self.settle_all(
-            conn,
-            &[Settle {
-                scope,
-                id,
-                token,
-                how,
-            }],
-        )
-        .await
-    }
-
-    /// Drops a claim without caching anything, so the key may be tried again at once.
-    pub async fn abandon<C: redis::aio::ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-        scope: &'static str,
-        id: &Identifier,
-        token: &ClaimToken,
-    ) -> Result<(), RedisFault> {
-        let how = Settlement::Abandon;
-        self.settle_all(
-            conn,
-            &[Settle {
-                scope,
-                id,
-                token,
-                how,
-            }],
-        )
-        .await
+        let claim = Settle {
+            scope,
+            id,
+            token,
+            how,
+        };
+        self.settle_all(conn, &[claim]).await
     }
 
     /// Completes or abandons every claim of a batch in one round trip.

@@ -14,7 +14,7 @@ use super::commands::{Applied, Command, CommandError, TxContext};
 use super::{unavailable, views, Outcome, ServiceError, WalletService};
 use crate::breaker::ActiveMode;
 use crate::configuration::LockMode;
-use crate::idempotency::Claim;
+use crate::idempotency::{Claim, Settlement};
 use crate::lock::{LockError, LockGuard};
 use crate::redis_support::RedisFault;
 use crate::store;
@@ -137,8 +137,12 @@ impl WalletService {
         let cache = match &result {
             Ok(outcome) => match serde_json::to_string(&outcome.value) {
                 Ok(reply) => {
+                    let how = Settlement::Done {
+                        fingerprint: &fingerprint,
+                        reply: &reply,
+                    };
                     self.idempotency
-                        .complete(&mut conn, C::SCOPE, cmd.key(), &token, &fingerprint, &reply)
+                        .settle(&mut conn, C::SCOPE, cmd.key(), &token, how)
                         .await
                 }
                 Err(e) => Err(RedisFault::Command(redis::RedisError::from(
@@ -148,7 +152,7 @@ impl WalletService {
             // Nothing was applied: free the key for an immediate retry.
             Err(RedisPath::Failed(_)) => {
                 self.idempotency
-                    .abandon(&mut conn, C::SCOPE, cmd.key(), &token)
+                    .settle(&mut conn, C::SCOPE, cmd.key(), &token, Settlement::Abandon)
                     .await
             }
             // The claim expires on its own.
