@@ -90,8 +90,9 @@ async fn a_request_for_an_order_paid_over_rest_at_that_moment_gets_the_real_outc
     // refused for want of funds. The same two orders arrive by event meanwhile.
     let held = hold_wallet(&app, "u1").await;
     let paid = pay_in_background(&app, "o-paid", "u1", 2_000);
-    let refused = pay_in_background(&app, "o-refused", "u1", 9_000);
+    // Sent once the first holds its claim, so the first is the one whose batch waits.
     assert!(claim_pending(&settings, "o-paid").await);
+    let refused = pay_in_background(&app, "o-refused", "u1", 9_000);
     // The second queues behind the wallet's running batch; its key is claimed when its
     // own batch starts, so the event's request for it queues beside it.
     tokio::time::sleep(Duration::from_millis(200)).await;
