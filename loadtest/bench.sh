@@ -10,20 +10,27 @@
 # loadtest/results/bench-*/matrix.md.
 #
 #   ./loadtest/bench.sh [--duration 30s] [--warmup 5s] [--runs 2] [--wallets 10000]
+#                       [--client native|k6]
+#
+# The load comes from load-client (src/bin/load-client.rs), a closed loop of 150 virtual
+# users that costs a few µs of CPU per request; --client k6 drives the same scenarios
+# with the k6 scripts instead, whose CPU per request is larger than the service's own
+# on the batched path and so takes its cores on a two-core machine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-duration=30s warmup=5s runs=2 wallets=10000
+duration=30s warmup=5s runs=2 wallets=10000 client=native
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --wallets) wallets=$2; shift 2 ;;
+    --client) client=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-command_line="./loadtest/bench.sh --duration $duration --warmup $warmup --runs $runs --wallets $wallets"
+command_line="./loadtest/bench.sh --duration $duration --warmup $warmup --runs $runs --wallets $wallets --client $client"
 out="loadtest/results/bench-$(date +%s)"
 mkdir -p "$out"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -42,7 +49,7 @@ for run in $(seq 1 "$runs"); do
       echo "--- run $run: $scenario, $cell"
       # The matrix measures the lock paths, not the rate limiter: a rate no cell reaches.
       # shellcheck disable=SC2086
-      ./loadtest/run.sh "$scenario" ${cells[$cell]} --no-kafka --duration "$duration" --warmup "$warmup" \
+      ./loadtest/run.sh "$scenario" ${cells[$cell]} --client "$client" --no-kafka --duration "$duration" --warmup "$warmup" \
         --wallets "$wallets" --rate 100000 | tee "$out/run.log"
       results=$(grep '^results: ' "$out/run.log" | tail -n 1 | cut -d' ' -f2)
       cp "$results/report.json" "$out/$scenario-$cell-$run.json"
@@ -83,9 +90,9 @@ PY
   done
 done
 
-python3 - "$out" "$runs" "$command_line" "$wallets" <<'PY'
+python3 - "$out" "$runs" "$command_line" "$wallets" "$client" <<'PY'
 import json, os, platform, subprocess, sys, datetime
-out, runs, command, wallets = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out, runs, command, wallets, client = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 def load(name):
     return json.load(open(os.path.join(out, name)))
 def cpu():
@@ -101,7 +108,7 @@ mem = int(open("/proc/meminfo").readline().split()[1]) // (1024 * 1024)
 paths = [("batched", "Redis lock, batched (default)"), ("unbatched", "Redis lock, unbatched"),
          ("forupdate", "FOR UPDATE per request"), ("fallback", "FOR UPDATE, batched (fallback)"),
          ("floor", "database floor")]
-rows, rate, p99, svc, db = [], {}, {}, {}, {}
+rows, rate, p99, svc, db, gen = [], {}, {}, {}, {}, {}
 for scenario in ["hot-wallet", "spread"]:
     for cell, label in paths:
         cells = [load(f"{scenario}-{cell}-{r}.json") for r in range(1, runs + 1)]
@@ -112,10 +119,12 @@ for scenario in ["hot-wallet", "spread"]:
         rate[key], p99[key] = m, cells[-1]["p99"]
         svc[key] = mean([c.get("serviceCpuUsPerDebit") for c in cells])
         db[key] = mean([c.get("dbCpuUsPerDebit") for c in cells])
+        gen[key] = mean([c.get("clientCpuUsPerRequest") for c in cells])
+        gen_cell = "—" if gen[key] != gen[key] else f"{gen[key]:,.0f}"
         errors = sum(c.get("errors", 0) for c in cells)
         last = cells[-1]
         rows.append(f"| {scenario} | {label} | {m:,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} ({spread_pct:.1f} %) "
-                    f"| {last['p50']:.1f} | {last['p95']:.1f} | {last['p99']:.1f} | {svc[key]:,.0f} | {db[key]:,.0f} | {errors} |")
+                    f"| {last['p50']:.1f} | {last['p95']:.1f} | {last['p99']:.1f} | {svc[key]:,.0f} | {db[key]:,.0f} | {gen_cell} | {errors} |")
 def target(name, value, goal, ok):
     return f"| {name} | {value} | {goal} | {'met' if ok else 'not met'} |"
 h, s = "hot-wallet", "spread"
@@ -139,17 +148,18 @@ now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"
 nl = "\n"
 text = f"""## Latest matrix
 
-- machine: {os.cpu_count()} cores ({cpu()}), {mem} GiB; MariaDB, Redis, k6 and the service all on it
+- machine: {os.cpu_count()} cores ({cpu()}), {mem} GiB; MariaDB, Redis, the load client ({"load-client" if client == "native" else "k6"}) and the service all on it
 - date: {now}; commit: `{commit}`
 - command: `{command}`
 - each cell: 2 release instances, 150 VUs, Kafka workers off, {runs} runs; debits/s over the measured part only
   (after warm-up, set-up excluded); latency percentiles from the last run; spread = {wallets} wallets
 - CPU per debit: the kernel's accounting (`/proc/<pid>/stat`, user + system) of the two instances and of
   MariaDB over the measured part, divided by the debits written in it; mean of the runs. For the floor,
-  the `db-floor` client and MariaDB over its whole run at its measured rate.
+  the `db-floor` client and MariaDB over its whole run at its measured rate. The load client's own CPU per
+  request (load-client only) is in its column; k6's is not measured.
 
-| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | service CPU µs/debit | MariaDB CPU µs/debit | errors |
-|---|---|---|---|---|---|---|---|---|---|
+| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | service CPU µs/debit | MariaDB CPU µs/debit | load client CPU µs/request | errors |
+|---|---|---|---|---|---|---|---|---|---|---|
 {nl.join(rows)}
 
 | target (same run) | measured | goal | |

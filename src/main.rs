@@ -1,6 +1,12 @@
 use wallet::configuration::Settings;
 use wallet::startup::Application;
 
+/// mimalloc instead of the system allocator: a debit allocates and frees many small
+/// buffers (JSON, SQL arguments, Redis replies) across threads; BENCHMARKS.md has the
+/// CPU per debit with each.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;

@@ -82,13 +82,14 @@ impl SharedRedis {
 /// which touch the lock and its fencing counter together, also run on Redis Cluster.
 #[derive(Clone, Debug)]
 pub struct KeySpace {
-    prefix: String,
+    /// Shared: the key space is cloned with every request.
+    prefix: Arc<str>,
 }
 
 impl KeySpace {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
-            prefix: prefix.into(),
+            prefix: prefix.into().into(),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::payment_requests::PaymentRequestHandler;
 use crate::points::PointsHandler;
 use crate::redis_support::{KeySpace, SharedRedis};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
-use crate::wallet::WalletService;
+use crate::wallet::{WalletCore, WalletService};
 use crate::{http, kafka, shutdown, store};
 
 /// A built, not yet running, service.
@@ -104,7 +104,7 @@ impl Application {
         );
         let producer = kafka::producer(&settings.kafka)?;
         let outbox_wake = Arc::new(Notify::new());
-        let service = WalletService {
+        let service = WalletService::new(WalletCore {
             db: db.clone(),
             redis: shared_redis,
             lock,
@@ -117,8 +117,7 @@ impl Application {
             points_rate: settings.points_rate,
             outbox_wake: outbox_wake.clone(),
             lock_poll: settings.lock.poll_interval,
-            batcher: None,
-        }
+        })
         .with_batches(settings.lock.batch_max);
         let dead_letters = DeadLetters::new(
             db.clone(),

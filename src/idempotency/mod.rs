@@ -4,6 +4,7 @@
 //! A key lost with Redis (or past its TTL) is caught by the database's unique keys,
 //! which replay the same answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
@@ -35,8 +36,9 @@ pub struct IdempotencyCache {
     reply_ttl: Duration,
     claim_ttl: Duration,
     timeout: Duration,
-    claim: Script,
-    settle: Script,
+    /// Shared: a `Script` carries its source, and the cache is cloned with every request.
+    claim: Arc<Script>,
+    settle: Arc<Script>,
 }
 
 /// A key to claim: its scope, its id and what the request asked for.
@@ -77,8 +79,10 @@ impl IdempotencyCache {
             reply_ttl,
             claim_ttl,
             timeout,
-            claim: Script::new(include_str!("../../lua/idempotency_claim.lua")),
-            settle: Script::new(include_str!("../../lua/idempotency_settle.lua")),
+            claim: Arc::new(Script::new(include_str!("../../lua/idempotency_claim.lua"))),
+            settle: Arc::new(Script::new(include_str!(
+                "../../lua/idempotency_settle.lua"
+            ))),
         }
     }
 

@@ -78,28 +78,42 @@ pub struct Outcome<T> {
     pub replayed: bool,
 }
 
-/// The use cases; cheap to clone. Built once in `startup`.
+/// The use cases; cheap to clone (one reference count and the batch queue's sender),
+/// which matters: every request clones it. Built once in `startup`.
 #[derive(Clone)]
 pub struct WalletService {
-    pub(crate) db: MySqlPool,
-    pub(crate) redis: SharedRedis,
-    pub(crate) lock: WalletLock,
-    pub(crate) idempotency: IdempotencyCache,
-    pub(crate) breaker: RedisBreaker,
-    pub(crate) currency: Currency,
-    pub(crate) lock_wait: Duration,
-    /// A money movement that has not committed by then rolls back (503).
-    pub(crate) request_timeout: Duration,
-    pub(crate) faults: FaultInjection,
-    /// Points per unit paid.
-    pub(crate) points_rate: rust_decimal::Decimal,
-    /// Wakes the outbox relay after a commit that wrote an event.
-    pub(crate) outbox_wake: Arc<Notify>,
-    /// Longest sleep of a request waiting for a wallet another process holds.
-    pub(crate) lock_poll: Duration,
+    core: Arc<WalletCore>,
     /// The group-commit queue for debits and top-ups; `None` runs each in its own
     /// transaction (`WALLET_BATCH_MAX=1`).
     pub(crate) batcher: Option<batch::Batcher>,
+}
+
+/// What the use cases share: pools, the lock, the cache, the breaker and settings.
+pub struct WalletCore {
+    pub db: MySqlPool,
+    pub redis: SharedRedis,
+    pub lock: WalletLock,
+    pub idempotency: IdempotencyCache,
+    pub breaker: RedisBreaker,
+    pub currency: Currency,
+    pub lock_wait: Duration,
+    /// A money movement that has not committed by then rolls back (503).
+    pub request_timeout: Duration,
+    pub faults: FaultInjection,
+    /// Points per unit paid.
+    pub points_rate: rust_decimal::Decimal,
+    /// Wakes the outbox relay after a commit that wrote an event.
+    pub outbox_wake: Arc<Notify>,
+    /// Longest sleep of a request waiting for a wallet another process holds.
+    pub lock_poll: Duration,
+}
+
+impl std::ops::Deref for WalletService {
+    type Target = WalletCore;
+
+    fn deref(&self) -> &WalletCore {
+        &self.core
+    }
 }
 
 /// The largest balance a top-up may bring a wallet to.
@@ -114,6 +128,15 @@ fn balance_capacity() -> rust_decimal::Decimal {
 }
 
 impl WalletService {
+    /// The use cases over `core`, each debit and top-up in a transaction of its own
+    /// until [`WalletService::with_batches`].
+    pub fn new(core: WalletCore) -> Self {
+        Self {
+            core: Arc::new(core),
+            batcher: None,
+        }
+    }
+
     pub fn currency(&self) -> Currency {
         self.currency
     }

@@ -1,0 +1,355 @@
+//! A lean closed-loop load client for the benchmark matrix: `--vus` virtual users, each
+//! on its own keep-alive HTTP/1.1 connection, paying one debit after another for
+//! `--warmup` then `--seconds` seconds, spread over the instances in `--urls`.
+//!
+//! k6 costs more CPU per request than the service itself spends on a batched debit;
+//! on a two-core machine that shares its cores with the service, MariaDB and Redis, the
+//! load generator then decides the figures. This client spends a few µs per request
+//! (it reports its own CPU per request), so the matrix measures the service.
+//!
+//! ```text
+//! load-client --urls URL[,URL] --api-key KEY --funding-key KEY --run RUN_ID
+//!             [--scenario hot-wallet|spread] [--wallets 10000] [--vus 150]
+//!             [--seconds 30] [--warmup 5] [--paid FILE]
+//! ```
+//! Funds the wallets first (not measured), prints one JSON line at the end, and writes
+//! every order id it saw succeed to `--paid` for `ledger-audit --paid`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+struct Options {
+    urls: Vec<String>,
+    api_key: String,
+    funding_key: String,
+    run: String,
+    hot: bool,
+    wallets: usize,
+    vus: usize,
+    seconds: u64,
+    warmup: u64,
+    paid: Option<String>,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut o = Options {
+        urls: Vec::new(),
+        api_key: String::new(),
+        funding_key: String::new(),
+        run: String::new(),
+        hot: true,
+        wallets: 10_000,
+        vus: 150,
+        seconds: 30,
+        warmup: 5,
+        paid: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} takes a value"))?;
+        match flag.as_str() {
+            "--urls" => o.urls = value.split(',').map(str::to_owned).collect(),
+            "--api-key" => o.api_key = value,
+            "--funding-key" => o.funding_key = value,
+            "--run" => o.run = value,
+            "--scenario" => {
+                o.hot = match value.as_str() {
+                    "hot-wallet" => true,
+                    "spread" => false,
+                    other => bail!("unknown scenario {other}"),
+                }
+            }
+            "--wallets" => o.wallets = value.parse()?,
+            "--vus" => o.vus = value.parse()?,
+            "--seconds" => o.seconds = value.parse()?,
+            "--warmup" => o.warmup = value.parse()?,
+            "--paid" => o.paid = Some(value),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    if o.urls.is_empty() || o.run.is_empty() {
+        bail!("--urls and --run are required");
+    }
+    if o.hot {
+        o.wallets = 1;
+    }
+    Ok(o)
+}
+
+/// One keep-alive connection to an instance.
+struct Connection {
+    address: String,
+    stream: Option<BufReader<TcpStream>>,
+    request: String,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl Connection {
+    fn new(url: &str) -> anyhow::Result<Self> {
+        let address = url
+            .strip_prefix("http://")
+            .context("only http:// URLs")?
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            address,
+            stream: None,
+            request: String::new(),
+            line: String::new(),
+            body: Vec::new(),
+        })
+    }
+
+    /// Sends one POST and returns the status; the body is kept in `self.body`.
+    async fn post(&mut self, path: &str, key: &str, body: &str) -> anyhow::Result<u16> {
+        match self.exchange(path, key, body).await {
+            Ok(status) => Ok(status),
+            // The instance may have closed an idle connection: one try on a fresh one
+            // (a payment is idempotent by its order id, so a resend is safe).
+            Err(e) => {
+                eprintln!("reconnecting after: {e:#}");
+                self.exchange(path, key, body).await
+            }
+        }
+    }
+
+    async fn exchange(&mut self, path: &str, key: &str, body: &str) -> anyhow::Result<u16> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(&self.address).await?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(BufReader::new(stream));
+        }
+        self.request.clear();
+        write!(
+            self.request,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.address,
+            body.len()
+        )?;
+        let result = self.round_trip().await;
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn round_trip(&mut self) -> anyhow::Result<u16> {
+        let stream = self.stream.as_mut().expect("connected above");
+        stream.get_mut().write_all(self.request.as_bytes()).await?;
+        self.line.clear();
+        if stream.read_line(&mut self.line).await? == 0 {
+            bail!("connection closed");
+        }
+        let status: u16 = self
+            .line
+            .split(' ')
+            .nth(1)
+            .context("no status line")?
+            .parse()?;
+        let mut length = 0;
+        let mut close = false;
+        loop {
+            self.line.clear();
+            stream.read_line(&mut self.line).await?;
+            let line = self.line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').context("malformed header")?;
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse()?;
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.trim().eq_ignore_ascii_case("close");
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                bail!("chunked answers are not expected here");
+            }
+        }
+        self.body.resize(length, 0);
+        stream.read_exact(&mut self.body).await?;
+        if close {
+            self.stream = None;
+        }
+        Ok(status)
+    }
+}
+
+/// CPU time of this process so far (user + system), from the kernel's accounting.
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<u64> = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            Some(fields.iter().sum::<u64>())
+        })
+        .unwrap_or(0);
+    // /proc reports in USER_HZ, which Linux fixes at 100 for user space.
+    Duration::from_millis(ticks * 10)
+}
+
+fn user(o: &Options, i: usize) -> String {
+    if o.hot {
+        format!("{}-hot", o.run)
+    } else {
+        format!("{}-w{i}", o.run)
+    }
+}
+
+/// Creates every wallet and tops it up, 32 requests at a time.
+async fn fund(o: &Arc<Options>) -> anyhow::Result<()> {
+    let amount = if o.hot { "1000000000000" } else { "1000000000" };
+    let mut tasks = JoinSet::new();
+    let workers = 32.min(o.wallets);
+    for worker in 0..workers {
+        let o = o.clone();
+        tasks.spawn(async move {
+            let mut conn = Connection::new(&o.urls[worker % o.urls.len()])?;
+            for i in (worker..o.wallets).step_by(workers) {
+                let user = user(&o, i);
+                let status = conn
+                    .post(
+                        "/api/v1/wallets",
+                        &o.api_key,
+                        &format!(r#"{{"userId":"{user}"}}"#),
+                    )
+                    .await?;
+                if !matches!(status, 200 | 201) {
+                    bail!("creating wallet {user} answered {status}");
+                }
+                let body = format!(r#"{{"topUpId":"{user}-seed","amount":"{amount}"}}"#);
+                let path = format!("/api/v1/wallets/{user}/top-ups");
+                let status = conn.post(&path, &o.funding_key, &body).await?;
+                if !matches!(status, 200 | 201) {
+                    bail!("funding wallet {user} answered {status}");
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// What one virtual user saw in the measured part.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<u32>,
+    statuses: BTreeMap<String, u64>,
+    paid: Vec<String>,
+}
+
+async fn pay(o: Arc<Options>, vu: usize, start: Instant, stop: Instant) -> anyhow::Result<Tally> {
+    let mut conn = Connection::new(&o.urls[vu % o.urls.len()])?;
+    let mut tally = Tally::default();
+    let measured_from = start + Duration::from_secs(o.warmup);
+    // Each user walks the wallets on its own stride, so users spread evenly.
+    let mut next = vu.wrapping_mul(7919);
+    let mut body = String::new();
+    for iteration in 0.. {
+        let sent = Instant::now();
+        if sent >= stop {
+            break;
+        }
+        let wallet = user(&o, next % o.wallets);
+        next = next.wrapping_mul(31).wrapping_add(17);
+        let order = format!("{}-{vu}-{iteration}", o.run);
+        body.clear();
+        write!(
+            body,
+            r#"{{"orderId":"{order}","userId":"{wallet}","amount":"{}"}}"#,
+            1 + iteration % 10
+        )?;
+        let status = conn
+            .post("/api/v1/payments", &o.api_key, &body)
+            .await
+            .unwrap_or(0);
+        if matches!(status, 200 | 201) {
+            tally.paid.push(order);
+        }
+        if sent >= measured_from {
+            let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+            tally.latencies.push(micros);
+            *tally.statuses.entry(status.to_string()).or_default() += 1;
+        }
+    }
+    Ok(tally)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let o = Arc::new(options()?);
+    fund(&o).await.context("funding the wallets")?;
+
+    let start = Instant::now();
+    let stop = start + Duration::from_secs(o.warmup + o.seconds);
+    let mut users = JoinSet::new();
+    for vu in 0..o.vus {
+        users.spawn(pay(o.clone(), vu, start, stop));
+    }
+    tokio::time::sleep_until((start + Duration::from_secs(o.warmup)).into()).await;
+    let cpu_before = cpu_time();
+    tokio::time::sleep_until(stop.into()).await;
+    let cpu = cpu_time().saturating_sub(cpu_before);
+
+    let mut all = Tally::default();
+    while let Some(done) = users.join_next().await {
+        let tally = done??;
+        all.latencies.extend(tally.latencies);
+        all.paid.extend(tally.paid);
+        for (status, n) in tally.statuses {
+            *all.statuses.entry(status).or_default() += n;
+        }
+    }
+    if let Some(file) = &o.paid {
+        std::fs::write(file, all.paid.join("\n") + "\n")?;
+    }
+    all.latencies.sort_unstable();
+    let pct = |p: f64| {
+        let n = all.latencies.len();
+        let rank = ((n as f64 * p).ceil() as usize).clamp(1, n.max(1)) - 1;
+        all.latencies
+            .get(rank)
+            .map_or(0.0, |&us| f64::from(us) / 1000.0)
+    };
+    let debits = all.statuses.get("201").copied().unwrap_or(0);
+    let errors: u64 = all
+        .statuses
+        .iter()
+        .filter(|(status, _)| !matches!(status.as_str(), "200" | "201" | "402" | "409" | "422"))
+        .map(|(_, n)| n)
+        .sum();
+    println!(
+        "{}",
+        serde_json::json!({
+            "debits": debits,
+            "debitsPerSecond": debits as f64 / o.seconds as f64,
+            "p50": pct(0.50),
+            "p95": pct(0.95),
+            "p99": pct(0.99),
+            "statuses": all.statuses,
+            "errors": errors,
+            "requests": all.latencies.len(),
+            "clientCpuUsPerRequest": cpu.as_secs_f64() * 1e6 / all.latencies.len().max(1) as f64,
+        })
+    );
+    Ok(())
+}
