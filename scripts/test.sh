@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real MariaDB, Redis and a Kafka-protocol broker on
-# 127.0.0.1, installing and starting them when missing, then fuzzes a running instance
+# 127.0.0.1, installing and starting them when missing, after checking the Prometheus
+# alert rules and the Grafana dashboard (scripts/check-alerts.sh), then fuzzes a running instance
 # from its OpenAPI document (scripts/fuzz.sh) after checking the run command
 # (scripts/check-run.sh). Safe to run twice. Extra arguments go to
 # `cargo test`.
@@ -19,6 +20,8 @@ done
 export WALLET_TEST_DATABASE_SERVER="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT"
 export WALLET_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export WALLET_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+log "checking the alert rules and the dashboard"
+./scripts/check-alerts.sh
 log "running the test suite"
 cargo test --locked "$@"
 # The README's run command, with every dependency already up (as for a second checkout).

@@ -117,6 +117,7 @@ impl Application {
             points_rate: settings.points_rate,
             outbox_wake: outbox_wake.clone(),
             lock_poll: settings.lock.poll_interval,
+            outbox_stall_after: settings.kafka.outbox_stall_after,
         })
         .with_batches(settings.lock.batch_max);
         let dead_letters = DeadLetters::new(
@@ -228,11 +229,14 @@ fn spawn_workers(
     if kafka.relay_enabled {
         let relay = Relay {
             db: db.clone(),
-            producer: producer.clone(),
+            // A producer of its own, so that replacing a failed one touches nothing else.
+            producer: kafka::producer(kafka)?,
+            kafka: kafka.clone(),
             topic: kafka.events_topic.clone(),
             batch: kafka.relay_batch.max(1),
             poll: kafka.relay_poll,
             delivery_timeout: kafka.delivery_timeout,
+            stall_after: kafka.outbox_stall_after,
             wake: outbox_wake,
         };
         workers.push(tokio::spawn(relay.run(shutdown.clone())));

@@ -114,6 +114,10 @@ impl Settings {
             "WALLET_OUTBOX_POLL_MS must be greater than 0".into(),
         );
         check(
+            positive(self.kafka.outbox_stall_after),
+            "WALLET_OUTBOX_STALL_AFTER_MS must be greater than 0".into(),
+        );
+        check(
             self.kafka.partitions >= 1 && self.kafka.replication >= 1,
             "WALLET_KAFKA_PARTITIONS and WALLET_KAFKA_REPLICATION must be at least 1".into(),
         );

@@ -233,6 +233,9 @@ pub struct KafkaSettings {
     pub relay_poll: Duration,
     /// How long the producer keeps trying to deliver one record (`message.timeout.ms`).
     pub delivery_timeout: Duration,
+    /// Events waiting longer than this make the outbox `lagging` (some still leave) or
+    /// `stalled` (none left for as long) in `/readyz` and the metrics.
+    pub outbox_stall_after: Duration,
     /// In-process attempts per record before it goes to the dead-letter topic.
     pub retry_attempts: u32,
     pub retry_base: Duration,
@@ -327,6 +330,7 @@ impl Settings {
                 relay_batch: env.get("WALLET_OUTBOX_BATCH", 200)?,
                 relay_poll: env.millis("WALLET_OUTBOX_POLL_MS", 500)?,
                 delivery_timeout: env.millis("WALLET_KAFKA_DELIVERY_TIMEOUT_MS", 10_000)?,
+                outbox_stall_after: env.millis("WALLET_OUTBOX_STALL_AFTER_MS", 60_000)?,
                 retry_attempts: env.get("WALLET_CONSUMER_ATTEMPTS", 3)?,
                 retry_base: env.millis("WALLET_CONSUMER_BACKOFF_BASE_MS", 200)?,
                 retry_cap: env.millis("WALLET_CONSUMER_BACKOFF_CAP_MS", 5_000)?,

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::outbox::OutboxStatus;
 use crate::wallet::WalletService;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
@@ -14,10 +15,11 @@ pub async fn live() -> Json<Value> {
 }
 
 /// Ready while MySQL answers. Redis down is degraded, not unready: the MySQL fallback
-/// serves, and `lockMode` says so.
+/// serves, and `lockMode` says so. A stalled outbox makes the status `degraded`, still
+/// with 200.
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
-        (status = 200, description = "Ready: {status, mysql, redis, lockMode, outbox}"),
+        (status = 200, description = "Ready or degraded: {status, mysql, redis, lockMode, outbox: {status, pending, oldestPendingMs, lastPublishedMs}}"),
         (status = 503, description = "MySQL does not answer"),
     ))]
 pub async fn ready(State(service): State<WalletService>) -> (StatusCode, Json<Value>) {
@@ -28,8 +30,19 @@ pub async fn ready(State(service): State<WalletService>) -> (StatusCode, Json<Va
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // A stalled outbox degrades the instance but keeps it serving: debits still commit
+    // and their events wait in the outbox, and taking every instance out of rotation
+    // over a broker fault would turn late events into refused payments.
+    let stalled = r
+        .outbox
+        .as_ref()
+        .is_some_and(|o| o.status == OutboxStatus::Stalled);
     let body = json!({
-        "status": if r.mysql { "ready" } else { "unavailable" },
+        "status": match (r.mysql, stalled) {
+            (false, _) => "unavailable",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        },
         "mysql": up(r.mysql),
         "redis": up(r.redis),
         "lockMode": r.lock_mode,

@@ -5,6 +5,7 @@
 pub mod relay;
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
@@ -143,22 +144,96 @@ pub async fn mark_sent(
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Backlog {
+    pub status: OutboxStatus,
     /// Rows not yet acknowledged by the broker.
     pub pending: i64,
     /// Age of the oldest of them, in milliseconds.
     pub oldest_pending_ms: i64,
+    /// Time since the broker last acknowledged an event of this outbox (any relay's),
+    /// in milliseconds; absent when none ever was.
+    pub last_published_ms: Option<i64>,
 }
 
-pub async fn backlog(pool: &MySqlPool) -> Result<Backlog, sqlx::Error> {
-    let (pending, oldest): (i64, Option<DateTime<Utc>>) =
-        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox_events WHERE sent_at IS NULL")
-            .fetch_one(pool)
-            .await?;
-    let oldest_pending_ms = oldest
-        .map(|at| (Utc::now() - at).num_milliseconds().max(0))
-        .unwrap_or(0);
-    Ok(Backlog {
+/// Whether the events leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxStatus {
+    /// Nothing waits longer than the stall threshold.
+    Ok,
+    /// Events wait longer than the threshold, but the broker acknowledged some within it:
+    /// the relay is behind and catching up.
+    Lagging,
+    /// Events wait and nothing was published for longer than the threshold.
+    Stalled,
+}
+
+impl Backlog {
+    fn judge(
+        pending: i64,
+        oldest_pending_ms: i64,
+        last_published_ms: Option<i64>,
+        stall_after: Duration,
+    ) -> Self {
+        let threshold = i64::try_from(stall_after.as_millis()).unwrap_or(i64::MAX);
+        let status = if pending == 0 || oldest_pending_ms <= threshold {
+            OutboxStatus::Ok
+        } else if last_published_ms.is_some_and(|ms| ms <= threshold) {
+            OutboxStatus::Lagging
+        } else {
+            OutboxStatus::Stalled
+        };
+        Self {
+            status,
+            pending,
+            oldest_pending_ms,
+            last_published_ms,
+        }
+    }
+}
+
+/// The outbox's backlog, judged against `stall_after`. One statement: the pending count
+/// and oldest row from the unsent index, the last publication from its other end.
+pub async fn backlog(pool: &MySqlPool, stall_after: Duration) -> Result<Backlog, sqlx::Error> {
+    let (pending, oldest, last_sent): (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at), \
+             (SELECT MAX(sent_at) FROM outbox_events) \
+             FROM outbox_events WHERE sent_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?;
+    let now = Utc::now();
+    let age = |at: DateTime<Utc>| (now - at).num_milliseconds().max(0);
+    Ok(Backlog::judge(
         pending,
-        oldest_pending_ms,
-    })
+        oldest.map(age).unwrap_or(0),
+        last_sent.map(age),
+        stall_after,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn an_empty_or_young_backlog_is_ok() {
+        assert_eq!(Backlog::judge(0, 0, None, MINUTE).status, OutboxStatus::Ok);
+        assert_eq!(
+            Backlog::judge(500, 59_000, None, MINUTE).status,
+            OutboxStatus::Ok
+        );
+    }
+
+    #[test]
+    fn an_old_backlog_lags_while_events_leave_and_stalls_when_none_do() {
+        let lagging = Backlog::judge(500, 90_000, Some(200), MINUTE);
+        assert_eq!(lagging.status, OutboxStatus::Lagging);
+        let stalled = Backlog::judge(500, 90_000, Some(61_000), MINUTE);
+        assert_eq!(stalled.status, OutboxStatus::Stalled);
+        let never = Backlog::judge(500, 90_000, None, MINUTE);
+        assert_eq!(never.status, OutboxStatus::Stalled);
+    }
 }

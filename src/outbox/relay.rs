@@ -30,11 +30,12 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 
 use super::{backlog, claim, mark_sent, publishable, OutboxRow};
+use crate::configuration::KafkaSettings;
 use crate::events::{HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use crate::shutdown::Shutdown;
 use crate::telemetry::metrics;
@@ -42,13 +43,25 @@ use crate::telemetry::metrics;
 /// The relay worker.
 pub struct Relay {
     pub db: MySqlPool,
+    /// Replaced when it fails for good (see [`Relay::heal`]).
     pub producer: FutureProducer,
+    /// To build a new producer, and the topics again, when the old one is replaced.
+    pub kafka: KafkaSettings,
     pub topic: String,
     pub batch: u32,
     pub poll: Duration,
     pub delivery_timeout: Duration,
+    /// See [`super::backlog`].
+    pub stall_after: Duration,
     /// Notified after every commit that wrote an event.
     pub wake: Arc<Notify>,
+}
+
+/// Since when the relay fails, and when it last replaced its producer.
+#[derive(Default)]
+struct Healing {
+    failing_since: Option<tokio::time::Instant>,
+    rebuilt_at: Option<tokio::time::Instant>,
 }
 
 /// How often the backlog gauges are refreshed.
@@ -59,9 +72,10 @@ const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Relay {
     /// Relays until shutdown; the batch in hand is finished first.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub async fn run(mut self, mut shutdown: Shutdown) {
         tracing::info!(topic = %self.topic, "outbox relay started");
         let mut failures = 0u32;
+        let mut healing = Healing::default();
         let mut last_lag_log = tokio::time::Instant::now();
         let mut last_gauge = None::<tokio::time::Instant>;
         loop {
@@ -69,14 +83,21 @@ impl Relay {
                 // A full batch: there may be more right away.
                 Ok(sent) if sent == self.batch as usize => {
                     failures = 0;
+                    healing.failing_since = None;
+                    metrics::outbox_relay_succeeded();
                     continue;
                 }
-                Ok(_) => failures = 0,
+                Ok(_) => {
+                    failures = 0;
+                    healing.failing_since = None;
+                    metrics::outbox_relay_succeeded();
+                }
                 Err(e) => {
                     failures += 1;
+                    self.heal(&mut healing).await;
                     if failures == 1 || last_lag_log.elapsed() >= LAG_LOG_INTERVAL {
                         last_lag_log = tokio::time::Instant::now();
-                        let lag = backlog(&self.db).await.ok();
+                        let lag = backlog(&self.db, self.stall_after).await.ok();
                         tracing::warn!(error = %format!("{e:#}"), backlog = ?lag, "outbox relay cannot publish");
                     }
                 }
@@ -85,8 +106,8 @@ impl Relay {
             // wake-up (which, under load, is once per commit).
             if last_gauge.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
                 last_gauge = Some(tokio::time::Instant::now());
-                if let Ok(lag) = backlog(&self.db).await {
-                    metrics::outbox(lag.pending, lag.oldest_pending_ms);
+                if let Ok(lag) = backlog(&self.db, self.stall_after).await {
+                    metrics::outbox(&lag);
                 }
             }
             if shutdown.is_shutdown() {
@@ -104,6 +125,49 @@ impl Relay {
             }
         }
         tracing::info!("outbox relay stopped");
+    }
+
+    /// Replaces the producer when librdkafka reports it fatally failed (an idempotent
+    /// producer whose sequence the broker lost never recovers by itself), or when the
+    /// relay has published nothing for [`Relay::rebuild_after`] while failing: a new
+    /// producer asks the broker for a new producer id and reconnects from scratch. At
+    /// most once per that interval, so a broker that is simply down is not hammered.
+    async fn heal(&mut self, healing: &mut Healing) {
+        let now = tokio::time::Instant::now();
+        let since = *healing.failing_since.get_or_insert(now);
+        let fatal = self.producer.client().fatal_error();
+        let stuck = now.duration_since(since) >= self.rebuild_after();
+        let rested = healing
+            .rebuilt_at
+            .is_none_or(|at| now.duration_since(at) >= self.rebuild_after());
+        if !(rested && (fatal.is_some() || stuck)) {
+            return;
+        }
+        let producer = match crate::kafka::producer(&self.kafka) {
+            Ok(producer) => producer,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not build a new Kafka producer");
+                return;
+            }
+        };
+        tracing::warn!(fatal = ?fatal, failing_for = ?now.duration_since(since), "replacing the outbox relay's Kafka producer");
+        let old = std::mem::replace(&mut self.producer, producer);
+        // Dropping a producer flushes it, which may block for a while: not on a worker.
+        tokio::task::spawn_blocking(move || drop(old));
+        healing.rebuilt_at = Some(now);
+        metrics::outbox_producer_replaced();
+        if self.kafka.create_topics {
+            // A broker that lost its storage lost the topics too.
+            if let Err(e) = crate::kafka::ensure_topics(&self.kafka).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not create the topics again");
+            }
+        }
+    }
+
+    /// How long the relay fails without publishing before it replaces its producer:
+    /// three delivery timeouts, so records that are only slow are not cut short.
+    fn rebuild_after(&self) -> Duration {
+        self.delivery_timeout.saturating_mul(3)
     }
 
     /// Publishes one batch; returns how many rows were marked sent.

@@ -128,6 +128,24 @@ fn describe() {
         "Age of the oldest unpublished outbox event"
     );
     describe_counter!("wallet_outbox_published_total", "Outbox events published");
+    describe_gauge!(
+        "wallet_outbox_stalled",
+        "1 while events wait longer than WALLET_OUTBOX_STALL_AFTER_MS and none was published for as long"
+    );
+    describe_gauge!(
+        "wallet_outbox_last_publish_age_seconds",
+        Unit::Seconds,
+        "Time since the broker last acknowledged an outbox event (any relay's)"
+    );
+    describe_counter!(
+        "wallet_outbox_producer_replacements_total",
+        "Kafka producers the relay replaced because they failed for good or made no progress"
+    );
+    describe_gauge!(
+        "wallet_outbox_relay_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of this relay's last pass without a broker error"
+    );
     describe_counter!(
         "wallet_consumer_records_total",
         "Records handled by a consumer, by outcome (applied, dead_lettered)"
@@ -162,6 +180,11 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 pub fn lock_acquired(outcome: &'static str, waited: Duration) {
     counter!("wallet_lock_acquisitions_total", "outcome" => outcome).increment(1);
     histogram!("wallet_lock_wait_seconds").record(waited.as_secs_f64());
+}
+
+/// A queued request gave up waiting for its wallet (503 `lock_timeout`).
+pub fn lock_timed_out() {
+    counter!("wallet_lock_acquisitions_total", "outcome" => "timeout").increment(1);
 }
 
 pub fn lock_mode(mode: &'static str) {
@@ -205,9 +228,28 @@ pub fn transaction(scope: &'static str, took: Duration) {
     histogram!("wallet_db_transaction_seconds", "scope" => scope).record(took.as_secs_f64());
 }
 
-pub fn outbox(pending: i64, oldest_pending_ms: i64) {
-    gauge!("wallet_outbox_backlog").set(pending as f64);
-    gauge!("wallet_outbox_lag_seconds").set(oldest_pending_ms as f64 / 1000.0);
+pub fn outbox(backlog: &crate::outbox::Backlog) {
+    use crate::outbox::OutboxStatus;
+    gauge!("wallet_outbox_backlog").set(backlog.pending as f64);
+    gauge!("wallet_outbox_lag_seconds").set(backlog.oldest_pending_ms as f64 / 1000.0);
+    let stalled = backlog.status == OutboxStatus::Stalled;
+    gauge!("wallet_outbox_stalled").set(if stalled { 1.0 } else { 0.0 });
+    if let Some(ms) = backlog.last_published_ms {
+        gauge!("wallet_outbox_last_publish_age_seconds").set(ms as f64 / 1000.0);
+    }
+}
+
+/// The relay replaced its Kafka producer (fatally failed, or stuck).
+pub fn outbox_producer_replaced() {
+    counter!("wallet_outbox_producer_replacements_total").increment(1);
+}
+
+/// A relay pass that ended without a broker error (it published, or had nothing to).
+pub fn outbox_relay_succeeded() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!("wallet_outbox_relay_last_success_timestamp_seconds").set(now.as_secs_f64());
 }
 
 pub fn outbox_published(count: usize) {

@@ -106,6 +106,8 @@ pub struct WalletCore {
     pub outbox_wake: Arc<Notify>,
     /// Longest sleep of a request waiting for a wallet another process holds.
     pub lock_poll: Duration,
+    /// When waiting events make the outbox `lagging` or `stalled` in `/readyz`.
+    pub outbox_stall_after: Duration,
 }
 
 impl std::ops::Deref for WalletService {
@@ -351,7 +353,9 @@ impl WalletService {
             mysql,
             redis,
             lock_mode: self.breaker.mode().as_str(),
-            outbox: crate::outbox::backlog(&self.db).await.ok(),
+            outbox: crate::outbox::backlog(&self.db, self.outbox_stall_after)
+                .await
+                .ok(),
         }
     }
 }

@@ -124,6 +124,7 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
     let mut settings = kafka_settings().await;
     settings.kafka.brokers = broker.address();
     settings.kafka.delivery_timeout = Duration::from_secs(3);
+    settings.kafka.outbox_stall_after = Duration::from_secs(2);
     let app = Arc::new(spawn_app_with(settings).await);
     app.funded_wallet("u1", 100_000).await;
     for i in 0..5 {
@@ -153,6 +154,18 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
         backlog > 0,
         "the outbox holds the events while the broker is down"
     );
+    let stalled = eventually(Duration::from_secs(20), || async {
+        let ready = app.get("/readyz").await;
+        ready.status == StatusCode::OK
+            && ready.json()["status"] == "degraded"
+            && ready.json()["outbox"]["status"] == "stalled"
+    })
+    .await;
+    assert!(
+        stalled,
+        "/readyz calls the outbox stalled, and stays 200: {}",
+        app.get("/readyz").await.text
+    );
 
     broker.restart();
     assert!(
@@ -160,6 +173,9 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
         "the outbox drains and the points are exact"
     );
     assert_eq!(app.balance("u1").await, Decimal::from(55_000));
+    let ready = app.get("/readyz").await.json();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["outbox"]["status"], "ok", "{ready}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,10 +57,12 @@ async fn relay(settings: &Settings, producer: FutureProducer) -> Relay {
     Relay {
         db: wallet::store::connect(&settings.database, 5).await.unwrap(),
         producer,
+        kafka: settings.kafka.clone(),
         topic: settings.kafka.events_topic.clone(),
         batch: 200,
         poll: Duration::from_millis(100),
         delivery_timeout: settings.kafka.delivery_timeout,
+        stall_after: settings.kafka.outbox_stall_after,
         wake: Arc::new(Notify::new()),
     }
 }

@@ -158,6 +158,7 @@ impl WalletService {
             match verdict {
                 Verdict::Answer(answer) => job.answer(answer),
                 Verdict::Requeue if job.lost_leases + 1 >= MAX_ATTEMPTS => {
+                    metrics::lock_timed_out();
                     self.abandon_claims(std::slice::from_ref(&job)).await;
                     job.answer(Err(ServiceError::LockTimeout));
                 }
@@ -328,6 +329,7 @@ impl WalletService {
             let error = if job.deadline <= now {
                 ServiceError::Timeout
             } else {
+                metrics::lock_timed_out();
                 ServiceError::LockTimeout
             };
             job.answer(Err(error));
