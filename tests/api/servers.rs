@@ -126,6 +126,13 @@ impl OwnServer {
         panic!("{} did not start on port {}", self.program, self.port);
     }
 
+    /// Deletes the server's files (call it killed): the next start is on empty storage.
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "wipe a killed server");
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+    }
+
     /// SIGKILL: the process is gone at once, mid-whatever.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
