@@ -128,10 +128,14 @@ impl Relay {
     }
 
     /// Replaces the producer when librdkafka reports it fatally failed (an idempotent
-    /// producer whose sequence the broker lost never recovers by itself), or when the
-    /// relay has published nothing for [`Relay::rebuild_after`] while failing: a new
-    /// producer asks the broker for a new producer id and reconnects from scratch. At
-    /// most once per that interval, so a broker that is simply down is not hammered.
+    /// producer in that state never recovers by itself), or when the relay has
+    /// published nothing for [`Relay::rebuild_after`] while the broker answers metadata
+    /// requests: then the broker is up and this producer is what is stuck (for instance
+    /// it cannot get a producer id). A broker that is simply down is waited for with the
+    /// same producer: a new one would only start from scratch, and a replacement made
+    /// while Tansu was down was seen to crash its SQLite storage once it came back. At
+    /// most once per [`Relay::rebuild_after`]; the topics are created again first, if
+    /// this process creates them, since a broker that lost its storage lost them too.
     async fn heal(&mut self, healing: &mut Healing) {
         let now = tokio::time::Instant::now();
         let since = *healing.failing_since.get_or_insert(now);
@@ -140,8 +144,14 @@ impl Relay {
         let rested = healing
             .rebuilt_at
             .is_none_or(|at| now.duration_since(at) >= self.rebuild_after());
-        if !(rested && (fatal.is_some() || stuck)) {
+        if !rested || (fatal.is_none() && !(stuck && self.broker_answers().await)) {
             return;
+        }
+        healing.rebuilt_at = Some(now);
+        if self.kafka.create_topics {
+            if let Err(e) = crate::kafka::ensure_topics(&self.kafka).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not create the topics again");
+            }
         }
         let producer = match crate::kafka::producer(&self.kafka) {
             Ok(producer) => producer,
@@ -154,14 +164,21 @@ impl Relay {
         let old = std::mem::replace(&mut self.producer, producer);
         // Dropping a producer flushes it, which may block for a while: not on a worker.
         tokio::task::spawn_blocking(move || drop(old));
-        healing.rebuilt_at = Some(now);
         metrics::outbox_producer_replaced();
-        if self.kafka.create_topics {
-            // A broker that lost its storage lost the topics too.
-            if let Err(e) = crate::kafka::ensure_topics(&self.kafka).await {
-                tracing::warn!(error = %format!("{e:#}"), "could not create the topics again");
-            }
-        }
+    }
+
+    /// Whether the broker answers a metadata request for the events topic (bounded).
+    async fn broker_answers(&self) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// How long the relay fails without publishing before it replaces its producer:

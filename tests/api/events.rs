@@ -178,43 +178,6 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
     assert_eq!(ready["outbox"]["status"], "ok", "{ready}");
 }
 
-/// A broker that comes back on empty storage has forgotten the topics and the relay's
-/// producer id (an idempotent producer then fails for good): the relay replaces its
-/// producer, creates the topics again, and the outbox drains.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_relay_recovers_when_the_broker_comes_back_on_empty_storage() {
-    let mut broker = OwnServer::broker();
-    let mut settings = kafka_settings().await;
-    settings.kafka.brokers = broker.address();
-    settings.kafka.delivery_timeout = Duration::from_secs(2);
-    // The relay alone: the consumers' groups are lost with the storage as well.
-    settings.kafka.points_consumer_enabled = false;
-    settings.kafka.requests_consumer_enabled = false;
-    settings.kafka.dlt_consumer_enabled = false;
-    let app = spawn_app_with(settings).await;
-    app.funded_wallet("u1", 100_000).await;
-    for i in 0..5 {
-        let order = format!("before-{i}");
-        assert_eq!(app.pay(&order, "u1", 1_000).await.status, StatusCode::CREATED);
-    }
-    let drained = || async { app.unsent_events().await == 0 };
-    assert!(eventually(WAIT, drained).await, "events flow at first");
-
-    broker.kill();
-    broker.wipe();
-    broker.restart();
-    for i in 0..20 {
-        let order = format!("after-{i}");
-        assert_eq!(app.pay(&order, "u1", 1_000).await.status, StatusCode::CREATED);
-    }
-    assert!(
-        eventually(Duration::from_secs(90), drained).await,
-        "the outbox drains on the new storage ({} waiting): {}",
-        app.unsent_events().await,
-        app.get("/readyz").await.text
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_lands_on_the_dlt_and_is_retried_or_ignored() {
     let settings = kafka_settings().await;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use reqwest::{Response, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -119,8 +120,15 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_settings().await).await
 }
 
-/// Spawns an app with the given settings (another instance may share them).
+/// Spawns an app with the given settings (another instance may share them). With
+/// `WALLET_TEST_LOG` set (an env-filter, e.g. `wallet=info`), the apps log to stderr.
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    if let Ok(filter) = std::env::var("WALLET_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let app = Application::build(settings.clone())
         .await
         .expect("build the app");
@@ -289,11 +297,16 @@ impl TestApp {
     pub async fn forget_cached_replies(&self) {
         let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.settings.redis.key_prefix))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        // SCAN, not KEYS: the shared Redis may hold many other keys.
+        let pattern = format!("{}:*", self.settings.redis.key_prefix);
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await.unwrap();
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key.unwrap());
+            }
+            keys
+        };
         assert!(!keys.is_empty());
         let _: () = redis::cmd("DEL")
             .arg(&keys)

@@ -109,11 +109,17 @@ impl OwnServer {
 
     /// Starts (again) on the same port and folder, and waits until it accepts connections.
     pub fn restart(&mut self) {
+        // The output goes beside the folder, so it outlives a wipe and the test.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(self.program)
             .current_dir(&self.dir)
             .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("{} is installed (run scripts/test.sh): {e}", self.program));
         self.child = Some(child);
@@ -124,13 +130,6 @@ impl OwnServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("{} did not start on port {}", self.program, self.port);
-    }
-
-    /// Deletes the server's files (call it killed): the next start is on empty storage.
-    pub fn wipe(&mut self) {
-        assert!(self.child.is_none(), "wipe a killed server");
-        let _ = std::fs::remove_dir_all(&self.dir);
-        std::fs::create_dir_all(&self.dir).unwrap();
     }
 
     /// SIGKILL: the process is gone at once, mid-whatever.
