@@ -36,7 +36,7 @@ pub use openapi::ApiDoc;
 
 use crate::configuration::{ApiSettings, Scope};
 use crate::dead_letters::DeadLetters;
-use crate::telemetry::metrics::track_http;
+use crate::telemetry::metrics::{label_route, track_http};
 use crate::wallet::{Outcome, ServiceError, WalletService};
 
 /// What the handlers share.
@@ -137,7 +137,7 @@ pub fn router(
     router
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn(track_http))
+        .layer(middleware::from_fn(label_route))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             settings.request_timeout + BACKSTOP_GRACE,
@@ -151,6 +151,8 @@ pub fn router(
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost, so that every answer is counted, 503s of the layers above included.
+        .layer(middleware::from_fn(track_http))
         .with_state(state)
 }
 

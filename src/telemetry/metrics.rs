@@ -160,16 +160,35 @@ fn describe() {
     );
 }
 
-/// Middleware: counts and times every request by its route template.
-pub async fn track_http(request: Request, next: Next) -> Response {
+/// The route template a response answered, for the metrics: set by [`label_route`]
+/// inside the router, read by [`track_http`] outside every other layer.
+#[derive(Clone)]
+struct RouteLabel(String);
+
+/// Middleware, innermost: hands the matched route template (`unmatched` for a 404)
+/// out with the response.
+pub async fn label_route(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(RouteLabel(route));
+    response
+}
+
+/// Middleware, outermost: counts and times every request by its route template, so
+/// the answers of the outer layers (load shedding, the backstop) count too; those never
+/// reached a route and are labelled `unrouted`.
+pub async fn track_http(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or_else(|| "unrouted".to_owned(), |label| label.0.clone());
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     counter!("http_requests_total", &labels).increment(1);

@@ -3,6 +3,8 @@
 
 pub mod metrics;
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; call once, from `main`.
@@ -19,6 +21,7 @@ pub fn init(format: &str) {
             .with_span_list(true)
             .init();
     } else {
-        builder.init();
+        // Colour only for a terminal: a log file or a collector gets plain text.
+        builder.with_ansi(std::io::stdout().is_terminal()).init();
     }
 }

@@ -205,6 +205,16 @@ async fn past_the_in_flight_cap_requests_are_shed_with_503() {
         assert_eq!(reply.code(), "overloaded");
         assert_eq!(reply.retry_after, "1");
     }
+    // The metrics layer is outside the load shedder: shed answers are counted too.
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("http_requests_total{")
+                && line.contains("route=\"unrouted\"")
+                && line.contains("status=\"503\"")),
+        "shed requests counted as unrouted 503s"
+    );
     let ok = replies
         .iter()
         .filter(|r| r.status == StatusCode::CREATED)
