@@ -31,7 +31,11 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
     client_config(settings)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        // No linger: the relay sends a user's events one after the other, each once the
+        // one before is acknowledged, so a linger is paid once per event of a busy user
+        // (5 ms drained one user's backlog at about 160 events/s, 0 ms at about 1,400).
+        // Records queued while a request is in flight are still sent together.
+        .set("linger.ms", "0")
         .set(
             "message.timeout.ms",
             settings.delivery_timeout.as_millis().to_string(),
