@@ -1,9 +1,17 @@
 //! The consume loop every consumer shares: handle a record, wait for a request in
 //! flight that it depends on, retry transient failures with backoff, send what keeps
 //! failing to the dead-letter topic, then commit.
+//!
+//! A handler that can apply many records in one go ([`RecordHandler::handle_batch`])
+//! gets every record already waiting (up to [`MAX_BATCH`]) at once, and the loop commits
+//! their offsets once. If the batch fails, nothing of it was applied and its records
+//! go through the one-by-one path above, so a poison record is dead-lettered alone.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -51,7 +59,20 @@ pub trait RecordHandler: Send + Sync {
         &self,
         record: &OwnedMessage,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies `records` all or nothing, in one go. `None`: this handler does not
+    /// batch, and the loop handles each record on its own.
+    fn handle_batch(
+        &self,
+        records: &[OwnedMessage],
+    ) -> impl Future<Output = Option<anyhow::Result<()>>> + Send {
+        let _ = records;
+        std::future::ready(None)
+    }
 }
+
+/// Most records one batch takes: what the queue already holds, never more.
+const MAX_BATCH: usize = 500;
 
 /// How a consume loop retries.
 #[derive(Clone, Debug)]
@@ -82,18 +103,56 @@ pub async fn consume<H: RecordHandler>(
     crash_after_first: bool,
 ) {
     tracing::info!(consumer = name, "consumer started");
+    let mut batch: Vec<OwnedMessage> = Vec::new();
     loop {
-        let record = tokio::select! {
-            _ = shutdown.recv() => break,
-            received = consumer.recv() => match received {
-                Ok(message) => message.detach(),
-                Err(e) => {
-                    tracing::warn!(consumer = name, error = %e, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+        if batch.is_empty() {
+            let record = tokio::select! {
+                _ = shutdown.recv() => break,
+                received = consumer.recv() => match received {
+                    Ok(message) => message.detach(),
+                    Err(e) => {
+                        tracing::warn!(consumer = name, error = %e, "kafka receive failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
+            };
+            batch.push(record);
+            // Whatever else is already waiting, without waiting for more.
+            while batch.len() < MAX_BATCH {
+                match consumer.recv().now_or_never() {
+                    Some(Ok(message)) => batch.push(message.detach()),
+                    _ => break,
                 }
-            },
-        };
+            }
+            if batch.len() > 1 {
+                match handler.handle_batch(&batch).await {
+                    Some(Ok(())) => {
+                        if crash_after_first {
+                            tracing::warn!(
+                                consumer = name,
+                                "injected crash after apply, before commit"
+                            );
+                            return;
+                        }
+                        commit_all(name, &consumer, &batch);
+                        for _ in 0..batch.len() {
+                            metrics::consumer_record(name, "applied");
+                        }
+                        batch.clear();
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!(consumer = name, records = batch.len(), error = %format!("{e:#}"),
+                            "batch failed; handling its records one by one");
+                    }
+                    None => {}
+                }
+            }
+            // Handled one by one below, oldest first.
+            batch.reverse();
+        }
+        let Some(record) = batch.pop() else { continue };
         let Some(failure) = process(name, &record, &handler, &retry, &mut shutdown).await else {
             if shutdown.is_shutdown() {
                 // Stopped mid-retry: not committed, so it is redelivered.
@@ -202,13 +261,26 @@ async fn process<H: RecordHandler>(
 }
 
 fn commit(name: &str, consumer: &WalletConsumer, record: &OwnedMessage) {
+    commit_all(name, consumer, std::slice::from_ref(record));
+}
+
+/// Commits past the last of `records` in each of their partitions.
+fn commit_all(name: &str, consumer: &WalletConsumer, records: &[OwnedMessage]) {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for record in records {
+        let offset = next
+            .entry((record.topic(), record.partition()))
+            .or_default();
+        *offset = (*offset).max(record.offset() + 1);
+    }
     let mut offsets = TopicPartitionList::new();
-    let next = Offset::Offset(record.offset() + 1);
-    if let Err(e) = offsets
-        .add_partition_offset(record.topic(), record.partition(), next)
-        .and_then(|_| consumer.commit(&offsets, CommitMode::Async))
-    {
-        // The record is redelivered after a restart; handlers are idempotent.
+    let added = next
+        .into_iter()
+        .try_for_each(|((topic, partition), offset)| {
+            offsets.add_partition_offset(topic, partition, Offset::Offset(offset))
+        });
+    if let Err(e) = added.and_then(|_| consumer.commit(&offsets, CommitMode::Async)) {
+        // The records are redelivered after a restart; handlers are idempotent.
         tracing::warn!(consumer = name, error = %e, "offset commit failed");
     }
 }

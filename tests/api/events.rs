@@ -178,6 +178,82 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
     assert_eq!(ready["outbox"]["status"], "ok", "{ready}");
 }
 
+/// A backlog waiting for the points consumer is applied in batches: one transaction
+/// (one `processed_at`) for many events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_reaches_the_points_consumer_in_batches() {
+    let mut settings = kafka_settings().await;
+    settings.kafka.points_consumer_enabled = false;
+    let writer = spawn_app_with(settings.clone()).await;
+    writer.funded_wallet("u1", 100_000).await;
+    for i in 0..40 {
+        let order = format!("o-{i}");
+        assert_eq!(
+            writer.pay(&order, "u1", 1_000).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let published = eventually(WAIT, || async { writer.unsent_events().await == 0 }).await;
+    assert!(published);
+
+    settings.kafka.points_consumer_enabled = true;
+    let app = spawn_app_with(settings).await;
+    assert!(drained_with_points(&app, "u1", 400).await);
+    let transactions = app
+        .count("SELECT COUNT(DISTINCT processed_at) FROM processed_events")
+        .await;
+    assert!(
+        transactions < 40,
+        "40 events in {transactions} transactions: some were applied together"
+    );
+}
+
+/// A backlog reaches the points consumer in batches; a record of a batch that cannot be
+/// applied (its wallet does not exist) sends that batch through the one-by-one path, so
+/// it alone is dead-lettered, the others are applied once each, a duplicate changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_applied_in_batches_and_a_poison_record_goes_alone_to_the_dlt() {
+    let mut settings = kafka_settings().await;
+    settings.kafka.points_consumer_enabled = false;
+    let writer = spawn_app_with(settings.clone()).await;
+    writer.funded_wallet("u1", 1_000).await;
+    let events = &settings.kafka.events_topic;
+    let event = |id: &str, user: &str| {
+        json!({ "eventId": id, "type": "payment.completed", "orderId": format!("o-{id}"), "userId": user,
+                "amount": "700", "currency": "KRW", "points": 7, "occurredAt": "2026-11-21T00:00:00Z" })
+        .to_string()
+    };
+    // One key, so one partition: the consumer meets them in this order.
+    for i in 0..30 {
+        let (id, user) = match i {
+            12 => ("e-ghost".to_owned(), "ghost"),
+            20 => ("e-5".to_owned(), "u1"),
+            _ => (format!("e-{i}"), "u1"),
+        };
+        produce(&settings, events, "u1", &event(&id, user), &[]).await;
+    }
+
+    settings.kafka.points_consumer_enabled = true;
+    let app = spawn_app_with(settings).await;
+    // 28 distinct events of u1 (e-12 is the ghost's, e-5 comes twice).
+    let applied = eventually(WAIT, || async { app.points("u1").await == 28 * 7 }).await;
+    assert!(applied, "u1 has {} points", app.points("u1").await);
+    let dead = eventually(WAIT, || async {
+        app.get("/api/v1/admin/failed-events?status=PENDING")
+            .await
+            .json()["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 1
+    })
+    .await;
+    assert!(dead, "the ghost's event alone is dead-lettered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.points("u1").await, 28 * 7, "nothing applied twice");
+    assert_eq!(app.count("SELECT COUNT(*) FROM processed_events").await, 28);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_lands_on_the_dlt_and_is_retried_or_ignored() {
     let settings = kafka_settings().await;
