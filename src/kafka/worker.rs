@@ -92,7 +92,7 @@ pub struct RetryPolicy {
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(100);
 
 /// Consumes until shutdown. `crash_after_first` stops the loop dead after the first
-/// handled record, before its commit (a fault the tests inject).
+/// handled record or batch, before its commit (a fault the tests inject).
 pub async fn consume<H: RecordHandler>(
     name: &'static str,
     consumer: WalletConsumer,
