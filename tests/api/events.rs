@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::helpers::{eventually, kafka_settings, spawn_app_with};
+use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
 use crate::kafka::{drained_with_points, failed_event, produce, read_topic, WAIT};
 use crate::servers::OwnServer;
 
@@ -181,6 +181,26 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
     assert_eq!(ready["outbox"]["status"], "ok", "{ready}");
 }
 
+/// A `payment.completed` event worth 7 points, as the relay publishes it.
+fn completed_event(id: &str, user: &str) -> String {
+    json!({ "eventId": id, "type": "payment.completed", "orderId": format!("o-{id}"), "userId": user,
+            "amount": "700", "currency": "KRW", "points": 7, "occurredAt": "2026-11-21T00:00:00Z" })
+    .to_string()
+}
+
+/// Waits (bounded) until exactly `count` dead letters are `PENDING`.
+async fn pending_dead_letters(app: &TestApp, count: usize) -> bool {
+    eventually(WAIT, || async {
+        app.get("/api/v1/admin/failed-events?status=PENDING")
+            .await
+            .json()["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == count
+    })
+    .await
+}
+
 /// A backlog waiting for the points consumer is applied in batches: one transaction
 /// (one `processed_at`) for many events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,11 +242,6 @@ async fn a_backlog_is_applied_in_batches_and_a_poison_record_goes_alone_to_the_d
     let writer = spawn_app_with(settings.clone()).await;
     writer.funded_wallet("u1", 1_000).await;
     let events = &settings.kafka.events_topic;
-    let event = |id: &str, user: &str| {
-        json!({ "eventId": id, "type": "payment.completed", "orderId": format!("o-{id}"), "userId": user,
-                "amount": "700", "currency": "KRW", "points": 7, "occurredAt": "2026-11-21T00:00:00Z" })
-        .to_string()
-    };
     // One key, so one partition: the consumer meets them in this order.
     for i in 0..30 {
         let (id, user) = match i {
@@ -234,7 +249,7 @@ async fn a_backlog_is_applied_in_batches_and_a_poison_record_goes_alone_to_the_d
             20 => ("e-5".to_owned(), "u1"),
             _ => (format!("e-{i}"), "u1"),
         };
-        produce(&settings, events, "u1", &event(&id, user), &[]).await;
+        produce(&settings, events, "u1", &completed_event(&id, user), &[]).await;
     }
 
     settings.kafka.points_consumer_enabled = true;
@@ -242,15 +257,7 @@ async fn a_backlog_is_applied_in_batches_and_a_poison_record_goes_alone_to_the_d
     // 28 distinct events of u1 (e-12 is the ghost's, e-5 comes twice).
     let applied = eventually(WAIT, || async { app.points("u1").await == 28 * 7 }).await;
     assert!(applied, "u1 has {} points", app.points("u1").await);
-    let dead = eventually(WAIT, || async {
-        app.get("/api/v1/admin/failed-events?status=PENDING")
-            .await
-            .json()["items"]
-            .as_array()
-            .map_or(0, Vec::len)
-            == 1
-    })
-    .await;
+    let dead = pending_dead_letters(&app, 1).await;
     assert!(dead, "the ghost's event alone is dead-lettered");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.points("u1").await, 28 * 7, "nothing applied twice");
@@ -262,32 +269,19 @@ async fn a_poison_event_lands_on_the_dlt_and_is_retried_or_ignored() {
     let settings = kafka_settings().await;
     let app = spawn_app_with(settings.clone()).await;
     let events = &settings.kafka.events_topic;
-    let event = |id: &str, user: &str| {
-        json!({ "eventId": id, "type": "payment.completed", "orderId": format!("o-{id}"), "userId": user,
-                "amount": "700", "currency": "KRW", "points": 7, "occurredAt": "2026-11-21T00:00:00Z" })
-        .to_string()
-    };
     // Fails every time: the wallet does not exist (yet).
     produce(
         &settings,
         events,
         "ghost",
-        &event("e-ghost", "ghost"),
+        &completed_event("e-ghost", "ghost"),
         &[("event-id", "e-ghost")],
     )
     .await;
     // Cannot even be read.
     produce(&settings, events, "junk", "{not json", &[]).await;
 
-    let listed = eventually(WAIT, || async {
-        app.get("/api/v1/admin/failed-events?status=PENDING")
-            .await
-            .json()["items"]
-            .as_array()
-            .map_or(0, Vec::len)
-            == 2
-    })
-    .await;
+    let listed = pending_dead_letters(&app, 2).await;
     assert!(listed, "both dead letters are listed");
     let page = app.get("/api/v1/admin/failed-events").await.json();
     let ghost = page["items"]
@@ -374,21 +368,11 @@ async fn a_poison_event_lands_on_the_dlt_and_is_retried_or_ignored() {
         &settings,
         events,
         "ghost2",
-        &event("e-ghost2", "ghost2"),
+        &completed_event("e-ghost2", "ghost2"),
         &[("event-id", "e-ghost2")],
     )
     .await;
-    assert!(
-        eventually(WAIT, || async {
-            app.get("/api/v1/admin/failed-events?status=PENDING")
-                .await
-                .json()["items"]
-                .as_array()
-                .map_or(0, Vec::len)
-                == 1
-        })
-        .await
-    );
+    assert!(pending_dead_letters(&app, 1).await);
     app.funded_wallet("ghost2", 0).await;
     let all = app
         .post("/api/v1/admin/failed-events/retry-all", &json!({}))
