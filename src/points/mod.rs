@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use anyhow::Context;
 use rdkafka::message::OwnedMessage;
 use sqlx::{MySqlPool, QueryBuilder};
 
@@ -33,7 +32,7 @@ impl RecordHandler for PointsHandler {
         let Some(delta) = points_delta(&event)? else {
             return Ok(());
         };
-        self.apply(&event, delta)
+        self.apply(&[(event, delta)])
             .await
             .map_err(HandlerError::Transient)
     }
@@ -57,48 +56,99 @@ fn points_delta(event: &PaymentEvent) -> Result<Option<i64>, HandlerError> {
 }
 
 impl PointsHandler {
-    async fn apply(&self, event: &PaymentEvent, delta: i64) -> anyhow::Result<()> {
+    /// Applies `changes` (events with their points) in one transaction: the events not
+    /// applied before, each once, one points change per wallet in key order. A wallet
+    /// that does not exist fails the whole call, which applies nothing.
+    async fn apply(&self, changes: &[(PaymentEvent, i64)]) -> anyhow::Result<()> {
         let mut tx = self.db.begin().await?;
-        let first_time = sqlx::query(
-            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?)",
-        )
-        .bind(&self.consumer)
-        .bind(&event.event_id)
-        .bind(now())
-        .execute(&mut *tx)
-        .await;
-        match first_time {
+        let mut applied =
+            QueryBuilder::new("SELECT event_id FROM processed_events WHERE event_id IN (");
+        let mut ids = applied.separated(", ");
+        for (event, _) in changes {
+            ids.push_bind(&event.event_id);
+        }
+        ids.push_unseparated(")");
+        let applied: HashSet<String> = applied
+            .build_query_scalar::<String>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        let fresh: Vec<&(PaymentEvent, i64)> = changes
+            .iter()
+            .filter(|(event, _)| !applied.contains(&event.event_id))
+            .collect();
+        if fresh.is_empty() {
+            tracing::debug!(events = changes.len(), "events already applied");
+            tx.rollback().await?;
+            return Ok(());
+        }
+        let mut deltas: BTreeMap<&str, i64> = BTreeMap::new();
+        for (event, delta) in &fresh {
+            *deltas.entry(event.user_id.as_str()).or_default() += delta;
+        }
+        let mut wallets = QueryBuilder::new("SELECT user_id FROM wallets WHERE user_id IN (");
+        let mut users = wallets.separated(", ");
+        for user_id in deltas.keys() {
+            users.push_bind(*user_id);
+        }
+        users.push_unseparated(")");
+        let found: HashSet<String> = wallets
+            .build_query_scalar::<crate::store::ExactText>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let missing: Vec<&str> = deltas
+            .keys()
+            .copied()
+            .filter(|user_id| !found.contains(*user_id))
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "wallet {} not found",
+            missing.join(", ")
+        );
+        let at = now();
+        let mut processed =
+            QueryBuilder::new("INSERT INTO processed_events (consumer, event_id, processed_at) ");
+        processed.push_values(&fresh, |mut row, (event, _)| {
+            row.push_bind(&self.consumer)
+                .push_bind(&event.event_id)
+                .push_bind(at);
+        });
+        match processed.build().execute(&mut *tx).await {
             Ok(_) => {}
-            Err(e) if crate::store::is_unique_violation(&e) => {
-                tracing::debug!(event_id = %event.event_id, "event already applied");
+            // Applied by someone else since the read above. For one event that is the
+            // whole answer; a batch fails, and its events are then applied one by one.
+            Err(e) if crate::store::is_unique_violation(&e) && fresh.len() == 1 => {
+                tracing::debug!(event_id = %fresh[0].0.event_id, "event already applied");
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         }
-        let wallet: Option<crate::store::ExactText> =
-            sqlx::query_scalar("SELECT user_id FROM wallets WHERE user_id = ?")
-                .bind(&event.user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        wallet.with_context(|| format!("wallet {} not found", event.user_id))?;
-        sqlx::query(
-            "INSERT INTO wallet_points (user_id, points, updated_at) VALUES (?, ?, ?) \
-             ON DUPLICATE KEY UPDATE points = points + VALUES(points), updated_at = VALUES(updated_at)",
-        )
-        .bind(&event.user_id)
-        .bind(delta)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
+        let mut points =
+            QueryBuilder::new("INSERT INTO wallet_points (user_id, points, updated_at) ");
+        points.push_values(&deltas, |mut row, (user_id, delta)| {
+            row.push_bind(*user_id).push_bind(*delta).push_bind(at);
+        });
+        points.push(
+            " ON DUPLICATE KEY UPDATE points = points + VALUES(points), updated_at = VALUES(updated_at)",
+        );
+        points.build().execute(&mut *tx).await?;
         tx.commit().await?;
-        tracing::debug!(event_id = %event.event_id, user_id = %event.user_id, delta, "points applied");
+        tracing::debug!(
+            events = fresh.len(),
+            wallets = deltas.len(),
+            "points applied"
+        );
         Ok(())
     }
 
-    /// Applies many events in one transaction: the ones not applied before, each once,
-    /// one points change per wallet. Any record this cannot apply (unreadable, unknown
-    /// type, a wallet that does not exist) fails the whole batch, whose records are then
-    /// handled one by one.
+    /// Applies many records in one transaction. Any record this cannot apply
+    /// (unreadable, unknown type, a wallet that does not exist) fails the whole batch,
+    /// whose records are then handled one by one.
     async fn apply_batch(&self, records: &[OwnedMessage]) -> anyhow::Result<()> {
         let mut changes: Vec<(PaymentEvent, i64)> = Vec::with_capacity(records.len());
         let mut seen = HashSet::new();
@@ -115,70 +165,6 @@ impl PointsHandler {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin().await?;
-        let mut applied =
-            QueryBuilder::new("SELECT event_id FROM processed_events WHERE event_id IN (");
-        let mut ids = applied.separated(", ");
-        for (event, _) in &changes {
-            ids.push_bind(&event.event_id);
-        }
-        ids.push_unseparated(")");
-        let applied: HashSet<String> = applied
-            .build_query_scalar::<String>()
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-        changes.retain(|(event, _)| !applied.contains(&event.event_id));
-        if changes.is_empty() {
-            tx.rollback().await?;
-            return Ok(());
-        }
-        let mut deltas: BTreeMap<&str, i64> = BTreeMap::new();
-        for (event, delta) in &changes {
-            *deltas.entry(event.user_id.as_str()).or_default() += delta;
-        }
-        let mut wallets = QueryBuilder::new("SELECT user_id FROM wallets WHERE user_id IN (");
-        let mut users = wallets.separated(", ");
-        for user_id in deltas.keys() {
-            users.push_bind(*user_id);
-        }
-        users.push_unseparated(")");
-        let found = wallets
-            .build_query_scalar::<crate::store::ExactText>()
-            .fetch_all(&mut *tx)
-            .await?
-            .len();
-        anyhow::ensure!(
-            found == deltas.len(),
-            "{} of the batch's wallets were not found",
-            deltas.len() - found
-        );
-        let at = now();
-        let mut processed =
-            QueryBuilder::new("INSERT INTO processed_events (consumer, event_id, processed_at) ");
-        processed.push_values(&changes, |mut row, (event, _)| {
-            row.push_bind(&self.consumer)
-                .push_bind(&event.event_id)
-                .push_bind(at);
-        });
-        processed.build().execute(&mut *tx).await?;
-        // One row per wallet, in key order, so two batches lock them in the same order.
-        let mut points =
-            QueryBuilder::new("INSERT INTO wallet_points (user_id, points, updated_at) ");
-        points.push_values(&deltas, |mut row, (user_id, delta)| {
-            row.push_bind(*user_id).push_bind(*delta).push_bind(at);
-        });
-        points.push(
-            " ON DUPLICATE KEY UPDATE points = points + VALUES(points), updated_at = VALUES(updated_at)",
-        );
-        points.build().execute(&mut *tx).await?;
-        tx.commit().await?;
-        tracing::debug!(
-            events = changes.len(),
-            wallets = deltas.len(),
-            "points applied in a batch"
-        );
-        Ok(())
+        self.apply(&changes).await
     }
 }
