@@ -8,6 +8,8 @@
 //! ```
 //! Uses `WALLET_DATABASE_URL`; prints one JSON line.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,11 +33,7 @@ fn options() -> anyhow::Result<Options> {
         warmup: 5,
         wallets: 1,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} takes a value"))?;
+    for (flag, value) in common::flag_values()? {
         match flag.as_str() {
             "--concurrency" => o.concurrency = value.parse()?,
             "--connections" => o.connections = value.parse()?,

@@ -15,6 +15,8 @@
 //! Funds the wallets first (not measured), prints one JSON line at the end, and writes
 //! every order id it saw succeed to `--paid` for `ledger-audit --paid`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -51,11 +53,7 @@ fn options() -> anyhow::Result<Options> {
         warmup: 5,
         paid: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} takes a value"))?;
+    for (flag, value) in common::flag_values()? {
         match flag.as_str() {
             "--urls" => o.urls = value.split(',').map(str::to_owned).collect(),
             "--api-key" => o.api_key = value,
