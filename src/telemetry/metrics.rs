@@ -184,11 +184,11 @@ pub async fn label_route(request: Request, next: Next) -> Response {
 pub async fn track_http(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let route = response
-        .extensions()
-        .get::<RouteLabel>()
-        .map_or_else(|| "unrouted".to_owned(), |label| label.0.clone());
+        .extensions_mut()
+        .remove::<RouteLabel>()
+        .map_or_else(|| "unrouted".to_owned(), |label| label.0);
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     counter!("http_requests_total", &labels).increment(1);
