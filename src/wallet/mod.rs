@@ -90,24 +90,24 @@ pub struct WalletService {
 
 /// What the use cases share: pools, the lock, the cache, the breaker and settings.
 pub struct WalletCore {
-    pub db: MySqlPool,
-    pub redis: SharedRedis,
-    pub lock: WalletLock,
-    pub idempotency: IdempotencyCache,
-    pub breaker: RedisBreaker,
-    pub currency: Currency,
-    pub lock_wait: Duration,
+    pub(crate) db: MySqlPool,
+    pub(crate) redis: SharedRedis,
+    pub(crate) lock: WalletLock,
+    pub(crate) idempotency: IdempotencyCache,
+    pub(crate) breaker: RedisBreaker,
+    pub(crate) currency: Currency,
+    pub(crate) lock_wait: Duration,
     /// A money movement that has not committed by then rolls back (503).
-    pub request_timeout: Duration,
-    pub faults: FaultInjection,
+    pub(crate) request_timeout: Duration,
+    pub(crate) faults: FaultInjection,
     /// Points per unit paid.
-    pub points_rate: rust_decimal::Decimal,
+    pub(crate) points_rate: rust_decimal::Decimal,
     /// Wakes the outbox relay after a commit that wrote an event.
-    pub outbox_wake: Arc<Notify>,
+    pub(crate) outbox_wake: Arc<Notify>,
     /// Longest sleep of a request waiting for a wallet another process holds.
-    pub lock_poll: Duration,
+    pub(crate) lock_poll: Duration,
     /// When waiting events make the outbox `lagging` or `stalled` in `/readyz`.
-    pub outbox_stall_after: Duration,
+    pub(crate) outbox_stall_after: Duration,
 }
 
 impl std::ops::Deref for WalletService {
