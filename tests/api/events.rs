@@ -231,6 +231,43 @@ async fn a_backlog_reaches_the_points_consumer_in_batches() {
     );
 }
 
+/// Wallets whose ids differ only in case are distinct wallets inside one points batch
+/// too: each gets its own points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_points_batch_keeps_wallets_that_differ_only_in_case_apart() {
+    let mut settings = kafka_settings().await;
+    settings.kafka.points_consumer_enabled = false;
+    let writer = spawn_app_with(settings.clone()).await;
+    writer.funded_wallet("u1", 1_000).await;
+    writer.funded_wallet("U1", 1_000).await;
+    let events = &settings.kafka.events_topic;
+    for i in 0..10 {
+        let user = if i % 2 == 0 { "u1" } else { "U1" };
+        produce(
+            &settings,
+            events,
+            "k",
+            &completed_event(&format!("e-{i}"), user),
+            &[],
+        )
+        .await;
+    }
+    produce(&settings, events, "k", &completed_event("e-10", "u1"), &[]).await;
+
+    settings.kafka.points_consumer_enabled = true;
+    let app = spawn_app_with(settings).await;
+    let applied = eventually(WAIT, || async {
+        app.points("u1").await == 6 * 7 && app.points("U1").await == 5 * 7
+    })
+    .await;
+    assert!(
+        applied,
+        "u1 {} and U1 {} points",
+        app.points("u1").await,
+        app.points("U1").await
+    );
+}
+
 /// A backlog reaches the points consumer in batches; a record of a batch that cannot be
 /// applied (its wallet does not exist) sends that batch through the one-by-one path, so
 /// it alone is dead-lettered, the others are applied once each, a duplicate changes
