@@ -1,28 +1,36 @@
 //! A wallet service that a checkout calls to pay from a user's stored balance.
 //!
 //! The path of a debit: [`idempotency`] (Redis Lua claim of the order id), [`lock`]
-//! (per-wallet Redis lock with fencing tokens), [`wallet`] (the use case and its single
-//! MySQL transaction in [`store`]); [`breaker`] switches to MySQL row locks alone while
-//! Redis is unavailable. Side effects leave through the [`outbox`] to Kafka, where
-//! [`points`] applies them and [`dead_letters`] keeps what kept failing.
-//! [`http`] is the API and [`startup`] wires it all.
+//! (per-wallet Redis lock with fencing tokens), [`wallet`] (the use cases, group-committed
+//! in one MySQL transaction per batch through [`store`]); [`fallback`] switches to MySQL
+//! row locks alone while Redis is unavailable. Side effects leave through the [`outbox`]
+//! to Kafka ([`kafka`] has the clients), where the [`consumers`] apply them; what keeps
+//! failing goes to a dead-letter topic, [`dlt`]. [`http`] is the API and [`startup`]
+//! wires it all and owns every background task.
+//!
+//! Modules only import modules listed before them here ([`support`] is the ground floor).
+
+pub mod support;
+
+pub mod configuration;
+pub mod domain;
+pub mod telemetry;
+
+pub mod redis_support;
+pub mod store;
+
+pub mod fallback;
+pub mod idempotency;
+pub mod lock;
+
+pub mod kafka;
+pub mod outbox;
+
+pub mod wallet;
+
+pub mod consumers;
+pub mod dlt;
 
 pub mod audit;
-pub mod breaker;
-pub mod configuration;
-pub mod dead_letters;
-pub mod domain;
-pub mod events;
 pub mod http;
-pub mod idempotency;
-pub mod kafka;
-pub mod lock;
-pub mod outbox;
-pub mod payment_requests;
-pub mod points;
-pub mod redis_support;
-pub mod shutdown;
 pub mod startup;
-pub mod store;
-pub mod telemetry;
-pub mod wallet;

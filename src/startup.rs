@@ -1,4 +1,6 @@
-//! Builds the application from [`Settings`] and runs it until asked to stop.
+//! Builds the application from [`Settings`] and runs it until asked to stop. Every
+//! background task is started here, through the application's [`Tasks`], so shutdown
+//! stops them all at once.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,23 +11,24 @@ use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
-use crate::breaker::RedisBreaker;
 use crate::configuration::{KafkaSettings, Settings};
-use crate::dead_letters::collector::FailedEventCollector;
-use crate::dead_letters::DeadLetters;
+use crate::consumers::dead_letters::FailedEventCollector;
+use crate::consumers::payment_requests::PaymentRequestHandler;
+use crate::consumers::points::PointsHandler;
+use crate::consumers::{consume, RetryPolicy};
+use crate::dlt::failed_events::DeadLetters;
+use crate::dlt::publish::DeadLetterPublisher;
+use crate::fallback::RedisBreaker;
 use crate::idempotency::IdempotencyCache;
-use crate::kafka::dead_letter::DeadLetterPublisher;
-use crate::kafka::worker::{consume, RetryPolicy};
 use crate::lock::WalletLock;
 use crate::outbox::relay::Relay;
-use crate::payment_requests::PaymentRequestHandler;
-use crate::points::PointsHandler;
 use crate::redis_support::{KeySpace, SharedRedis};
-use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::support::backoff::backoff;
+use crate::support::tasks::{StopSignal, Tasks};
+use crate::telemetry::metrics;
 use crate::wallet::{WalletCore, WalletService};
-use crate::{http, kafka, shutdown, store};
+use crate::{http, kafka, store};
 
 /// A built, not yet running, service.
 pub struct Application {
@@ -33,12 +36,12 @@ pub struct Application {
     router: axum::Router,
     db: MySqlPool,
     producer: FutureProducer,
-    stop_workers: ShutdownTrigger,
-    workers: Vec<JoinHandle<()>>,
+    tasks: Tasks,
 }
 
-/// How long shutdown waits for workers to finish their batch and commit.
-const WORKER_DRAIN: Duration = Duration::from_secs(15);
+/// How long shutdown waits for the background tasks, all together: workers finish
+/// their batch and commit, the batch dispatcher answers what is queued.
+const TASK_DRAIN: Duration = Duration::from_secs(15);
 
 impl Application {
     /// Connects to MySQL (applying migrations) and Redis, and binds the listener.
@@ -49,8 +52,10 @@ impl Application {
         settings.validate()?;
         // Refuse to start without API keys before touching anything else.
         let gatekeeper = http::Gatekeeper::new(&settings.api)?;
+        let tasks = Tasks::new();
         // Before anything records a metric.
-        let metrics = crate::telemetry::metrics::install();
+        let metrics = metrics::install();
+        tasks.spawn_until_stopped(metrics::upkeep(metrics.clone()));
         let lock_wait_secs = settings.lock.wait.as_secs_f64().ceil() as u64;
         let db = store::connect(&settings.database, lock_wait_secs)
             .await
@@ -81,14 +86,14 @@ impl Application {
 
         let keys = KeySpace::new(&redis_settings.key_prefix);
         let shared_redis = SharedRedis::new(redis_pool.clone(), redis_settings.command_timeout);
-        let lock = WalletLock::new(
+        let (lock, lock_upkeep) = WalletLock::new(
             shared_redis.clone(),
             redis_client,
             keys.clone(),
             settings.lock.clone(),
             redis_settings.command_timeout,
-            !settings.faults.skip_lease_renewal,
         );
+        tasks.spawn_until_stopped(lock_upkeep.run());
         let idempotency = IdempotencyCache::new(
             keys,
             settings.idempotency.reply_ttl,
@@ -102,9 +107,10 @@ impl Application {
             settings.lock.breaker_probe_interval,
             redis_settings.command_timeout,
         );
+        tasks.spawn_until_stopped(breaker.clone().probe());
         let producer = kafka::producer(&settings.kafka)?;
         let outbox_wake = Arc::new(Notify::new());
-        let service = WalletService::new(WalletCore {
+        let (service, dispatcher) = WalletService::new(WalletCore {
             db: db.clone(),
             redis: shared_redis,
             lock,
@@ -113,20 +119,21 @@ impl Application {
             currency: settings.currency,
             lock_wait: settings.lock.wait,
             request_timeout: settings.api.request_timeout,
-            faults: settings.faults.clone(),
             points_rate: settings.points_rate,
             outbox_wake: outbox_wake.clone(),
             lock_poll: settings.lock.poll_interval,
             outbox_stall_after: settings.kafka.outbox_stall_after,
         })
         .with_batches(settings.lock.batch_max);
+        if let Some(dispatcher) = dispatcher {
+            tasks.spawn(dispatcher);
+        }
         let dead_letters = DeadLetters::new(
             db.clone(),
             producer.clone(),
             settings.kafka.delivery_timeout,
         );
-        let (stop_workers, shutdown) = shutdown::channel();
-        let workers = spawn_workers(&settings, &db, &producer, &service, outbox_wake, shutdown)?;
+        spawn_workers(&settings, &db, &producer, &service, outbox_wake, &tasks)?;
 
         let listener = TcpListener::bind(&settings.http_addr)
             .await
@@ -136,8 +143,7 @@ impl Application {
             router: http::router(service, dead_letters, metrics, gatekeeper, &settings.api),
             db,
             producer,
-            stop_workers,
-            workers,
+            tasks,
         })
     }
 
@@ -152,9 +158,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-    /// finish (each releases its lock and caches its reply), stops the workers after
-    /// their current batch (consumers commit what they applied), flushes the producer
-    /// and closes the pool.
+    /// finish (each releases its lock and caches its reply), stops every background
+    /// task at once (workers after their current batch, consumers committing what they
+    /// applied), flushes the producer and closes the pool.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -164,12 +170,10 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP");
-        tracing::info!("in-flight requests done; stopping workers");
-        self.stop_workers.trigger();
-        for worker in self.workers {
-            if tokio::time::timeout(WORKER_DRAIN, worker).await.is_err() {
-                tracing::warn!("a worker did not stop in time");
-            }
+        tracing::info!("in-flight requests done; stopping background tasks");
+        let left = self.tasks.shutdown(TASK_DRAIN).await;
+        if left > 0 {
+            tracing::warn!(tasks = left, "background tasks did not stop in time");
         }
         let producer = self.producer;
         let flushed =
@@ -213,8 +217,8 @@ fn spawn_workers(
     producer: &FutureProducer,
     service: &WalletService,
     outbox_wake: Arc<Notify>,
-    shutdown: Shutdown,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    tasks: &Tasks,
+) -> anyhow::Result<()> {
     let kafka = &settings.kafka;
     let retry = RetryPolicy {
         attempts: kafka.retry_attempts.max(1),
@@ -222,9 +226,8 @@ fn spawn_workers(
         cap: kafka.retry_cap,
         in_flight_wait: settings.idempotency.claim_ttl,
     };
-    let mut workers = Vec::new();
     if kafka.create_topics {
-        tokio::spawn(create_topics(kafka.clone(), shutdown.clone()));
+        tasks.spawn(create_topics(kafka.clone(), tasks.stop_signal()));
     }
     if kafka.relay_enabled {
         let relay = Relay {
@@ -239,7 +242,7 @@ fn spawn_workers(
             stall_after: kafka.outbox_stall_after,
             wake: outbox_wake,
         };
-        workers.push(tokio::spawn(relay.run(shutdown.clone())));
+        tasks.spawn(relay.run(tasks.stop_signal()));
     }
     let dead_letters =
         |group: &str| DeadLetterPublisher::new(producer.clone(), group, kafka.delivery_timeout);
@@ -248,21 +251,20 @@ fn spawn_workers(
             db: db.clone(),
             consumer: kafka.points_group.clone(),
         };
-        workers.push(tokio::spawn(consume(
+        tasks.spawn(consume(
             "points",
             kafka::consumer(kafka, "points", &kafka.points_group, &[&kafka.events_topic])?,
             handler,
             dead_letters(&kafka.points_group),
             retry.clone(),
-            shutdown.clone(),
-            settings.faults.crash_points_consumer_after_apply,
-        )));
+            tasks.stop_signal(),
+        ));
     }
     if kafka.requests_consumer_enabled {
         let handler = PaymentRequestHandler {
             service: service.clone(),
         };
-        workers.push(tokio::spawn(consume(
+        tasks.spawn(consume(
             "payment-requests",
             kafka::consumer(
                 kafka,
@@ -273,9 +275,8 @@ fn spawn_workers(
             handler,
             dead_letters(&kafka.requests_group),
             retry.clone(),
-            shutdown.clone(),
-            false,
-        )));
+            tasks.stop_signal(),
+        ));
     }
     if kafka.dlt_consumer_enabled {
         let events_dlt = KafkaSettings::dlt(&kafka.events_topic);
@@ -285,7 +286,7 @@ fn spawn_workers(
             attempts: u32::MAX,
             ..retry
         };
-        workers.push(tokio::spawn(consume(
+        tasks.spawn(consume(
             "dead-letters",
             kafka::consumer(
                 kafka,
@@ -296,16 +297,15 @@ fn spawn_workers(
             FailedEventCollector { db: db.clone() },
             dead_letters(&kafka.dlt_group),
             patient,
-            shutdown,
-            false,
-        )));
+            tasks.stop_signal(),
+        ));
     }
-    Ok(workers)
+    Ok(())
 }
 
 /// Creates the topics, retrying while the broker is unreachable (the service serves
 /// meanwhile; the outbox holds the events).
-async fn create_topics(settings: KafkaSettings, mut shutdown: Shutdown) {
+async fn create_topics(settings: KafkaSettings, stop: StopSignal) {
     let mut attempt = 0;
     loop {
         match kafka::ensure_topics(&settings).await {
@@ -316,8 +316,8 @@ async fn create_topics(settings: KafkaSettings, mut shutdown: Shutdown) {
             }
         }
         tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tokio::time::sleep(kafka::backoff(attempt, Duration::from_millis(500), Duration::from_secs(10))) => {}
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff(attempt, Duration::from_millis(500), Duration::from_secs(10))) => {}
         }
     }
 }

@@ -30,8 +30,6 @@ pub struct Settings {
     pub currency: Currency,
     /// `json` for machine-readable logs, anything else for human-readable ones.
     pub log_format: String,
-    /// Test-only fault injection; always off when read from the environment.
-    pub faults: FaultInjection,
 }
 
 #[derive(Clone, Debug)]
@@ -249,19 +247,6 @@ impl KafkaSettings {
     }
 }
 
-/// Faults the tests inject to prove that the database, not the lock, is the last line.
-#[derive(Clone, Debug, Default)]
-pub struct FaultInjection {
-    /// Sleep inside every wallet transaction, before its first statement, for a random
-    /// time up to this (random, so a newer lock holder may reach the row first).
-    pub txn_delay: Option<Duration>,
-    /// Do not renew Redis leases, so a slow holder loses its lock mid-transaction.
-    pub skip_lease_renewal: bool,
-    /// The points consumer stops dead after applying its first event, before it
-    /// commits the offset: a crash at the worst moment.
-    pub crash_points_consumer_after_apply: bool,
-}
-
 impl Settings {
     /// Reads the settings from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
@@ -346,7 +331,6 @@ impl Settings {
             points_rate: env.get("WALLET_POINTS_RATE", Decimal::new(1, 2))?,
             currency: env.get("WALLET_CURRENCY", Currency::KRW)?,
             log_format: env.get("WALLET_LOG_FORMAT", "pretty".to_string())?,
-            faults: FaultInjection::default(),
         })
     }
 }

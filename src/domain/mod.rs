@@ -1,5 +1,7 @@
-//! The wallet's vocabulary: identifiers and money, validated once at the edge.
+//! The wallet's vocabulary: identifiers and money, validated once at the edge, and
+//! the events it publishes.
 
+pub mod events;
 mod identifier;
 mod money;
 

@@ -2,10 +2,10 @@
 //! layers every request passes: request id, tracing, metrics, load shedding, a
 //! whole-request timeout, body limit, API keys and rate limits.
 
-mod admin;
 mod auth;
 mod error;
 mod extract;
+mod failed_events;
 mod health;
 mod openapi;
 mod payments;
@@ -35,7 +35,7 @@ pub use error::ApiError;
 pub use openapi::ApiDoc;
 
 use crate::configuration::{ApiSettings, Scope};
-use crate::dead_letters::DeadLetters;
+use crate::dlt::failed_events::DeadLetters;
 use crate::telemetry::metrics::{label_route, track_http};
 use crate::wallet::{Outcome, ServiceError, WalletService};
 
@@ -88,10 +88,10 @@ fn routes(gatekeeper: Gatekeeper) -> OpenApiRouter<AppState> {
         .routes(routes!(wallets::top_up))
         .route_layer(only(Scope::Funding));
     let admin = OpenApiRouter::new()
-        .routes(routes!(admin::list))
-        .routes(routes!(admin::retry_all))
-        .routes(routes!(admin::retry))
-        .routes(routes!(admin::ignore))
+        .routes(routes!(failed_events::list))
+        .routes(routes!(failed_events::retry_all))
+        .routes(routes!(failed_events::retry))
+        .routes(routes!(failed_events::ignore))
         .route_layer(only(Scope::Admin));
     let api = OpenApiRouter::new()
         .routes(routes!(wallets::create))

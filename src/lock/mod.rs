@@ -133,7 +133,6 @@ pub struct WalletLock {
     keys: KeySpace,
     settings: LockSettings,
     timeout: Duration,
-    renew: bool,
     slots: Arc<Slots>,
     scripts: Arc<Scripts>,
 }
@@ -146,29 +145,22 @@ struct Scripts {
 }
 
 impl WalletLock {
-    /// Builds the lock and starts its pub/sub listener (one connection per process).
+    /// Builds the lock, and the background work it needs ([`LockUpkeep`]), which the
+    /// application runs as a task of its own.
     pub fn new(
         redis: SharedRedis,
         client: redis::Client,
         keys: KeySpace,
         settings: LockSettings,
         timeout: Duration,
-        renew: bool,
-    ) -> Self {
-        let (orphans, mut orphaned) = tokio::sync::mpsc::unbounded_channel();
-        let slots = Arc::new(Slots::new(orphans));
-        tokio::spawn(Slots::listen(
-            Arc::downgrade(&slots),
-            client,
-            keys.release_channel(),
-        ));
+    ) -> (Self, LockUpkeep) {
+        let (orphans, orphaned) = tokio::sync::mpsc::unbounded_channel();
         let lock = Self {
             redis,
             keys,
             settings,
             timeout,
-            renew,
-            slots,
+            slots: Arc::new(Slots::new(orphans)),
             scripts: Arc::new(Scripts {
                 acquire: Script::new(include_str!("../../lua/lock_acquire.lua")),
                 release: Script::new(include_str!("../../lua/lock_release.lua")),
@@ -176,13 +168,12 @@ impl WalletLock {
                 refence: Script::new(include_str!("../../lua/lock_refence.lua")),
             }),
         };
-        let releaser = lock.clone();
-        tokio::spawn(async move {
-            while let Some((user_id, baton)) = orphaned.recv().await {
-                releaser.drop_baton(&user_id, baton).await;
-            }
-        });
-        lock
+        let upkeep = LockUpkeep {
+            lock: lock.clone(),
+            client,
+            orphaned,
+        };
+        (lock, upkeep)
     }
 
     /// Takes `user_id`'s lock, waiting at most until `deadline`.
@@ -246,9 +237,8 @@ impl WalletLock {
                 metrics::lock_acquired("acquired", started.elapsed());
                 drop(released);
                 let lost = Arc::new(AtomicBool::new(false));
-                let renewal = self
-                    .renew
-                    .then(|| self.spawn_renewal(user_id.clone(), owner.clone(), lost.clone()));
+                let renewal =
+                    Some(self.spawn_renewal(user_id.clone(), owner.clone(), lost.clone()));
                 return Ok(LockGuard {
                     user_id: user_id.clone(),
                     owner,
@@ -444,10 +434,6 @@ impl WalletLock {
         if locks.fences.is_empty() || locks.taken_at.elapsed() < self.settings.lease / 3 {
             return Ok(true);
         }
-        if !self.renew {
-            // Fault injection: leases run out, as a stalled process's would.
-            return Ok(true);
-        }
         let renewed_at = Instant::now();
         let mut invocation = self.scripts.extend.prepare_invoke();
         invocation
@@ -567,6 +553,36 @@ impl WalletLock {
             }
         });
         task.abort_handle()
+    }
+}
+
+/// The lock's background work, run by the application until it stops: the pub/sub
+/// listener that wakes waiters when a holder announces a release (one connection per
+/// process), and the releaser of locks handed to a local waiter that had given up.
+pub struct LockUpkeep {
+    lock: WalletLock,
+    client: redis::Client,
+    orphaned: tokio::sync::mpsc::UnboundedReceiver<(Identifier, Baton)>,
+}
+
+impl LockUpkeep {
+    pub async fn run(self) {
+        let Self {
+            lock,
+            client,
+            mut orphaned,
+        } = self;
+        let listen = Slots::listen(
+            Arc::downgrade(&lock.slots),
+            client,
+            lock.keys.release_channel(),
+        );
+        let release_orphans = async {
+            while let Some((user_id, baton)) = orphaned.recv().await {
+                lock.drop_baton(&user_id, baton).await;
+            }
+        };
+        tokio::join!(listen, release_orphans);
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::events::PaymentEvent;
+use crate::domain::events::PaymentEvent;
 
 /// An unsent outbox row.
 #[derive(Debug, sqlx::FromRow)]

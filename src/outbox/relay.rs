@@ -36,8 +36,8 @@ use tokio::sync::Notify;
 
 use super::{backlog, claim, mark_sent, publishable, OutboxRow};
 use crate::configuration::KafkaSettings;
-use crate::events::{HEADER_EVENT_ID, HEADER_EVENT_TYPE};
-use crate::shutdown::Shutdown;
+use crate::domain::events::{HEADER_EVENT_ID, HEADER_EVENT_TYPE};
+use crate::support::tasks::StopSignal;
 use crate::telemetry::metrics;
 
 /// The relay worker.
@@ -72,7 +72,7 @@ const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Relay {
     /// Relays until shutdown; the batch in hand is finished first.
-    pub async fn run(mut self, mut shutdown: Shutdown) {
+    pub async fn run(mut self, stop: StopSignal) {
         tracing::info!(topic = %self.topic, "outbox relay started");
         let mut failures = 0u32;
         let mut healing = Healing::default();
@@ -107,19 +107,28 @@ impl Relay {
             if last_gauge.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
                 last_gauge = Some(tokio::time::Instant::now());
                 if let Ok(lag) = backlog(&self.db, self.stall_after).await {
-                    metrics::outbox(&lag);
+                    metrics::outbox(
+                        lag.pending,
+                        lag.oldest_pending_ms,
+                        lag.last_published_ms,
+                        lag.status == super::OutboxStatus::Stalled,
+                    );
                 }
             }
-            if shutdown.is_shutdown() {
+            if stop.is_cancelled() {
                 break;
             }
             let pause = if failures > 0 {
-                crate::kafka::backoff(failures, Duration::from_millis(200), Duration::from_secs(5))
+                crate::support::backoff::backoff(
+                    failures,
+                    Duration::from_millis(200),
+                    Duration::from_secs(5),
+                )
             } else {
                 self.poll
             };
             tokio::select! {
-                _ = shutdown.recv() => break,
+                _ = stop.cancelled() => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
             }
@@ -217,7 +226,7 @@ impl Relay {
                 first_error.get_or_insert(e);
             }
         }
-        mark_sent(&mut tx, &sent, crate::wallet::views::now())
+        mark_sent(&mut tx, &sent, crate::support::clock::now())
             .await
             .context("marking outbox rows sent")?;
         tx.commit()

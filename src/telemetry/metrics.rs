@@ -26,8 +26,8 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0,
 ];
 
-/// Installs the recorder (once) and returns the handle that renders the scrape.
-/// Must be called inside the tokio runtime: it starts the recorder's upkeep task.
+/// Installs the recorder (once) and returns the handle that renders the scrape; the
+/// application runs [`upkeep`] beside it.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -42,16 +42,18 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed");
             }
             describe();
-            let upkeep = handle.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    upkeep.run_upkeep();
-                }
-            });
             handle
         })
         .clone()
+}
+
+/// Drains the histograms' buckets now and then, so a scrape stays cheap; runs until
+/// the application stops.
+pub async fn upkeep(handle: PrometheusHandle) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        handle.run_upkeep();
+    }
 }
 
 fn describe() {
@@ -247,13 +249,11 @@ pub fn transaction(scope: &'static str, took: Duration) {
     histogram!("wallet_db_transaction_seconds", "scope" => scope).record(took.as_secs_f64());
 }
 
-pub fn outbox(backlog: &crate::outbox::Backlog) {
-    use crate::outbox::OutboxStatus;
-    gauge!("wallet_outbox_backlog").set(backlog.pending as f64);
-    gauge!("wallet_outbox_lag_seconds").set(backlog.oldest_pending_ms as f64 / 1000.0);
-    let stalled = backlog.status == OutboxStatus::Stalled;
+pub fn outbox(pending: i64, oldest_pending_ms: i64, last_published_ms: Option<i64>, stalled: bool) {
+    gauge!("wallet_outbox_backlog").set(pending as f64);
+    gauge!("wallet_outbox_lag_seconds").set(oldest_pending_ms as f64 / 1000.0);
     gauge!("wallet_outbox_stalled").set(if stalled { 1.0 } else { 0.0 });
-    if let Some(ms) = backlog.last_published_ms {
+    if let Some(ms) = last_published_ms {
         gauge!("wallet_outbox_last_publish_age_seconds").set(ms as f64 / 1000.0);
     }
 }

@@ -11,8 +11,8 @@ use sqlx::{MySqlConnection, MySqlPool};
 
 use super::views::{PaymentView, TopUpView};
 use super::{balance_capacity, balance_limit, ServiceError};
+use crate::domain::events::{points_for, PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED};
 use crate::domain::{Amount, Currency, Identifier};
-use crate::events::{points_for, PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED};
 use crate::outbox;
 use crate::store::{self, ledger, payments, top_ups, wallets::WalletRow};
 
@@ -405,6 +405,6 @@ pub(super) fn payment_event(
         points: payment.points,
         reason: None,
         order_status: None,
-        occurred_at: super::views::timestamp(ctx.now),
+        occurred_at: crate::support::clock::timestamp(ctx.now),
     }
 }

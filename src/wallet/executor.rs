@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::commands::{Applied, Command, CommandError, TxContext};
-use super::{unavailable, views, Outcome, ServiceError, WalletService};
-use crate::breaker::ActiveMode;
+use super::{unavailable, Outcome, ServiceError, WalletService};
 use crate::configuration::LockMode;
+use crate::fallback::ActiveMode;
 use crate::idempotency::{Claim, Settlement};
 use crate::lock::{LockError, LockGuard};
 use crate::redis_support::RedisFault;
@@ -292,10 +292,6 @@ impl WalletService {
         deadline: Instant,
     ) -> Result<Outcome<C::Output>, TxFailure> {
         let mut tx = self.db.begin().await?;
-        if let Some(most) = self.faults.txn_delay {
-            let delay = rand::Rng::random_range(&mut rand::rng(), Duration::ZERO..=most);
-            tokio::time::sleep(delay).await;
-        }
         let wallet = store::wallets::lock(&mut tx, cmd.user_id().as_str())
             .await?
             .ok_or(ServiceError::WalletNotFound)?;
@@ -310,7 +306,7 @@ impl WalletService {
         }
         let ctx = TxContext {
             fence,
-            now: views::now(),
+            now: crate::support::clock::now(),
             currency: self.currency,
             points_rate: self.points_rate,
         };

@@ -16,9 +16,8 @@ use std::time::Duration;
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 
-use crate::breaker::RedisBreaker;
-use crate::configuration::FaultInjection;
 use crate::domain::{Amount, Currency, Identifier};
+use crate::fallback::RedisBreaker;
 use crate::idempotency::IdempotencyCache;
 use crate::lock::WalletLock;
 use crate::redis_support::SharedRedis;
@@ -99,7 +98,6 @@ pub struct WalletCore {
     pub(crate) lock_wait: Duration,
     /// A money movement that has not committed by then rolls back (503).
     pub(crate) request_timeout: Duration,
-    pub(crate) faults: FaultInjection,
     /// Points per unit paid.
     pub(crate) points_rate: rust_decimal::Decimal,
     /// Wakes the outbox relay after a commit that wrote an event.
@@ -153,7 +151,7 @@ impl WalletService {
             &self.db,
             user_id.as_str(),
             self.currency.code(),
-            views::now(),
+            crate::support::clock::now(),
         )
         .await
         .map_err(unavailable)?;
@@ -232,14 +230,23 @@ impl WalletService {
         batcher.submit(request, deadline, self.lock_wait).await
     }
 
-    /// Starts group commit: debits and top-ups queue for batches of at most `max`.
-    /// With `max` 1 each runs in its own transaction, as it always did.
-    pub fn with_batches(mut self, max: usize) -> Self {
+    /// Group commit: debits and top-ups queue for batches of at most `max`, which the
+    /// returned dispatcher runs (the application spawns it). With `max` 1 each runs in
+    /// its own transaction, and there is no dispatcher.
+    pub fn with_batches(
+        mut self,
+        max: usize,
+    ) -> (
+        Self,
+        Option<impl std::future::Future<Output = ()> + Send + 'static>,
+    ) {
         self.batcher = None;
-        if max > 1 {
-            self.batcher = Some(batch::Batcher::start(self.clone(), max));
+        if max <= 1 {
+            return (self, None);
         }
-        self
+        let (batcher, dispatcher) = batch::Batcher::new(self.clone(), max);
+        self.batcher = Some(batcher);
+        (self, Some(dispatcher))
     }
 
     /// Cancels a payment and credits its amount back, once.
@@ -282,7 +289,7 @@ impl WalletService {
         let rows = store::ledger::page(&self.db, user_id.as_str(), before, limit + 1)
             .await
             .map_err(unavailable)?;
-        let (items, next_cursor) = views::paginate(
+        let (items, next_cursor) = crate::support::pagination::paginate(
             &rows,
             limit,
             |row| LedgerEntryView::new(row, self.currency),
@@ -301,21 +308,23 @@ impl WalletService {
         amount: Amount,
         refusal: Refusal,
     ) -> Result<(), sqlx::Error> {
-        let now = views::now();
+        let now = crate::support::clock::now();
         let (event_type, reason, payment_id, order_status) = match refusal {
-            Refusal::Declined { reason } => (crate::events::PAYMENT_DECLINED, reason, None, None),
+            Refusal::Declined { reason } => {
+                (crate::domain::events::PAYMENT_DECLINED, reason, None, None)
+            }
             Refusal::Rejected {
                 reason,
                 payment_id,
                 order_status,
             } => (
-                crate::events::PAYMENT_REQUEST_REJECTED,
+                crate::domain::events::PAYMENT_REQUEST_REJECTED,
                 reason,
                 Some(payment_id),
                 Some(order_status),
             ),
         };
-        let event = crate::events::PaymentEvent {
+        let event = crate::domain::events::PaymentEvent {
             event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, request_id.as_bytes())
                 .to_string(),
             event_type: event_type.to_owned(),
@@ -327,7 +336,7 @@ impl WalletService {
             points: 0,
             reason: Some(reason.to_owned()),
             order_status,
-            occurred_at: views::timestamp(now),
+            occurred_at: crate::support::clock::timestamp(now),
         };
         let mut conn = self.db.acquire().await?;
         if crate::outbox::append(&mut conn, &event, now).await? {

@@ -3,7 +3,6 @@
 //! Views are built only from stored rows, so a reply replayed from the database is
 //! byte-for-byte the reply first sent.
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Currency;
@@ -11,34 +10,7 @@ use crate::store::ledger::LedgerRow;
 use crate::store::payments::{PaymentRow, COMPLETED};
 use crate::store::top_ups::TopUpRow;
 use crate::store::wallets::WalletRow;
-
-/// The current time at the database's precision (microseconds).
-pub fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
-}
-
-/// One page of a newest-first list fetched with `limit + 1` rows: the first `limit`
-/// rows as views, and the cursor of the next page (the last item's id) when the extra
-/// row showed there is one.
-pub fn paginate<R, V>(
-    rows: &[R],
-    limit: u32,
-    view: impl Fn(&R) -> V,
-    id: impl Fn(&V) -> &str,
-) -> (Vec<V>, Option<String>) {
-    let items: Vec<V> = rows.iter().take(limit as usize).map(view).collect();
-    let next_cursor = if rows.len() > limit as usize {
-        items.last().map(|item| id(item).to_owned())
-    } else {
-        None
-    };
-    (items, next_cursor)
-}
-
-pub fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
+use crate::support::clock::timestamp;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -5,10 +5,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::message::OwnedMessage;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
+use wallet::consumers::points::PointsHandler;
+use wallet::consumers::{consume, HandlerError, RecordHandler, RetryPolicy};
+use wallet::dlt::publish::DeadLetterPublisher;
+use wallet::support::tasks::StopSignal;
 
 use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
 use crate::kafka::{drained_with_points, failed_event, produce, read_topic, WAIT};
@@ -418,23 +423,80 @@ async fn a_poison_event_lands_on_the_dlt_and_is_retried_or_ignored() {
     assert!(eventually(WAIT, || async { app.points("ghost2").await == 7 }).await);
 }
 
+/// The points handler of a consumer process that dies right after its first apply,
+/// before the loop commits the offset: the worst moment for a crash.
+struct DiesAfterApplying {
+    points: PointsHandler,
+    applied: Arc<tokio::sync::Notify>,
+}
+
+impl DiesAfterApplying {
+    async fn die(&self) -> ! {
+        self.applied.notify_one();
+        std::future::pending().await
+    }
+}
+
+impl RecordHandler for DiesAfterApplying {
+    async fn handle(&self, record: &OwnedMessage) -> Result<(), HandlerError> {
+        self.points.handle(record).await?;
+        self.die().await
+    }
+
+    async fn handle_batch(&self, records: &[OwnedMessage]) -> Option<anyhow::Result<()>> {
+        let applied = self.points.handle_batch(records).await;
+        if matches!(applied, Some(Ok(()))) {
+            self.die().await
+        }
+        applied
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_before_its_commit_does_not_apply_twice() {
     let mut settings = kafka_settings().await;
-    settings.faults.crash_points_consumer_after_apply = true;
+    // This instance relays; its points consumer runs below, where the test can kill it.
+    settings.kafka.points_consumer_enabled = false;
     let crashing = spawn_app_with(settings.clone()).await;
+    let kafka = &settings.kafka;
+    let applied = Arc::new(tokio::sync::Notify::new());
+    let handler = DiesAfterApplying {
+        points: PointsHandler {
+            db: crashing.db.clone(),
+            consumer: kafka.points_group.clone(),
+        },
+        applied: applied.clone(),
+    };
+    let producer = wallet::kafka::producer(kafka).unwrap();
+    let consumer = tokio::spawn(consume(
+        "points",
+        wallet::kafka::consumer(kafka, "points", &kafka.points_group, &[&kafka.events_topic])
+            .unwrap(),
+        handler,
+        DeadLetterPublisher::new(producer, &kafka.points_group, kafka.delivery_timeout),
+        RetryPolicy {
+            attempts: 3,
+            base: kafka.retry_base,
+            cap: kafka.retry_cap,
+            in_flight_wait: Duration::from_secs(1),
+        },
+        StopSignal::new(),
+    ));
     crashing.funded_wallet("u1", 10_000).await;
     assert_eq!(
         crashing.pay("o1", "u1", 3_000).await.status,
         StatusCode::CREATED
     );
-    assert!(
-        eventually(WAIT, || async { crashing.points("u1").await == 30 }).await,
-        "applied, then the consumer died"
-    );
+    tokio::time::timeout(WAIT, applied.notified())
+        .await
+        .expect("the event was applied");
+    assert_eq!(crashing.points("u1").await, 30);
+    // The process dies: its consumer goes without committing.
+    consumer.abort();
+    let _ = consumer.await;
 
     // A new consumer in the same group gets the uncommitted event again.
-    settings.faults.crash_points_consumer_after_apply = false;
+    settings.kafka.points_consumer_enabled = true;
     settings.kafka.relay_enabled = false;
     let restarted = spawn_app_with(settings).await;
     assert_eq!(

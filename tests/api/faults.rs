@@ -11,7 +11,8 @@ use rust_decimal::Decimal;
 use tokio::task::JoinSet;
 use wallet::configuration::LockMode;
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, Reply, TestApp};
+use crate::helpers::{redis_url, spawn_app, spawn_app_with, test_settings, Reply, TestApp};
+use crate::proxy::DatabaseProxy;
 use crate::servers::OwnServer;
 
 /// Every reply a debit may give under faults, and what each means for the ledger.
@@ -208,16 +209,31 @@ async fn redis_killed_mid_load_falls_back_to_mysql_and_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expired_leases_cannot_lose_updates_overdraw_or_double_debit() {
     let mut settings = test_settings().await;
-    // Every holder stalls longer than its lease, and never renews it: holders overlap.
+    // Every transaction stalls at its BEGIN (through a proxy in front of the database)
+    // for up to 150 ms, longer than the 40 ms lease: a batch renews its leases only just
+    // before it commits, so they run out mid-transaction. And the lock's key vanishes
+    // under its holder now and then, as after a Redis restart. Holders overlap.
     settings.lock.lease = Duration::from_millis(40);
     settings.lock.wait = Duration::from_secs(20);
-    settings.faults.txn_delay = Some(Duration::from_millis(150));
-    settings.faults.skip_lease_renewal = true;
+    let proxy = DatabaseProxy::in_front_of(&mut settings).await;
     // Two instances: each queues its own requests locally, so only the Redis lock (and
     // its expiring lease) stands between them.
     let app = Arc::new(spawn_app_with(settings.clone()).await);
-    let twin = Arc::new(spawn_app_with(settings).await);
+    let twin = Arc::new(spawn_app_with(settings.clone()).await);
     app.funded_wallet("u1", 2_000).await;
+    proxy.stall_transactions(Some(Duration::from_millis(150)));
+    let lock_key = format!("{}:wallet:{{u1}}:lock", settings.redis.key_prefix);
+    let thief = tokio::spawn(async move {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let _: Result<i64, _> = redis::cmd("DEL")
+                .arg(&lock_key)
+                .query_async(&mut conn)
+                .await;
+        }
+    });
     let mut initial = HashMap::new();
     initial.insert("u1".to_string(), 2_000);
 
@@ -227,6 +243,8 @@ async fn expired_leases_cannot_lose_updates_overdraw_or_double_debit() {
         .collect();
     load.extend(load.clone());
     let replies = debit_load(vec![app.clone(), twin], load, 60, None).await;
+    thief.abort();
+    proxy.stall_transactions(None);
     check_orders(&app, &replies, &initial).await;
     let paid = app.count("SELECT COUNT(*) FROM payments").await;
     assert!(paid <= 20, "never more than the balance: {paid} payments");

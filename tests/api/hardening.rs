@@ -15,6 +15,7 @@ use wallet::startup::Application;
 use crate::helpers::{
     spawn_app, spawn_app_with, test_settings, ADMIN_KEY, CHECKOUT_KEY, FUNDING_KEY,
 };
+use crate::proxy::DatabaseProxy;
 
 #[tokio::test]
 async fn requests_without_a_valid_key_are_refused_with_401() {
@@ -187,9 +188,10 @@ async fn bodies_over_16_kib_get_413_and_other_content_types_415() {
 async fn past_the_in_flight_cap_requests_are_shed_with_503() {
     let mut settings = test_settings().await;
     settings.api.max_in_flight = 2;
-    settings.faults.txn_delay = Some(Duration::from_millis(400));
+    let proxy = DatabaseProxy::in_front_of(&mut settings).await;
     let app = Arc::new(spawn_app_with(settings).await);
     app.funded_wallet("u1", 100_000).await;
+    proxy.stall_transactions(Some(Duration::from_millis(400)));
     let mut load = JoinSet::new();
     for i in 0..12 {
         let app = app.clone();

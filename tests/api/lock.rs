@@ -18,20 +18,22 @@ use wallet::store::wallets::apply_delta;
 use crate::helpers::{eventually, spawn_app, spawn_app_with, test_settings};
 use crate::servers::OwnServer;
 
-/// One more instance's lock on the Redis and key prefix of `settings`.
+/// One more instance's lock on the Redis and key prefix of `settings`, its upkeep
+/// running for the rest of the test.
 fn wallet_lock(settings: &Settings) -> WalletLock {
     let redis = &settings.redis;
     let pool = deadpool_redis::Config::from_url(&redis.url)
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .unwrap();
-    WalletLock::new(
+    let (lock, upkeep) = WalletLock::new(
         SharedRedis::new(pool, redis.command_timeout),
         redis::Client::open(redis.url.as_str()).unwrap(),
         KeySpace::new(&redis.key_prefix),
         settings.lock.clone(),
         redis.command_timeout,
-        true,
-    )
+    );
+    tokio::spawn(upkeep.run());
+    lock
 }
 
 async fn connection(settings: &Settings) -> redis::aio::MultiplexedConnection {

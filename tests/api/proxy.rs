@@ -1,46 +1,69 @@
-//! A fault injected from outside the service: a TCP proxy in front of the database that
+//! Faults injected from outside the service: a TCP proxy in front of the database that
 //! can hold back every `COMMIT` the service sends, as a stalled disk or a slow replica
-//! acknowledgement would.
+//! acknowledgement would, or stall every transaction at its `BEGIN`, as a paused
+//! process would (a garbage-collection pause, a descheduled VM).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use wallet::configuration::Settings;
 
-/// `COM_QUERY` followed by the statement text, as a client sends `COMMIT`.
+/// `COM_QUERY` followed by the statement text, as a client sends `COMMIT` and `BEGIN`.
 const COMMIT: &[u8] = b"\x03COMMIT";
+const BEGIN: &[u8] = b"\x03BEGIN";
 
-/// A proxy on a free port of 127.0.0.1 that forwards to `upstream`.
-pub struct CommitDelayProxy {
-    pub port: u16,
-    hold: Arc<Mutex<Option<Duration>>>,
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    /// Every `COMMIT` reaches the database this late.
+    commit: Option<Duration>,
+    /// Every `BEGIN` reaches it a random time up to this late (random, so a newer lock
+    /// holder may reach a wallet's row first).
+    begin: Option<Duration>,
 }
 
-impl CommitDelayProxy {
-    pub async fn start(upstream: String) -> Self {
+/// A proxy on a free port of 127.0.0.1 that forwards to the database server.
+pub struct DatabaseProxy {
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl DatabaseProxy {
+    /// Starts a proxy to `settings`' database and points `settings` at it.
+    pub async fn in_front_of(settings: &mut Settings) -> Self {
+        let (server, database) = settings.database.url.rsplit_once('/').unwrap();
+        let (credentials, upstream) = server.rsplit_once('@').unwrap();
+        let upstream = upstream.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let hold = Arc::new(Mutex::new(None));
-        let held = hold.clone();
+        settings.database.url = format!("{credentials}@127.0.0.1:{port}/{database}");
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let shared = faults.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                tokio::spawn(relay(client, server, held.clone()));
+                tokio::spawn(relay(client, server, shared.clone()));
             }
         });
-        Self { port, hold }
+        Self { faults }
     }
 
     /// From now on every `COMMIT` reaches the database `delay` late (`None`: at once).
     pub fn hold_commits(&self, delay: Option<Duration>) {
-        *self.hold.lock().unwrap() = delay;
+        self.faults.lock().unwrap().commit = delay;
+    }
+
+    /// From now on every transaction stalls at its `BEGIN` for a random time up to
+    /// `most` (`None`: not at all).
+    pub fn stall_transactions(&self, most: Option<Duration>) {
+        self.faults.lock().unwrap().begin = most;
     }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, hold: Arc<Mutex<Option<Duration>>>) {
+async fn relay(client: TcpStream, server: TcpStream, faults: Arc<Mutex<Faults>>) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     tokio::spawn(async move {
@@ -53,11 +76,14 @@ async fn relay(client: TcpStream, server: TcpStream, hold: Arc<Mutex<Option<Dura
             Ok(read) => read,
         };
         let chunk = &buffer[..read];
-        let delay = *hold.lock().unwrap();
-        if let Some(delay) = delay {
-            if chunk.windows(COMMIT.len()).any(|w| w == COMMIT) {
-                tokio::time::sleep(delay).await;
-            }
+        let faults = *faults.lock().unwrap();
+        let has = |statement: &[u8]| chunk.windows(statement.len()).any(|w| w == statement);
+        if let Some(delay) = faults.commit.filter(|_| has(COMMIT)) {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(most) = faults.begin.filter(|_| has(BEGIN)) {
+            let delay = rand::rng().random_range(Duration::ZERO..=most);
+            tokio::time::sleep(delay).await;
         }
         if server_write.write_all(chunk).await.is_err() {
             return;

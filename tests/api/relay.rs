@@ -91,8 +91,8 @@ async fn a_failed_event_holds_back_its_users_later_events_and_no_one_elses() {
         .set("message.timeout.ms", "10000")
         .create()
         .unwrap();
-    let (stop, shutdown) = wallet::shutdown::channel();
-    let failing = tokio::spawn(relay(&settings, strict).await.run(shutdown));
+    let stop = wallet::support::tasks::StopSignal::new();
+    let failing = tokio::spawn(relay(&settings, strict).await.run(stop.clone()));
     assert!(
         eventually(WAIT, || sent(&app, other)).await,
         "u2's event is not held back by u1's"
@@ -103,15 +103,15 @@ async fn a_failed_event_holds_back_its_users_later_events_and_no_one_elses() {
         !sent(&app, cancelled).await,
         "u1's cancel must not overtake u1's payment"
     );
-    stop.trigger();
+    stop.cancel();
     failing.await.unwrap();
 
     // The cause is gone (a relay that can send it): both go, in their order.
     let producer = wallet::kafka::producer(&settings.kafka).unwrap();
-    let (stop, shutdown) = wallet::shutdown::channel();
-    let healthy = tokio::spawn(relay(&settings, producer).await.run(shutdown));
+    let stop = wallet::support::tasks::StopSignal::new();
+    let healthy = tokio::spawn(relay(&settings, producer).await.run(stop.clone()));
     assert!(eventually(WAIT, || async { app.unsent_events().await == 0 }).await);
-    stop.trigger();
+    stop.cancel();
     healthy.await.unwrap();
     assert_eq!(
         types_on_topic(&settings, "u1", 3).await,

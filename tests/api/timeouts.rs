@@ -8,20 +8,21 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 
 use crate::helpers::{eventually, spawn_app_with, test_settings};
-use crate::proxy::CommitDelayProxy;
+use crate::proxy::DatabaseProxy;
 
 #[tokio::test]
 async fn a_request_past_its_timeout_rolls_back_and_answers_503() {
     let settings = test_settings().await;
     let fast = spawn_app_with(settings.clone()).await;
     fast.funded_wallet("u1", 1_000).await;
-    // The same database and Redis, but every transaction stalls up to 1 s and a request
-    // may take 300 ms: the service's own deadline check answers, before the backstop
-    // (at 1.3 s) would.
+    // The same database and Redis, but every transaction stalls up to 1 s (at its BEGIN,
+    // through a proxy) and a request may take 300 ms: the service's own deadline check
+    // answers, before the backstop (at 1.3 s) would.
     let mut slow_settings = settings;
     slow_settings.api.request_timeout = Duration::from_millis(300);
-    slow_settings.faults.txn_delay = Some(Duration::from_millis(1_000));
+    let proxy = DatabaseProxy::in_front_of(&mut slow_settings).await;
     let slow = spawn_app_with(slow_settings).await;
+    proxy.stall_transactions(Some(Duration::from_millis(1_000)));
     let mut timed_out = 0;
     for i in 0..5 {
         let reply = slow.pay(&format!("o{i}"), "u1", 100).await;
@@ -54,11 +55,7 @@ async fn a_request_past_its_timeout_rolls_back_and_answers_503() {
 async fn a_commit_slowed_past_the_backstop_answers_outcome_unknown_and_converges() {
     let mut settings = test_settings().await;
     // The app reaches its database through a proxy that can hold commits back.
-    let (server, database) = settings.database.url.rsplit_once('/').unwrap();
-    let upstream = server.rsplit_once('@').unwrap().1.to_owned();
-    let proxy = CommitDelayProxy::start(upstream).await;
-    let credentials = server.rsplit_once('@').unwrap().0;
-    settings.database.url = format!("{credentials}@127.0.0.1:{}/{database}", proxy.port);
+    let proxy = DatabaseProxy::in_front_of(&mut settings).await;
     settings.api.request_timeout = Duration::from_millis(300);
     let app = spawn_app_with(settings).await;
     app.funded_wallet("u1", 5_000).await;

@@ -3,19 +3,18 @@
 //! one multi-row `INSERT` per table, one commit.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use rust_decimal::Decimal;
 use tokio::time::Instant;
 
 use super::{Answer, Job, Reply, Request};
-use crate::events::{PaymentEvent, PAYMENT_COMPLETED};
+use crate::domain::events::{PaymentEvent, PAYMENT_COMPLETED};
 use crate::lock::BatchLocks;
 use crate::store::{self, ledger, payments, top_ups, wallets};
 use crate::telemetry::metrics;
 use crate::wallet::commands::{payment_event, Command, Debit, TopUp, TxContext};
-use crate::wallet::views::{self, PaymentView, TopUpView};
+use crate::wallet::views::{PaymentView, TopUpView};
 use crate::wallet::{balance_limit, Outcome, ServiceError, WalletService};
 
 /// The Redis locks a batch holds and the connection that renews them.
@@ -58,10 +57,6 @@ impl WalletService {
     ) -> Result<Vec<Answer>, BatchFailure> {
         let started = Instant::now();
         let mut tx = self.db.begin().await?;
-        if let Some(most) = self.faults.txn_delay {
-            let delay = rand::Rng::random_range(&mut rand::rng(), Duration::ZERO..=most);
-            tokio::time::sleep(delay).await;
-        }
         let mut user_ids: Vec<&str> = jobs.iter().map(|job| job.user_id()).collect();
         user_ids.sort_unstable();
         user_ids.dedup();
@@ -85,7 +80,7 @@ impl WalletService {
 
         let ctx = TxContext {
             fence: None,
-            now: views::now(),
+            now: crate::support::clock::now(),
             currency: self.currency,
             points_rate: self.points_rate,
         };

@@ -152,12 +152,15 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the dispatcher. It runs until every `Batcher` is gone and the queue is
-    /// empty; `service` must not hold a `Batcher` itself.
-    pub fn start(service: WalletService, max: usize) -> Self {
+    /// The queue and its dispatcher, which the application runs as a task: it ends once
+    /// every `Batcher` is gone and what was queued is answered. `service` must not hold
+    /// a `Batcher` itself.
+    pub fn new(
+        service: WalletService,
+        max: usize,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (jobs, incoming) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(service, incoming, max.max(1)));
-        Self { jobs }
+        (Self { jobs }, dispatch(service, incoming, max.max(1)))
     }
 
     /// Queues `request` and waits for its answer.
@@ -288,6 +291,8 @@ impl Queue {
 async fn dispatch(service: WalletService, mut incoming: mpsc::UnboundedReceiver<Job>, max: usize) {
     let mut queue = Queue::default();
     let mut running: JoinSet<Finished> = JoinSet::new();
+    // Answers to requests that waited too long for their wallet.
+    let mut expiring: JoinSet<()> = JoinSet::new();
     let mut open = true;
     loop {
         while let Ok(job) = incoming.try_recv() {
@@ -296,8 +301,9 @@ async fn dispatch(service: WalletService, mut incoming: mpsc::UnboundedReceiver<
         let now = Instant::now();
         let expired = queue.take_expired(now);
         if !expired.is_empty() {
-            tokio::spawn(service.clone().expire(expired));
+            expiring.spawn(service.clone().expire(expired));
         }
+        while expiring.try_join_next().is_some() {}
         while running.len() < IN_FLIGHT {
             let batch = queue.take_batch(max, now);
             if batch.is_empty() {
@@ -309,6 +315,7 @@ async fn dispatch(service: WalletService, mut incoming: mpsc::UnboundedReceiver<
             queue.running.insert(id, wallets);
         }
         if !open && queue.waiting.is_empty() && running.is_empty() {
+            while expiring.join_next().await.is_some() {}
             return;
         }
         let wake = queue.next_wake(now);

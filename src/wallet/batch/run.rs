@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 use super::apply::{BatchFailure, Held};
 use super::{Answer, Finished, Job, Outcome};
-use crate::breaker::ActiveMode;
 use crate::configuration::LockMode;
 use crate::domain::Identifier;
+use crate::fallback::ActiveMode;
 use crate::idempotency::{Claim, ClaimRequest, Settle, Settlement};
 use crate::redis_support::RedisFault;
 use crate::telemetry::metrics;

@@ -8,7 +8,7 @@ use utoipa::IntoParams;
 use super::error::{CommonProblems, WriteProblems};
 use super::extract::{ApiPath, ApiQuery};
 use super::{detached, ApiError};
-use crate::dead_letters::{
+use crate::dlt::failed_events::{
     DeadLetters, FailedEventPage, FailedEventView, RetryAllReport, IGNORED, PENDING, RETRIED,
 };
 

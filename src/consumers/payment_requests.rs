@@ -18,8 +18,8 @@
 use rdkafka::message::{Message, OwnedMessage};
 use serde::Deserialize;
 
+use crate::consumers::{decode_json, HandlerError, RecordHandler};
 use crate::domain::{Amount, Identifier, RawAmount};
-use crate::kafka::worker::{decode_json, HandlerError, RecordHandler};
 use crate::wallet::{Refusal, ServiceError, WalletService};
 
 #[derive(Deserialize)]

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use sqlx::MySqlPool;
 
-use super::PENDING;
-use crate::kafka::dead_letter::{
+use crate::consumers::{HandlerError, RecordHandler};
+use crate::dlt::failed_events::PENDING;
+use crate::dlt::publish::{
     header_int, header_text, DELIVERY_ATTEMPT, EXCEPTION_MESSAGE, ORIGINAL_OFFSET,
     ORIGINAL_PARTITION, ORIGINAL_TIMESTAMP, ORIGINAL_TOPIC,
 };
-use crate::kafka::worker::{HandlerError, RecordHandler};
-use crate::wallet::views::now;
+use crate::support::clock::now;
 
 /// Stores dead letters.
 pub struct FailedEventCollector {

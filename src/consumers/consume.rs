@@ -18,9 +18,10 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
-use super::dead_letter::{DeadLetterPublisher, Failure};
-use super::{backoff, WalletConsumer};
-use crate::shutdown::Shutdown;
+use crate::dlt::publish::{DeadLetterPublisher, Failure};
+use crate::kafka::WalletConsumer;
+use crate::support::backoff::backoff;
+use crate::support::tasks::StopSignal;
 use crate::telemetry::metrics;
 
 /// Why a record was not handled.
@@ -91,23 +92,22 @@ pub struct RetryPolicy {
 /// usually ends within milliseconds, and a try costs one Redis call.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(100);
 
-/// Consumes until shutdown. `crash_after_first` stops the loop dead after the first
-/// handled record or batch, before its commit (a fault the tests inject).
+/// Consumes until told to stop; the record or batch in hand is finished (or, stopped
+/// mid-retry, left uncommitted for redelivery) first.
 pub async fn consume<H: RecordHandler>(
     name: &'static str,
     consumer: WalletConsumer,
     handler: H,
     dead_letters: DeadLetterPublisher,
     retry: RetryPolicy,
-    mut shutdown: Shutdown,
-    crash_after_first: bool,
+    stop: StopSignal,
 ) {
     tracing::info!(consumer = name, "consumer started");
     let mut batch: Vec<OwnedMessage> = Vec::new();
     loop {
         if batch.is_empty() {
             let record = tokio::select! {
-                _ = shutdown.recv() => break,
+                _ = stop.cancelled() => break,
                 received = consumer.recv() => match received {
                     Ok(message) => message.detach(),
                     Err(e) => {
@@ -128,13 +128,6 @@ pub async fn consume<H: RecordHandler>(
             if batch.len() > 1 {
                 match handler.handle_batch(&batch).await {
                     Some(Ok(())) => {
-                        if crash_after_first {
-                            tracing::warn!(
-                                consumer = name,
-                                "injected crash after apply, before commit"
-                            );
-                            return;
-                        }
                         commit_all(name, &consumer, &batch);
                         for _ in 0..batch.len() {
                             metrics::consumer_record(name, "applied");
@@ -153,14 +146,10 @@ pub async fn consume<H: RecordHandler>(
             batch.reverse();
         }
         let Some(record) = batch.pop() else { continue };
-        let Some(failure) = process(name, &record, &handler, &retry, &mut shutdown).await else {
-            if shutdown.is_shutdown() {
+        let Some(failure) = process(name, &record, &handler, &retry, &stop).await else {
+            if stop.is_cancelled() {
                 // Stopped mid-retry: not committed, so it is redelivered.
                 break;
-            }
-            if crash_after_first {
-                tracing::warn!(consumer = name, "injected crash after apply, before commit");
-                return;
             }
             commit(name, &consumer, &record);
             metrics::consumer_record(name, "applied");
@@ -182,7 +171,7 @@ pub async fn consume<H: RecordHandler>(
                     attempt += 1;
                     tracing::warn!(consumer = name, error = ?e, "dead-letter publish failed");
                     tokio::select! {
-                        _ = shutdown.recv() => return,
+                        _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff(attempt, retry.base, retry.cap)) => {}
                     }
                 }
@@ -214,7 +203,7 @@ async fn process<H: RecordHandler>(
     record: &OwnedMessage,
     handler: &H,
     retry: &RetryPolicy,
-    shutdown: &mut Shutdown,
+    stop: &StopSignal,
 ) -> Option<DeadRecord> {
     let mut attempt = 1;
     let mut waiting_since = None::<Instant>;
@@ -233,7 +222,7 @@ async fn process<H: RecordHandler>(
                 if since.elapsed() < retry.in_flight_wait {
                     tracing::debug!(consumer = name, %message, "record waits for a request in flight");
                     tokio::select! {
-                        _ = shutdown.recv() => return None,
+                        _ = stop.cancelled() => return None,
                         _ = tokio::time::sleep(IN_FLIGHT_POLL) => {}
                     }
                     continue;
@@ -253,7 +242,7 @@ async fn process<H: RecordHandler>(
         metrics::consumer_retry(name);
         tracing::info!(consumer = name, attempt, error = %format!("{error:#}"), "record failed; retrying");
         tokio::select! {
-            _ = shutdown.recv() => return None,
+            _ = stop.cancelled() => return None,
             _ = tokio::time::sleep(backoff(attempt, retry.base, retry.cap)) => {}
         }
         attempt += 1;

@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, HashSet};
 use rdkafka::message::OwnedMessage;
 use sqlx::{MySqlPool, QueryBuilder};
 
-use crate::events::{
+use crate::consumers::{decode_json, HandlerError, RecordHandler};
+use crate::domain::events::{
     PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REQUEST_REJECTED,
 };
-use crate::kafka::worker::{decode_json, HandlerError, RecordHandler};
-use crate::wallet::views::now;
+use crate::support::clock::now;
 
 /// Applies payment events to `wallet_points`.
 pub struct PointsHandler {

@@ -1,8 +1,6 @@
-//! Dead letters: records that landed on a `.DLT` topic are stored in `failed_events`
-//! (by [`collector`]), listed for operators, and retried (re-published to their original
-//! topic) or ignored (kept, never applied).
-
-pub mod collector;
+//! The operators' side of dead letters: the records stored in `failed_events` (by
+//! [`crate::consumers::dead_letters`]) are listed, retried (re-published to their
+//! original topic) or ignored (kept, never applied).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +12,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::wallet::views::{now, paginate, timestamp};
+use crate::support::clock::{now, timestamp};
+use crate::support::pagination::paginate;
 use crate::wallet::ServiceError;
 
 pub const PENDING: &str = "PENDING";

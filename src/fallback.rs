@@ -1,7 +1,12 @@
-//! The circuit breaker that decides between the Redis lock and the MySQL fallback.
+//! The fallback: while Redis is unavailable, wallet writes are serialised by MySQL row
+//! locks alone (`SELECT … FOR UPDATE`) plus the database's unique keys, and the service
+//! keeps serving. The same transactions run either way (`wallet::executor` for one
+//! request, `wallet::batch::run` for a batch); the fallback only leaves out the Redis
+//! claim, lock and cache around them, so money never depends on which path ran.
 //!
-//! Closed: requests use Redis. After `threshold` consecutive Redis failures it opens and
-//! requests take the `SELECT … FOR UPDATE` path. While open, a probe pings Redis every
+//! The circuit breaker here decides which path a request takes. Closed: requests use
+//! Redis. After `threshold` consecutive Redis failures it opens and requests take the
+//! MySQL path. While open, its probe ([`RedisBreaker::probe`]) pings Redis every
 //! `probe_interval` (the half-open check); the first answer closes it again.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -47,7 +52,8 @@ struct Inner {
 }
 
 impl RedisBreaker {
-    /// Builds the breaker and starts its probe task.
+    /// Builds the breaker, closed; [`RedisBreaker::probe`] is the task that closes it
+    /// again once it opened.
     pub fn new(
         configured: LockMode,
         pool: deadpool_redis::Pool,
@@ -65,7 +71,6 @@ impl RedisBreaker {
             pool,
             wake_probe: tokio::sync::Notify::new(),
         });
-        tokio::spawn(probe(Arc::downgrade(&inner)));
         let breaker = Self { inner };
         metrics::lock_mode(breaker.mode().as_str());
         breaker
@@ -101,31 +106,28 @@ impl RedisBreaker {
             self.inner.wake_probe.notify_one();
         }
     }
-}
 
-/// Pings Redis while the breaker is open; closes it on the first answer.
-async fn probe(inner: std::sync::Weak<Inner>) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        if !strong.open.load(Ordering::Acquire) {
-            // Wait for the breaker to open; the bound lets the task notice a shutdown.
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), strong.wake_probe.notified()).await;
-            continue;
-        }
-        tokio::time::sleep(strong.probe_interval).await;
-        let pong = bounded(strong.timeout, async {
-            let mut conn = strong.pool.get().await.map_err(redis_error)?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        })
-        .await;
-        if pong.is_ok() {
-            strong.failures.store(0, Ordering::Release);
-            strong.open.store(false, Ordering::Release);
-            tracing::info!("redis answers again: lock mode redis");
-            metrics::lock_mode(ActiveMode::Redis.as_str());
+    /// Pings Redis while the breaker is open and closes it on the first answer; runs
+    /// until the application stops.
+    pub async fn probe(self) {
+        let inner = &self.inner;
+        loop {
+            if !inner.open.load(Ordering::Acquire) {
+                inner.wake_probe.notified().await;
+                continue;
+            }
+            tokio::time::sleep(inner.probe_interval).await;
+            let pong = bounded(inner.timeout, async {
+                let mut conn = inner.pool.get().await.map_err(redis_error)?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            })
+            .await;
+            if pong.is_ok() {
+                inner.failures.store(0, Ordering::Release);
+                inner.open.store(false, Ordering::Release);
+                tracing::info!("redis answers again: lock mode redis");
+                metrics::lock_mode(ActiveMode::Redis.as_str());
+            }
         }
     }
 }

@@ -1,0 +1,7 @@
+//! The ground floor: small helpers every layer may use. Nothing here imports another
+//! module of the crate.
+
+pub mod backoff;
+pub mod clock;
+pub mod pagination;
+pub mod tasks;
