@@ -7,7 +7,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use sqlx::MySqlPool;
 
 use crate::consumers::{HandlerError, RecordHandler};
-use crate::dlt::failed_events::PENDING;
+use crate::dlt::failed_events::FailedEventStatus;
 use crate::dlt::publish::{
     header_int, header_text, DELIVERY_ATTEMPT, EXCEPTION_MESSAGE, ORIGINAL_OFFSET,
     ORIGINAL_PARTITION, ORIGINAL_TIMESTAMP, ORIGINAL_TOPIC,
@@ -52,7 +52,7 @@ impl RecordHandler for FailedEventCollector {
         .bind(headers)
         .bind(error)
         .bind(attempts)
-        .bind(PENDING)
+        .bind(FailedEventStatus::Pending)
         .bind(at)
         .bind(at)
         .bind(at)

@@ -14,11 +14,18 @@ use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::support::clock::{now, timestamp};
 use crate::support::pagination::paginate;
-use crate::wallet::ServiceError;
 
-pub const PENDING: &str = "PENDING";
-pub const RETRIED: &str = "RETRIED";
-pub const IGNORED: &str = "IGNORED";
+crate::support::text_enum::text_enum! {
+    /// Where a dead letter stands.
+    pub enum FailedEventStatus {
+        /// Stored, waiting for an operator.
+        Pending = "PENDING",
+        /// Re-published to its original topic.
+        Retried = "RETRIED",
+        /// Kept for the record, never applied.
+        Ignored = "IGNORED",
+    }
+}
 
 /// A stored dead letter.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -34,7 +41,7 @@ pub struct FailedEventRow {
     pub headers: String,
     pub error: String,
     pub attempts: i32,
-    pub status: String,
+    pub status: FailedEventStatus,
     pub first_seen_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -53,7 +60,7 @@ pub struct FailedEventView {
     pub headers: BTreeMap<String, String>,
     pub error: String,
     pub attempts: i32,
-    pub status: String,
+    pub status: FailedEventStatus,
     pub first_seen_at: String,
     pub last_seen_at: String,
     pub updated_at: String,
@@ -72,7 +79,7 @@ impl From<&FailedEventRow> for FailedEventView {
             headers: serde_json::from_str(&row.headers).unwrap_or_default(),
             error: row.error.clone(),
             attempts: row.attempts,
-            status: row.status.clone(),
+            status: row.status,
             first_seen_at: timestamp(row.first_seen_at),
             last_seen_at: timestamp(row.last_seen_at),
             updated_at: timestamp(row.updated_at),
@@ -118,10 +125,10 @@ impl DeadLetters {
     /// Dead letters, newest first, optionally of one status.
     pub async fn list(
         &self,
-        status: Option<&str>,
+        status: Option<FailedEventStatus>,
         limit: u32,
         before: Option<u64>,
-    ) -> Result<FailedEventPage, ServiceError> {
+    ) -> Result<FailedEventPage, Error> {
         let rows: Vec<FailedEventRow> = sqlx::query_as(
             "SELECT * FROM failed_events WHERE (? IS NULL OR status = ?) AND id < ? ORDER BY id DESC LIMIT ?",
         )
@@ -142,14 +149,14 @@ impl DeadLetters {
     }
 
     /// Re-publishes one dead letter to its original topic and marks it `RETRIED`.
-    pub async fn retry(&self, id: u64) -> Result<FailedEventView, ServiceError> {
+    pub async fn retry(&self, id: u64) -> Result<FailedEventView, Error> {
         let mut tx = self.db.begin().await.map_err(unavailable)?;
         let row = lock(&mut tx, id).await?;
-        if row.status == IGNORED {
-            return Err(ServiceError::FailedEventIgnored);
+        if row.status == FailedEventStatus::Ignored {
+            return Err(Error::Ignored);
         }
         self.republish(&row).await.map_err(unavailable)?;
-        let row = mark(&mut tx, row, RETRIED).await?;
+        let row = mark(&mut tx, row, FailedEventStatus::Retried).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok((&row).into())
     }
@@ -160,7 +167,7 @@ impl DeadLetters {
     /// again comes back as a new `PENDING` row (a new offset, a new id), and retrying
     /// those too would chase its own output for as long as the cause persists. They wait
     /// for the next call.
-    pub async fn retry_all(&self) -> Result<RetryAllReport, ServiceError> {
+    pub async fn retry_all(&self) -> Result<RetryAllReport, Error> {
         let last: Option<u64> = sqlx::query_scalar("SELECT MAX(id) FROM failed_events")
             .fetch_one(&self.db)
             .await
@@ -175,7 +182,7 @@ impl DeadLetters {
                 "SELECT * FROM failed_events WHERE status = ? AND id <= ? \
                  ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
             )
-            .bind(PENDING)
+            .bind(FailedEventStatus::Pending)
             .bind(last)
             .bind(RETRY_BATCH)
             .fetch_all(&mut *tx)
@@ -187,7 +194,7 @@ impl DeadLetters {
             let count = rows.len();
             for row in rows {
                 self.republish(&row).await.map_err(unavailable)?;
-                mark(&mut tx, row, RETRIED).await?;
+                mark(&mut tx, row, FailedEventStatus::Retried).await?;
             }
             tx.commit().await.map_err(unavailable)?;
             retried += count as u64;
@@ -195,10 +202,10 @@ impl DeadLetters {
     }
 
     /// Marks a dead letter `IGNORED`: kept for the record, never applied.
-    pub async fn ignore(&self, id: u64) -> Result<FailedEventView, ServiceError> {
+    pub async fn ignore(&self, id: u64) -> Result<FailedEventView, Error> {
         let mut tx = self.db.begin().await.map_err(unavailable)?;
         let row = lock(&mut tx, id).await?;
-        let row = mark(&mut tx, row, IGNORED).await?;
+        let row = mark(&mut tx, row, FailedEventStatus::Ignored).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok((&row).into())
     }
@@ -234,20 +241,20 @@ impl DeadLetters {
     }
 }
 
-async fn lock(conn: &mut MySqlConnection, id: u64) -> Result<FailedEventRow, ServiceError> {
+async fn lock(conn: &mut MySqlConnection, id: u64) -> Result<FailedEventRow, Error> {
     sqlx::query_as("SELECT * FROM failed_events WHERE id = ? FOR UPDATE")
         .bind(id)
         .fetch_optional(conn)
         .await
         .map_err(unavailable)?
-        .ok_or(ServiceError::FailedEventNotFound)
+        .ok_or(Error::NotFound)
 }
 
 async fn mark(
     conn: &mut MySqlConnection,
     mut row: FailedEventRow,
-    status: &str,
-) -> Result<FailedEventRow, ServiceError> {
+    status: FailedEventStatus,
+) -> Result<FailedEventRow, Error> {
     let at = now();
     sqlx::query("UPDATE failed_events SET status = ?, updated_at = ? WHERE id = ?")
         .bind(status)
@@ -256,11 +263,22 @@ async fn mark(
         .execute(conn)
         .await
         .map_err(unavailable)?;
-    row.status = status.to_owned();
+    row.status = status;
     row.updated_at = at;
     Ok(row)
 }
 
-fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {
-    ServiceError::Unavailable(e.into())
+fn unavailable(e: impl Into<anyhow::Error>) -> Error {
+    Error::Unavailable(e.into())
+}
+
+/// Why an operator's action on dead letters did not succeed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed event not found")]
+    NotFound,
+    #[error("the failed event was ignored; it is never applied")]
+    Ignored,
+    #[error("a dependency is unavailable")]
+    Unavailable(#[source] anyhow::Error),
 }

@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::dlt::failed_events::Error as FailedEventError;
 use crate::wallet::ServiceError;
 
 /// An error answer of the API.
@@ -14,6 +15,8 @@ use crate::wallet::ServiceError;
 pub enum ApiError {
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    FailedEvent(#[from] FailedEventError),
     #[error("{0}")]
     Validation(String),
     #[error("{0}")]
@@ -135,12 +138,12 @@ impl ApiError {
                 "idempotency_key_reused",
                 "The idempotency key was used for a different request",
             ),
-            Self::Service(S::FailedEventNotFound) => (
+            Self::FailedEvent(FailedEventError::NotFound) => (
                 StatusCode::NOT_FOUND,
                 "failed_event_not_found",
                 "Failed event not found",
             ),
-            Self::Service(S::FailedEventIgnored) => (
+            Self::FailedEvent(FailedEventError::Ignored) => (
                 StatusCode::CONFLICT,
                 "failed_event_ignored",
                 "The failed event was ignored",
@@ -150,7 +153,8 @@ impl ApiError {
                 "lock_timeout",
                 "The wallet is busy",
             ),
-            Self::Service(S::Unavailable(_)) => (
+            Self::Service(S::Unavailable(_))
+            | Self::FailedEvent(FailedEventError::Unavailable(_)) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "The service is temporarily unavailable",
@@ -179,6 +183,9 @@ impl ApiError {
                 "A dependency failed; retry with the same key, which is applied at most once."
                     .into()
             }
+            Self::FailedEvent(FailedEventError::Unavailable(_)) => {
+                "A dependency failed; nothing was changed, retry later.".into()
+            }
             Self::Service(S::Timeout) => {
                 "The request did not finish in time and was rolled back; retry later.".into()
             }
@@ -198,6 +205,7 @@ impl ApiError {
             Self::Service(
                 ServiceError::LockTimeout | ServiceError::Unavailable(_) | ServiceError::Timeout,
             )
+            | Self::FailedEvent(FailedEventError::Unavailable(_))
             | Self::Overloaded
             | Self::OutcomeUnknown => Some(Duration::from_secs(1)),
             Self::RateLimited(wait) => Some(*wait),
@@ -208,7 +216,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Service(ServiceError::Unavailable(cause)) = &self {
+        if let Self::Service(ServiceError::Unavailable(cause))
+        | Self::FailedEvent(FailedEventError::Unavailable(cause)) = &self
+        {
             tracing::error!(error = ?cause, "request failed on a dependency");
         }
         let (status, code, title) = self.describe();

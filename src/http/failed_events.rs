@@ -9,7 +9,7 @@ use super::error::{CommonProblems, WriteProblems};
 use super::extract::{ApiPath, ApiQuery};
 use super::{detached, ApiError};
 use crate::dlt::failed_events::{
-    DeadLetters, FailedEventPage, FailedEventView, RetryAllReport, IGNORED, PENDING, RETRIED,
+    DeadLetters, FailedEventPage, FailedEventStatus, FailedEventView, RetryAllReport,
 };
 
 #[derive(Deserialize, IntoParams)]
@@ -32,19 +32,14 @@ pub async fn list(
     State(dead_letters): State<DeadLetters>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<FailedEventPage>, ApiError> {
-    let status = query.status.map(|s| s.to_ascii_uppercase());
-    if let Some(status) = &status {
-        if ![PENDING, RETRIED, IGNORED].contains(&status.as_str()) {
-            return Err(ApiError::Validation(
-                "status must be PENDING, RETRIED or IGNORED".into(),
-            ));
-        }
-    }
+    let status = query
+        .status
+        .map(|s| s.to_ascii_uppercase().parse::<FailedEventStatus>())
+        .transpose()
+        .map_err(|_| ApiError::Validation("status must be PENDING, RETRIED or IGNORED".into()))?;
     let limit = super::page_limit(query.limit)?;
     let before = super::page_cursor(query.cursor)?;
-    Ok(Json(
-        dead_letters.list(status.as_deref(), limit, before).await?,
-    ))
+    Ok(Json(dead_letters.list(status, limit, before).await?))
 }
 
 /// `POST /api/v1/admin/failed-events/{id}/retry`: re-publish to the original topic.

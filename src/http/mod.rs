@@ -194,13 +194,14 @@ async fn backstop(State(limit): State<Duration>, request: Request, next: Next) -
 
 /// Runs a use case to its end even if the client hangs up: a debit that reached the
 /// database finishes, releases its lock and caches its reply.
-async fn detached<T, F>(work: F) -> Result<T, ApiError>
+async fn detached<T, E, F>(work: F) -> Result<T, ApiError>
 where
-    F: Future<Output = Result<T, ServiceError>> + Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
     T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
 {
     match tokio::spawn(work.in_current_span()).await {
-        Ok(result) => result.map_err(ApiError::from),
+        Ok(result) => result.map_err(Into::into),
         Err(e) => Err(ServiceError::Unavailable(e.into()).into()),
     }
 }

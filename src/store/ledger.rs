@@ -4,9 +4,17 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
-pub const TOP_UP: &str = "TOP_UP";
-pub const PAYMENT: &str = "PAYMENT";
-pub const REFUND: &str = "REFUND";
+crate::support::text_enum::text_enum! {
+    /// What moved the money; with the reference, unique: nothing is booked twice.
+    pub enum EntryType {
+        /// Credit; the reference is the top-up id.
+        TopUp = "TOP_UP",
+        /// Debit; the reference is the order id.
+        Payment = "PAYMENT",
+        /// Credit of a cancelled payment; the reference is the order id.
+        Refund = "REFUND",
+    }
+}
 
 /// A ledger entry.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -14,7 +22,7 @@ pub struct LedgerRow {
     pub entry_id: u64,
     #[sqlx(try_from = "crate::store::ExactText")]
     pub user_id: String,
-    pub entry_type: String,
+    pub entry_type: EntryType,
     pub amount: Decimal,
     pub balance_after: Decimal,
     #[sqlx(try_from = "crate::store::ExactText")]
@@ -26,7 +34,7 @@ pub struct LedgerRow {
 #[derive(Debug, Clone)]
 pub struct NewEntry {
     pub user_id: String,
-    pub entry_type: &'static str,
+    pub entry_type: EntryType,
     /// Signed: a payment is negative.
     pub amount: Decimal,
     pub balance_after: Decimal,
@@ -37,7 +45,7 @@ pub struct NewEntry {
 pub async fn append(
     conn: &mut MySqlConnection,
     user_id: &str,
-    entry_type: &'static str,
+    entry_type: EntryType,
     amount: Decimal,
     balance_after: Decimal,
     reference: &str,

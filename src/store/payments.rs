@@ -4,8 +4,14 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
-pub const COMPLETED: &str = "COMPLETED";
-pub const CANCELLED: &str = "CANCELLED";
+crate::support::text_enum::text_enum! {
+    /// Where a payment stands.
+    pub enum PaymentStatus {
+        Completed = "COMPLETED",
+        /// Cancelled and refunded.
+        Cancelled = "CANCELLED",
+    }
+}
 
 /// A payment row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -17,7 +23,7 @@ pub struct PaymentRow {
     pub user_id: String,
     pub amount: Decimal,
     pub currency: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub balance_after: Decimal,
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
@@ -51,7 +57,7 @@ pub async fn insert_many(
             .push_bind(&p.user_id)
             .push_bind(p.amount)
             .push_bind(&p.currency)
-            .push_bind(&p.status)
+            .push_bind(p.status)
             .push_bind(p.balance_after)
             .push_bind(p.created_at)
             .push_bind(p.points);
@@ -105,12 +111,12 @@ pub async fn mark_cancelled(
         "UPDATE payments SET status = ?, cancelled_at = ?, cancel_reason = ?, refund_balance_after = ? \
          WHERE order_id = ? AND status = ?",
     )
-    .bind(CANCELLED)
+    .bind(PaymentStatus::Cancelled)
     .bind(now)
     .bind(reason)
     .bind(refund_balance_after)
     .bind(order_id)
-    .bind(COMPLETED)
+    .bind(PaymentStatus::Completed)
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)

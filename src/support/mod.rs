@@ -5,3 +5,4 @@ pub mod backoff;
 pub mod clock;
 pub mod pagination;
 pub mod tasks;
+pub mod text_enum;

@@ -135,7 +135,7 @@ impl Command for TopUp {
         ledger::append(
             conn,
             &row.user_id,
-            ledger::TOP_UP,
+            ledger::EntryType::TopUp,
             amount,
             balance_after,
             &row.top_up_id,
@@ -232,7 +232,7 @@ impl Command for Debit {
         ledger::append(
             conn,
             &row.user_id,
-            ledger::PAYMENT,
+            ledger::EntryType::Payment,
             -amount,
             balance_after,
             &row.order_id,
@@ -276,7 +276,7 @@ impl Debit {
             user_id: self.user_id.to_string(),
             amount,
             currency: ctx.currency.code().to_owned(),
-            status: payments::COMPLETED.to_owned(),
+            status: payments::PaymentStatus::Completed,
             balance_after,
             created_at: ctx.now,
             cancelled_at: None,
@@ -326,7 +326,7 @@ impl Command for CancelPayment {
         let mut payment = payments::lock(conn, self.order_id.as_str())
             .await?
             .ok_or(ServiceError::PaymentNotFound)?;
-        if payment.status == payments::CANCELLED {
+        if payment.status == payments::PaymentStatus::Cancelled {
             return Ok(Applied::AlreadyDone(PaymentView::current(
                 &payment,
                 ctx.currency,
@@ -355,7 +355,7 @@ impl Command for CancelPayment {
         ledger::append(
             conn,
             &payment.user_id,
-            ledger::REFUND,
+            ledger::EntryType::Refund,
             payment.amount,
             balance_after,
             &payment.order_id,
@@ -365,7 +365,7 @@ impl Command for CancelPayment {
         .map_err(CommandError::from_insert)?;
         let event = payment_event(&payment, PAYMENT_CANCELLED, ctx);
         outbox::append(conn, &event, ctx.now).await?;
-        payment.status = payments::CANCELLED.to_owned();
+        payment.status = payments::PaymentStatus::Cancelled;
         payment.cancelled_at = Some(ctx.now);
         payment.cancel_reason = self.reason.clone();
         payment.refund_balance_after = Some(balance_after);

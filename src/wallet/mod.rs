@@ -46,10 +46,6 @@ pub enum ServiceError {
     LockTimeout,
     #[error("the request took too long and was rolled back")]
     Timeout,
-    #[error("failed event not found")]
-    FailedEventNotFound,
-    #[error("the failed event was ignored; it is never applied")]
-    FailedEventIgnored,
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
 }
@@ -65,8 +61,7 @@ pub enum Refusal {
     Rejected {
         reason: &'static str,
         payment_id: String,
-        /// `COMPLETED` or `CANCELLED`.
-        order_status: String,
+        order_status: store::payments::PaymentStatus,
     },
 }
 
@@ -321,7 +316,7 @@ impl WalletService {
                 crate::domain::events::PAYMENT_REQUEST_REJECTED,
                 reason,
                 Some(payment_id),
-                Some(order_status),
+                Some(order_status.to_string()),
             ),
         };
         let event = crate::domain::events::PaymentEvent {

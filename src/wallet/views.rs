@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Currency;
+use crate::store::ledger::EntryType;
 use crate::store::ledger::LedgerRow;
-use crate::store::payments::{PaymentRow, COMPLETED};
+use crate::store::payments::{PaymentRow, PaymentStatus};
 use crate::store::top_ups::TopUpRow;
 use crate::store::wallets::WalletRow;
 use crate::support::clock::timestamp;
@@ -44,7 +45,7 @@ pub struct PaymentView {
     pub user_id: String,
     pub amount: String,
     pub currency: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub balance_after: String,
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,7 +65,7 @@ impl PaymentView {
             user_id: row.user_id.clone(),
             amount: currency.format(row.amount),
             currency: row.currency.clone(),
-            status: row.status.clone(),
+            status: row.status,
             balance_after: currency.format(row.balance_after),
             created_at: timestamp(row.created_at),
             cancelled_at: row.cancelled_at.map(timestamp),
@@ -77,7 +78,7 @@ impl PaymentView {
     /// even after a cancel, like any idempotent replay.
     pub fn as_debited(row: &PaymentRow, currency: Currency) -> Self {
         Self {
-            status: COMPLETED.to_owned(),
+            status: PaymentStatus::Completed,
             cancelled_at: None,
             cancel_reason: None,
             refund_balance_after: None,
@@ -115,7 +116,7 @@ impl TopUpView {
 pub struct LedgerEntryView {
     pub entry_id: String,
     #[serde(rename = "type")]
-    pub entry_type: String,
+    pub entry_type: EntryType,
     /// Signed: a payment is negative, a top-up or refund positive.
     pub amount: String,
     pub balance_after: String,
@@ -128,7 +129,7 @@ impl LedgerEntryView {
     pub fn new(row: &LedgerRow, currency: Currency) -> Self {
         Self {
             entry_id: row.entry_id.to_string(),
-            entry_type: row.entry_type.clone(),
+            entry_type: row.entry_type,
             amount: currency.format(row.amount),
             balance_after: currency.format(row.balance_after),
             reference: row.reference.clone(),

@@ -251,7 +251,7 @@ impl<'c> Plan<'c> {
         let row = debit.row(*balance, self.ctx);
         self.entries.push(ledger::NewEntry {
             user_id: row.user_id.clone(),
-            entry_type: ledger::PAYMENT,
+            entry_type: ledger::EntryType::Payment,
             amount: -amount,
             balance_after: row.balance_after,
             reference: row.order_id.clone(),
@@ -292,7 +292,7 @@ impl<'c> Plan<'c> {
         let row = top_up.row(*balance, self.ctx);
         self.entries.push(ledger::NewEntry {
             user_id: row.user_id.clone(),
-            entry_type: ledger::TOP_UP,
+            entry_type: ledger::EntryType::TopUp,
             amount,
             balance_after: row.balance_after,
             reference: row.top_up_id.clone(),
