@@ -140,7 +140,14 @@ impl Application {
             .with_context(|| format!("binding {}", settings.http_addr))?;
         Ok(Self {
             listener,
-            router: http::router(service, dead_letters, metrics, gatekeeper, &settings.api),
+            router: http::router(
+                service,
+                dead_letters,
+                metrics,
+                gatekeeper,
+                &settings.api,
+                tasks.clone(),
+            ),
             db,
             producer,
             tasks,

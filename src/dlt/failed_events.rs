@@ -282,3 +282,14 @@ pub enum Error {
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FailedEventStatus;
+    use crate::support::text_enum::assert_same_text_everywhere;
+
+    #[test]
+    fn statuses_read_and_write_their_column_text() {
+        assert_same_text_everywhere(FailedEventStatus::ALL, |s| s.as_str());
+    }
+}

@@ -153,7 +153,7 @@ impl ApiError {
                 "lock_timeout",
                 "The wallet is busy",
             ),
-            Self::Service(S::Unavailable(_))
+            Self::Service(S::Unavailable(_) | S::Redis(_))
             | Self::FailedEvent(FailedEventError::Unavailable(_)) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -179,7 +179,7 @@ impl ApiError {
                 "The wallet stayed busy for the whole wait; nothing was applied, retry later."
                     .into()
             }
-            Self::Service(S::Unavailable(_)) => {
+            Self::Service(S::Unavailable(_) | S::Redis(_)) => {
                 "A dependency failed; retry with the same key, which is applied at most once."
                     .into()
             }
@@ -203,7 +203,10 @@ impl ApiError {
         match self {
             Self::Service(ServiceError::InProgress { retry_after }) => Some(*retry_after),
             Self::Service(
-                ServiceError::LockTimeout | ServiceError::Unavailable(_) | ServiceError::Timeout,
+                ServiceError::LockTimeout
+                | ServiceError::Unavailable(_)
+                | ServiceError::Redis(_)
+                | ServiceError::Timeout,
             )
             | Self::FailedEvent(FailedEventError::Unavailable(_))
             | Self::Overloaded
@@ -216,10 +219,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Service(ServiceError::Unavailable(cause))
-        | Self::FailedEvent(FailedEventError::Unavailable(cause)) = &self
-        {
-            tracing::error!(error = ?cause, "request failed on a dependency");
+        match &self {
+            Self::Service(ServiceError::Unavailable(cause))
+            | Self::FailedEvent(FailedEventError::Unavailable(cause)) => {
+                tracing::error!(error = ?cause, "request failed on a dependency");
+            }
+            Self::Service(ServiceError::Redis(fault)) => {
+                tracing::error!(error = ?fault, "request failed on redis");
+            }
+            _ => {}
         }
         let (status, code, title) = self.describe();
         let problem = Problem {

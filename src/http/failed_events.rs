@@ -7,7 +7,7 @@ use utoipa::IntoParams;
 
 use super::error::{CommonProblems, WriteProblems};
 use super::extract::{ApiPath, ApiQuery};
-use super::{detached, ApiError};
+use super::{ApiError, Detach};
 use crate::dlt::failed_events::{
     DeadLetters, FailedEventPage, FailedEventStatus, FailedEventView, RetryAllReport,
 };
@@ -47,12 +47,15 @@ pub async fn list(
     params(("id" = String, Path, description = "The failed event's id")),
     responses((status = 200, description = "Re-published, now RETRIED", body = FailedEventView), CommonProblems, WriteProblems))]
 pub async fn retry(
+    State(detach): State<Detach>,
     State(dead_letters): State<DeadLetters>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FailedEventView>, ApiError> {
     let id = failed_event_id(&id)?;
     Ok(Json(
-        detached(async move { dead_letters.retry(id).await }).await?,
+        detach
+            .run(async move { dead_letters.retry(id).await })
+            .await?,
     ))
 }
 
@@ -64,10 +67,13 @@ pub async fn retry(
 #[utoipa::path(post, path = "/api/v1/admin/failed-events/retry-all", tag = "admin",
     responses((status = 200, description = "How many were re-published", body = RetryAllReport), CommonProblems))]
 pub async fn retry_all(
+    State(detach): State<Detach>,
     State(dead_letters): State<DeadLetters>,
 ) -> Result<Json<RetryAllReport>, ApiError> {
     Ok(Json(
-        detached(async move { dead_letters.retry_all().await }).await?,
+        detach
+            .run(async move { dead_letters.retry_all().await })
+            .await?,
     ))
 }
 
@@ -76,12 +82,15 @@ pub async fn retry_all(
     params(("id" = String, Path, description = "The failed event's id")),
     responses((status = 200, description = "Now IGNORED", body = FailedEventView), CommonProblems))]
 pub async fn ignore(
+    State(detach): State<Detach>,
     State(dead_letters): State<DeadLetters>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FailedEventView>, ApiError> {
     let id = failed_event_id(&id)?;
     Ok(Json(
-        detached(async move { dead_letters.ignore(id).await }).await?,
+        detach
+            .run(async move { dead_letters.ignore(id).await })
+            .await?,
     ))
 }
 

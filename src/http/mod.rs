@@ -36,6 +36,7 @@ pub use openapi::ApiDoc;
 
 use crate::configuration::{ApiSettings, Scope};
 use crate::dlt::failed_events::DeadLetters;
+use crate::support::tasks::Tasks;
 use crate::telemetry::metrics::{label_route, track_http};
 use crate::wallet::{Outcome, ServiceError, WalletService};
 
@@ -45,7 +46,14 @@ pub struct AppState {
     pub wallet: WalletService,
     pub dead_letters: DeadLetters,
     pub metrics: PrometheusHandle,
+    detach: Detach,
     document: openapi::Document,
+}
+
+impl FromRef<AppState> for Detach {
+    fn from_ref(state: &AppState) -> Self {
+        state.detach.clone()
+    }
 }
 
 impl FromRef<AppState> for WalletService {
@@ -121,6 +129,7 @@ pub fn router(
     metrics: PrometheusHandle,
     gatekeeper: Gatekeeper,
     settings: &ApiSettings,
+    tasks: Tasks,
 ) -> Router {
     let (router, doc) = routes(gatekeeper).split_for_parts();
     let document = openapi::Document(Arc::new(
@@ -130,6 +139,7 @@ pub fn router(
         wallet,
         dead_letters,
         metrics,
+        detach: Detach(tasks),
         document,
     };
     let request_id = HeaderName::from_static("x-request-id");
@@ -192,17 +202,23 @@ async fn backstop(State(limit): State<Duration>, request: Request, next: Next) -
     }
 }
 
-/// Runs a use case to its end even if the client hangs up: a debit that reached the
-/// database finishes, releases its lock and caches its reply.
-async fn detached<T, E, F>(work: F) -> Result<T, ApiError>
-where
-    F: Future<Output = Result<T, E>> + Send + 'static,
-    T: Send + 'static,
-    E: Into<ApiError> + Send + 'static,
-{
-    match tokio::spawn(work.in_current_span()).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(e) => Err(ServiceError::Unavailable(e.into()).into()),
+/// Runs use cases to their end even if the client hangs up: a debit that reached the
+/// database finishes, releases its lock and caches its reply. Each runs as a task of the
+/// application, so shutdown waits for it.
+#[derive(Clone)]
+pub struct Detach(Tasks);
+
+impl Detach {
+    async fn run<T, E, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Into<ApiError> + Send + 'static,
+    {
+        match self.0.spawn_joined(work.in_current_span()).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(e) => Err(ServiceError::Unavailable(e.into()).into()),
+        }
     }
 }
 

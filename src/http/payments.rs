@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::error::{CommonProblems, WriteProblems};
 use super::extract::{optional_json, ApiJson, ApiPath};
-use super::{detached, idempotent, ApiError};
+use super::{idempotent, ApiError, Detach};
 use crate::domain::{Amount, Identifier, RawAmount};
 use crate::wallet::views::PaymentView;
 use crate::wallet::WalletService;
@@ -37,13 +37,16 @@ pub struct PayRequest {
         CommonProblems, WriteProblems,
     ))]
 pub async fn pay(
+    State(detach): State<Detach>,
     State(service): State<WalletService>,
     ApiJson(body): ApiJson<PayRequest>,
 ) -> Result<Response, ApiError> {
     let order_id = Identifier::parse("orderId", body.order_id)?;
     let user_id = Identifier::parse("userId", body.user_id)?;
     let amount = Amount::parse("amount", body.amount, service.currency())?;
-    let outcome = detached(async move { service.pay(order_id, user_id, amount).await }).await?;
+    let outcome = detach
+        .run(async move { service.pay(order_id, user_id, amount).await })
+        .await?;
     Ok(idempotent(outcome, StatusCode::CREATED))
 }
 
@@ -79,6 +82,7 @@ pub struct CancelRequest {
         CommonProblems, WriteProblems,
     ))]
 pub async fn cancel(
+    State(detach): State<Detach>,
     State(service): State<WalletService>,
     ApiPath(order_id): ApiPath<String>,
     body: Bytes,
@@ -93,6 +97,8 @@ pub async fn cancel(
             "reason must be at most {MAX_REASON} characters"
         )));
     }
-    let outcome = detached(async move { service.cancel(order_id, reason).await }).await?;
+    let outcome = detach
+        .run(async move { service.cancel(order_id, reason).await })
+        .await?;
     Ok(idempotent(outcome, StatusCode::OK))
 }

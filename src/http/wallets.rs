@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{CommonProblems, WriteProblems};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::{detached, idempotent, ApiError};
+use super::{idempotent, ApiError, Detach};
 use crate::domain::{Amount, Identifier, RawAmount};
 use crate::wallet::views::{LedgerPage, TopUpView, WalletView};
 use crate::wallet::WalletService;
@@ -29,11 +29,14 @@ pub struct CreateWallet {
         CommonProblems, WriteProblems,
     ))]
 pub async fn create(
+    State(detach): State<Detach>,
     State(service): State<WalletService>,
     ApiJson(body): ApiJson<CreateWallet>,
 ) -> Result<Response, ApiError> {
     let user_id = Identifier::parse("userId", body.user_id)?;
-    let outcome = detached(async move { service.create_wallet(&user_id).await }).await?;
+    let outcome = detach
+        .run(async move { service.create_wallet(&user_id).await })
+        .await?;
     let status = if outcome.replayed {
         StatusCode::OK
     } else {
@@ -75,6 +78,7 @@ pub struct TopUpRequest {
         CommonProblems, WriteProblems,
     ))]
 pub async fn top_up(
+    State(detach): State<Detach>,
     State(service): State<WalletService>,
     ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<TopUpRequest>,
@@ -82,7 +86,9 @@ pub async fn top_up(
     let user_id = Identifier::parse("userId", user_id)?;
     let top_up_id = Identifier::parse("topUpId", body.top_up_id)?;
     let amount = Amount::parse("amount", body.amount, service.currency())?;
-    let outcome = detached(async move { service.top_up(top_up_id, user_id, amount).await }).await?;
+    let outcome = detach
+        .run(async move { service.top_up(top_up_id, user_id, amount).await })
+        .await?;
     Ok(idempotent(outcome, StatusCode::CREATED))
 }
 

@@ -89,3 +89,16 @@ impl From<ExactText> for String {
         text.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ledger::EntryType;
+    use super::payments::PaymentStatus;
+    use crate::support::text_enum::assert_same_text_everywhere;
+
+    #[test]
+    fn statuses_and_entry_types_read_and_write_their_column_text() {
+        assert_same_text_everywhere(PaymentStatus::ALL, |s| s.as_str());
+        assert_same_text_everywhere(EntryType::ALL, |t| t.as_str());
+    }
+}

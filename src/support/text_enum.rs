@@ -1,6 +1,7 @@
 //! [`text_enum!`]: an enum stored in a text column whose CHECK constraint lists the
 //! values (statuses, entry types), typed in Rust and as `sqlx::Type`, written as its
-//! SCREAMING_SNAKE_CASE name in the database and in JSON.
+//! SCREAMING_SNAKE_CASE name in the database and in JSON (each value's text must be
+//! that name: a unit test of each enum checks it).
 
 /// Declares the enum with `as_str`, `FromStr`, `Display`, serde, OpenAPI schema and
 /// the sqlx `Type`/`Encode`/`Decode` of a MySQL text column.
@@ -16,8 +17,11 @@ macro_rules! text_enum {
             Debug, Clone, Copy, PartialEq, Eq, Hash,
             serde::Serialize, serde::Deserialize, utoipa::ToSchema,
         )]
+        // The names as the text column holds them; `rename_all` rather than a rename
+        // per variant, which the OpenAPI derive does not read from a macro.
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
         $vis enum $name {
-            $($(#[$variant_meta])* #[serde(rename = $text)] $variant,)+
+            $($(#[$variant_meta])* $variant,)+
         }
 
         impl $name {
@@ -80,3 +84,17 @@ macro_rules! text_enum {
 }
 
 pub(crate) use text_enum;
+
+/// Checks that JSON writes each of `all` as the text the column holds, and that the
+/// text reads back.
+#[cfg(test)]
+pub(crate) fn assert_same_text_everywhere<T>(all: &[T], as_str: fn(&T) -> &'static str)
+where
+    T: serde::Serialize + std::str::FromStr + PartialEq + std::fmt::Debug,
+{
+    for value in all {
+        let text = as_str(value);
+        assert_eq!(serde_json::to_value(value).unwrap(), text);
+        assert_eq!(text.parse::<T>().ok().as_ref(), Some(value));
+    }
+}

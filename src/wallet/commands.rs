@@ -9,8 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool};
 
+use super::attempt::Failure;
+use super::replay;
 use super::views::{PaymentView, TopUpView};
-use super::{balance_capacity, balance_limit, ServiceError};
+use super::{balance_capacity, balance_limit, Outcome, ServiceError};
 use crate::domain::events::{points_for, PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED};
 use crate::domain::{Amount, Currency, Identifier};
 use crate::outbox;
@@ -31,31 +33,18 @@ pub enum Applied<T> {
     /// Something was written: commit.
     Written(T),
     /// The request had been applied before: roll back and replay this answer.
-    AlreadyDone(T),
+    Replay(T),
+    /// A unique key says the request was applied before: roll back and answer what
+    /// [`Command::recorded`] finds.
+    Recorded,
 }
 
-/// Why a command did not apply.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error(transparent)]
-    Service(#[from] ServiceError),
-    /// A unique key says the request was applied before; [`Command::recorded`] knows how.
-    #[error("the request was applied before")]
-    Duplicate,
-    /// A conditional update matched no row although its checks passed: retry.
-    #[error("the wallet changed under the transaction")]
-    Conflict,
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-impl CommandError {
-    fn from_insert(e: sqlx::Error) -> Self {
-        if store::is_unique_violation(&e) {
-            Self::Duplicate
-        } else {
-            Self::Database(e)
-        }
+/// Inserts a row keyed by the request; `false` when the key was recorded before.
+async fn inserted(insert: impl Future<Output = Result<(), sqlx::Error>>) -> Result<bool, Failure> {
+    match insert.await {
+        Ok(()) => Ok(true),
+        Err(e) if store::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -79,14 +68,14 @@ pub trait Command: Send + Sync {
         conn: &mut MySqlConnection,
         wallet: &WalletRow,
         ctx: &TxContext,
-    ) -> impl Future<Output = Result<Applied<Self::Output>, CommandError>> + Send;
+    ) -> impl Future<Output = Result<Applied<Self::Output>, Failure>> + Send;
 
-    /// The answer recorded by an earlier run, after [`CommandError::Duplicate`].
+    /// The answer recorded by an earlier run, after [`Applied::Recorded`].
     fn recorded(
         &self,
         db: &MySqlPool,
         currency: Currency,
-    ) -> impl Future<Output = Result<Self::Output, ServiceError>> + Send;
+    ) -> impl Future<Output = Result<Outcome<Self::Output>, ServiceError>> + Send;
 }
 
 /// Credits the wallet once per top-up id.
@@ -117,20 +106,20 @@ impl Command for TopUp {
         conn: &mut MySqlConnection,
         wallet: &WalletRow,
         ctx: &TxContext,
-    ) -> Result<Applied<TopUpView>, CommandError> {
+    ) -> Result<Applied<TopUpView>, Failure> {
         let amount = self.amount.value();
         let balance_after = wallet.balance + amount;
         let row = self.row(balance_after, ctx);
         // The insert comes first: a repeat of an applied top-up is a replay, whatever
         // the balance is now. Refusing after it rolls the insert back.
-        top_ups::insert(conn, &row)
-            .await
-            .map_err(CommandError::from_insert)?;
+        if !inserted(top_ups::insert(conn, &row)).await? {
+            return Ok(Applied::Recorded);
+        }
         if balance_after > balance_limit() {
             return Err(ServiceError::BalanceLimit.into());
         }
         if !store::wallets::apply_delta(conn, &row.user_id, amount, ctx.fence, ctx.now).await? {
-            return Err(CommandError::Conflict);
+            return Err(Failure::conflict());
         }
         ledger::append(
             conn,
@@ -141,8 +130,7 @@ impl Command for TopUp {
             &row.top_up_id,
             ctx.now,
         )
-        .await
-        .map_err(CommandError::from_insert)?;
+        .await?;
         Ok(Applied::Written(TopUpView::new(&row, ctx.currency)))
     }
 
@@ -150,17 +138,16 @@ impl Command for TopUp {
         &self,
         db: &MySqlPool,
         currency: Currency,
-    ) -> Result<TopUpView, ServiceError> {
+    ) -> Result<Outcome<TopUpView>, ServiceError> {
         let row = top_ups::find(db, self.top_up_id.as_str())
             .await
             .map_err(super::unavailable)?
             .ok_or_else(|| {
                 super::unavailable(anyhow::anyhow!("top-up vanished after a duplicate key"))
             })?;
-        if !self.matches(&row) {
-            return Err(ServiceError::KeyReused);
-        }
-        Ok(TopUpView::new(&row, currency))
+        replay::recorded(Self::SCOPE, self.matches(&row), || {
+            TopUpView::new(&row, currency)
+        })
     }
 }
 
@@ -211,23 +198,23 @@ impl Command for Debit {
         conn: &mut MySqlConnection,
         wallet: &WalletRow,
         ctx: &TxContext,
-    ) -> Result<Applied<PaymentView>, CommandError> {
+    ) -> Result<Applied<PaymentView>, Failure> {
         let amount = self.amount.value();
         if wallet.balance < amount {
             // A repeat of a debit that succeeded earlier replays it, even though the
             // balance no longer covers it.
             return match payments::lock(conn, self.order_id.as_str()).await? {
-                Some(_) => Err(CommandError::Duplicate),
+                Some(_) => Ok(Applied::Recorded),
                 None => Err(ServiceError::InsufficientFunds.into()),
             };
         }
         let balance_after = wallet.balance - amount;
         let row = self.row(balance_after, ctx);
-        payments::insert(conn, &row)
-            .await
-            .map_err(CommandError::from_insert)?;
+        if !inserted(payments::insert(conn, &row)).await? {
+            return Ok(Applied::Recorded);
+        }
         if !store::wallets::apply_delta(conn, &row.user_id, -amount, ctx.fence, ctx.now).await? {
-            return Err(CommandError::Conflict);
+            return Err(Failure::conflict());
         }
         ledger::append(
             conn,
@@ -238,8 +225,7 @@ impl Command for Debit {
             &row.order_id,
             ctx.now,
         )
-        .await
-        .map_err(CommandError::from_insert)?;
+        .await?;
         let event = payment_event(&row, PAYMENT_COMPLETED, ctx);
         outbox::append(conn, &event, ctx.now).await?;
         Ok(Applied::Written(PaymentView::as_debited(
@@ -252,17 +238,16 @@ impl Command for Debit {
         &self,
         db: &MySqlPool,
         currency: Currency,
-    ) -> Result<PaymentView, ServiceError> {
+    ) -> Result<Outcome<PaymentView>, ServiceError> {
         let row = payments::find(db, self.order_id.as_str())
             .await
             .map_err(super::unavailable)?
             .ok_or_else(|| {
                 super::unavailable(anyhow::anyhow!("payment vanished after a duplicate key"))
             })?;
-        if !self.matches(&row) {
-            return Err(ServiceError::KeyReused);
-        }
-        Ok(PaymentView::as_debited(&row, currency))
+        replay::recorded(Self::SCOPE, self.matches(&row), || {
+            PaymentView::as_debited(&row, currency)
+        })
     }
 }
 
@@ -322,12 +307,12 @@ impl Command for CancelPayment {
         conn: &mut MySqlConnection,
         wallet: &WalletRow,
         ctx: &TxContext,
-    ) -> Result<Applied<PaymentView>, CommandError> {
+    ) -> Result<Applied<PaymentView>, Failure> {
         let mut payment = payments::lock(conn, self.order_id.as_str())
             .await?
             .ok_or(ServiceError::PaymentNotFound)?;
         if payment.status == payments::PaymentStatus::Cancelled {
-            return Ok(Applied::AlreadyDone(PaymentView::current(
+            return Ok(Applied::Replay(PaymentView::current(
                 &payment,
                 ctx.currency,
             )));
@@ -345,12 +330,12 @@ impl Command for CancelPayment {
         )
         .await?
         {
-            return Err(CommandError::Conflict);
+            return Err(Failure::conflict());
         }
         if !store::wallets::apply_delta(conn, &payment.user_id, payment.amount, ctx.fence, ctx.now)
             .await?
         {
-            return Err(CommandError::Conflict);
+            return Err(Failure::conflict());
         }
         ledger::append(
             conn,
@@ -361,8 +346,7 @@ impl Command for CancelPayment {
             &payment.order_id,
             ctx.now,
         )
-        .await
-        .map_err(CommandError::from_insert)?;
+        .await?;
         let event = payment_event(&payment, PAYMENT_CANCELLED, ctx);
         outbox::append(conn, &event, ctx.now).await?;
         payment.status = payments::PaymentStatus::Cancelled;
@@ -379,12 +363,12 @@ impl Command for CancelPayment {
         &self,
         db: &MySqlPool,
         currency: Currency,
-    ) -> Result<PaymentView, ServiceError> {
+    ) -> Result<Outcome<PaymentView>, ServiceError> {
         let row = payments::find(db, self.order_id.as_str())
             .await
             .map_err(super::unavailable)?
             .ok_or(ServiceError::PaymentNotFound)?;
-        Ok(PaymentView::current(&row, currency))
+        replay::recorded(Self::SCOPE, true, || PaymentView::current(&row, currency))
     }
 }
 

@@ -1,76 +1,25 @@
-//! Runs a [`Command`] under the Redis lock, or under MySQL row locks alone while Redis is
-//! unavailable.
+//! Runs one [`Command`] in a transaction of its own: under the Redis lock, or under
+//! MySQL row locks alone while Redis is unavailable ([`crate::fallback`]).
 //!
 //! Either way the transaction first locks the wallet row (`SELECT … FOR UPDATE`), so
 //! the database serialises writers even when two instances disagree about Redis. On the
 //! Redis path the row lock is uncontended, the lock queue lives in Redis, and a stale
 //! holder is refused by the fencing token.
 
-use std::time::Duration;
-
+use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use super::commands::{Applied, Command, CommandError, TxContext};
-use super::{unavailable, Outcome, ServiceError, WalletService};
+use super::attempt::{retrying, Attempts, Failure, MAX_ATTEMPTS};
+use super::commands::{Applied, Command, TxContext};
+use super::replay::{self, Claimed};
+use super::{Outcome, ServiceError, WalletService};
 use crate::configuration::LockMode;
 use crate::fallback::ActiveMode;
-use crate::idempotency::{Claim, Settlement};
+use crate::idempotency::Settlement;
 use crate::lock::{LockError, LockGuard};
 use crate::redis_support::RedisFault;
 use crate::store;
 use crate::telemetry::metrics;
-
-/// How often one request retries a transaction that lost a race it could not see
-/// (a stale fencing token, a lost lease, a deadlock) before it answers 503.
-const MAX_ATTEMPTS: u32 = 3;
-
-/// Why the Redis path stopped.
-enum RedisPath {
-    /// A business answer: return it.
-    Failed(ServiceError),
-    /// Redis failed before anything was committed: take the MySQL path instead.
-    Redis(RedisFault),
-}
-
-/// Why one transaction did not commit.
-enum TxFailure {
-    Failed(ServiceError),
-    /// The wallet was written under a newer fencing token than ours.
-    Stale {
-        seen: u64,
-    },
-    /// Our lease could not be renewed: we may no longer own the lock.
-    LeaseLost,
-    /// A deadlock or a conditional update that lost a race: safe to retry.
-    Retry(anyhow::Error),
-}
-
-impl From<sqlx::Error> for TxFailure {
-    fn from(e: sqlx::Error) -> Self {
-        if store::is_lock_conflict(&e) {
-            Self::Retry(e.into())
-        } else {
-            Self::Failed(unavailable(e))
-        }
-    }
-}
-
-impl From<ServiceError> for TxFailure {
-    fn from(e: ServiceError) -> Self {
-        Self::Failed(e)
-    }
-}
-
-impl TxFailure {
-    /// The answer when no retry is left.
-    fn into_service_error(self) -> ServiceError {
-        match self {
-            Self::Failed(e) => e,
-            Self::Stale { .. } | Self::LeaseLost => ServiceError::LockTimeout,
-            Self::Retry(e) => ServiceError::Unavailable(e.context("retries exhausted")),
-        }
-    }
-}
 
 impl WalletService {
     pub(super) async fn execute<C: Command>(
@@ -81,16 +30,15 @@ impl WalletService {
         let deadline = Instant::now() + self.request_timeout;
         if self.breaker.mode() == ActiveMode::Redis {
             match self.execute_on_redis(cmd, deadline).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(RedisPath::Failed(e)) => return Err(e),
-                Err(RedisPath::Redis(fault)) => {
-                    self.redis.reset();
-                    self.breaker.record_failure(&fault);
+                // Redis failed before anything was committed.
+                Err(ServiceError::Redis(fault)) => {
+                    self.redis_failed(&fault);
                     if self.breaker.configured() != LockMode::Auto {
-                        return Err(unavailable(fault));
+                        return Err(ServiceError::Redis(fault));
                     }
                     tracing::warn!(error = %fault, "redis failed before commit; finishing on the mysql path");
                 }
+                answer => return answer,
             }
         }
         self.execute_on_mysql(cmd, deadline).await
@@ -101,36 +49,17 @@ impl WalletService {
         &self,
         cmd: &C,
         deadline: Instant,
-    ) -> Result<Outcome<C::Output>, RedisPath> {
-        let mut conn = self.redis.connection().await.map_err(RedisPath::Redis)?;
+    ) -> Result<Outcome<C::Output>, ServiceError> {
+        let mut conn = self.redis.connection().await?;
         let fingerprint = cmd.fingerprint();
         let claim = self
             .idempotency
             .claim(&mut conn, C::SCOPE, cmd.key(), &fingerprint)
-            .await
-            .map_err(RedisPath::Redis)?;
+            .await?;
         self.breaker.record_success();
-        let token = match claim {
-            Claim::Claimed(token) => token,
-            Claim::Done(reply) => {
-                metrics::replayed(C::SCOPE);
-                return serde_json::from_str(&reply)
-                    .map(|value| Outcome {
-                        value,
-                        replayed: true,
-                    })
-                    .map_err(|e| RedisPath::Failed(unavailable(e)));
-            }
-            Claim::Pending(_) => {
-                metrics::in_progress(C::SCOPE);
-                return Err(RedisPath::Failed(ServiceError::InProgress {
-                    retry_after: Duration::from_secs(1),
-                }));
-            }
-            Claim::Mismatch => {
-                metrics::key_reused(C::SCOPE);
-                return Err(RedisPath::Failed(ServiceError::KeyReused));
-            }
+        let token = match replay::claimed(C::SCOPE, claim, |reply| serde_json::from_str(reply)) {
+            Claimed::Ours(token) => token,
+            Claimed::Answered(answer) => return answer,
         };
 
         let result = self.locked(&mut conn, cmd, deadline).await;
@@ -149,99 +78,72 @@ impl WalletService {
                     std::io::Error::other(e),
                 ))),
             },
+            // The claim expires on its own.
+            Err(ServiceError::Redis(_)) => Ok(()),
             // Nothing was applied: free the key for an immediate retry.
-            Err(RedisPath::Failed(_)) => {
+            Err(_) => {
                 self.idempotency
                     .settle(&mut conn, C::SCOPE, cmd.key(), &token, Settlement::Abandon)
                     .await
             }
-            // The claim expires on its own.
-            Err(RedisPath::Redis(_)) => Ok(()),
         };
         if let Err(fault) = cache {
             // The answer stands: the database replays it if the cache missed it.
             tracing::warn!(error = %fault, "could not update the idempotency cache");
-            self.redis.reset();
-            self.breaker.record_failure(&fault);
+            self.redis_failed(&fault);
         }
         result
     }
 
+    /// Takes the wallet's lock, runs the transaction under it (retried as
+    /// [`retrying`] allows), and releases it. A lost lease queues for the lock again,
+    /// at most [`MAX_ATTEMPTS`] times in all.
     async fn locked<C: Command>(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut MultiplexedConnection,
         cmd: &C,
         deadline: Instant,
-    ) -> Result<Outcome<C::Output>, RedisPath> {
+    ) -> Result<Outcome<C::Output>, ServiceError> {
         let lock_deadline = (Instant::now() + self.lock_wait).min(deadline);
-        let mut attempt = 1;
+        let mut leases = 1;
         loop {
-            let mut guard = match self.lock.acquire(conn, cmd.user_id(), lock_deadline).await {
+            let guard = match self.lock.acquire(conn, cmd.user_id(), lock_deadline).await {
                 Ok(guard) => guard,
                 Err(LockError::Timeout) if Instant::now() >= deadline => {
-                    return Err(RedisPath::Failed(ServiceError::Timeout))
+                    return Err(ServiceError::Timeout)
                 }
-                Err(LockError::Timeout) => {
-                    return Err(RedisPath::Failed(ServiceError::LockTimeout))
-                }
-                Err(LockError::Redis(fault)) => return Err(RedisPath::Redis(fault)),
+                Err(LockError::Timeout) => return Err(ServiceError::LockTimeout),
+                Err(LockError::Redis(fault)) => return Err(fault.into()),
             };
-            // Retries under the same lock, while the fencing token can be moved forward.
-            let failure = loop {
-                match self.transact(cmd, Some(&guard), deadline).await {
-                    Err(TxFailure::Stale { seen }) if attempt < MAX_ATTEMPTS => {
-                        attempt += 1;
-                        metrics::stale_fence();
-                        match self.lock.refence(conn, &mut guard, seen).await {
-                            // Redis lost its counter and came back with a clock behind the
-                            // one that issued the row's token: go on with a fresh token.
-                            Ok(true) => continue,
-                            // Our lease passed to someone else: queue again.
-                            Ok(false) => break TxFailure::LeaseLost,
-                            Err(fault) => return Err(RedisPath::Redis(fault)),
-                        }
-                    }
-                    Err(TxFailure::Retry(e)) if attempt < MAX_ATTEMPTS => {
-                        attempt += 1;
-                        tracing::debug!(error = %e, "retrying the transaction");
-                        continue;
-                    }
-                    Err(TxFailure::LeaseLost) if attempt < MAX_ATTEMPTS => {
-                        metrics::lease_lost();
-                        break TxFailure::LeaseLost;
-                    }
-                    result => {
-                        self.release(conn, guard).await?;
-                        return result.map_err(|f| RedisPath::Failed(f.into_service_error()));
-                    }
-                }
+            let mut locked = Locked {
+                service: self,
+                cmd,
+                deadline,
+                guard,
+                conn: &mut *conn,
             };
-            self.release(conn, guard).await?;
-            if attempt >= MAX_ATTEMPTS {
-                return Err(RedisPath::Failed(failure.into_service_error()));
+            let result = retrying(&mut locked).await;
+            let guard = locked.guard;
+            self.release(conn, guard).await;
+            match result {
+                Err(Failure::LeaseLost) if leases < MAX_ATTEMPTS => {
+                    leases += 1;
+                    metrics::lease_lost();
+                    tracing::info!("lock lease lost before commit; taking the lock again");
+                }
+                result => return result.map_err(Failure::into_service_error),
             }
-            attempt += 1;
-            tracing::info!("lock lease lost before commit; taking the lock again");
         }
     }
 
-    async fn release(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        guard: LockGuard,
-    ) -> Result<(), RedisPath> {
+    async fn release(&self, conn: &mut MultiplexedConnection, guard: LockGuard) {
         match self.lock.release(conn, guard).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                tracing::warn!("lock lease had expired before release");
-                Ok(())
-            }
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("lock lease had expired before release"),
             Err(fault) => {
                 // The lease runs out by itself; count it against Redis all the same.
                 tracing::warn!(error = %fault, "could not release the wallet lock");
-                self.redis.reset();
-                self.breaker.record_failure(&fault);
-                Ok(())
+                self.redis_failed(&fault);
             }
         }
     }
@@ -253,16 +155,14 @@ impl WalletService {
         deadline: Instant,
     ) -> Result<Outcome<C::Output>, ServiceError> {
         metrics::mysql_fallback();
-        let mut attempt = 1;
-        loop {
-            match self.transact(cmd, None, deadline).await {
-                Err(TxFailure::Retry(e)) if attempt < MAX_ATTEMPTS => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, "retrying the transaction");
-                }
-                result => return result.map_err(TxFailure::into_service_error),
-            }
-        }
+        let mut unlocked = Unlocked {
+            service: self,
+            cmd,
+            deadline,
+        };
+        retrying(&mut unlocked)
+            .await
+            .map_err(Failure::into_service_error)
     }
 
     /// One transaction, measured.
@@ -271,15 +171,10 @@ impl WalletService {
         cmd: &C,
         guard: Option<&LockGuard>,
         deadline: Instant,
-    ) -> Result<Outcome<C::Output>, TxFailure> {
+    ) -> Result<Outcome<C::Output>, Failure> {
         let started = Instant::now();
         let result = self.transact_once(cmd, guard, deadline).await;
         metrics::transaction(C::SCOPE, started.elapsed());
-        match &result {
-            Ok(outcome) if outcome.replayed => metrics::replayed(C::SCOPE),
-            Err(TxFailure::Failed(ServiceError::KeyReused)) => metrics::key_reused(C::SCOPE),
-            _ => {}
-        }
         result
     }
 
@@ -290,7 +185,7 @@ impl WalletService {
         cmd: &C,
         guard: Option<&LockGuard>,
         deadline: Instant,
-    ) -> Result<Outcome<C::Output>, TxFailure> {
+    ) -> Result<Outcome<C::Output>, Failure> {
         let mut tx = self.db.begin().await?;
         let wallet = store::wallets::lock(&mut tx, cmd.user_id().as_str())
             .await?
@@ -299,7 +194,8 @@ impl WalletService {
         if let Some(fence) = fence {
             if wallet.fence_token > fence {
                 tx.rollback().await?;
-                return Err(TxFailure::Stale {
+                return Err(Failure::Stale {
+                    user_id: wallet.user_id,
                     seen: wallet.fence_token,
                 });
             }
@@ -310,53 +206,88 @@ impl WalletService {
             currency: self.currency,
             points_rate: self.points_rate,
         };
-        let applied = cmd.apply(&mut tx, &wallet, &ctx).await;
-        match applied {
-            Ok(Applied::Written(value)) => {
-                if guard.is_some_and(LockGuard::is_lost) {
-                    tx.rollback().await?;
-                    return Err(TxFailure::LeaseLost);
-                }
-                if Instant::now() >= deadline {
-                    tx.rollback().await?;
-                    return Err(TxFailure::Failed(ServiceError::Timeout));
-                }
-                tx.commit().await?;
-                self.outbox_wake.notify_one();
-                Ok(Outcome {
-                    value,
-                    replayed: false,
-                })
+        let applied = match cmd.apply(&mut tx, &wallet, &ctx).await {
+            Ok(applied) => applied,
+            Err(failure) => {
+                // Best effort: a connection that failed rolls back as it closes.
+                let _ = tx.rollback().await;
+                return Err(failure);
             }
-            Ok(Applied::AlreadyDone(value)) => {
+        };
+        let value = match applied {
+            Applied::Written(value) => value,
+            Applied::Replay(value) => {
                 tx.rollback().await?;
-                Ok(Outcome {
-                    value,
-                    replayed: true,
-                })
+                return Ok(replay::recorded(C::SCOPE, true, || value)?);
             }
-            Err(CommandError::Duplicate) => {
+            Applied::Recorded => {
                 tx.rollback().await?;
-                let value = cmd.recorded(&self.db, self.currency).await?;
-                Ok(Outcome {
-                    value,
-                    replayed: true,
-                })
+                return Ok(cmd.recorded(&self.db, self.currency).await?);
             }
-            Err(CommandError::Conflict) => {
-                tx.rollback().await?;
-                Err(TxFailure::Retry(anyhow::anyhow!(
-                    "conditional update matched no row"
-                )))
-            }
-            Err(CommandError::Service(e)) => {
-                tx.rollback().await?;
-                Err(TxFailure::Failed(e))
-            }
-            Err(CommandError::Database(e)) => {
-                // Dropping `tx` rolls back.
-                Err(e.into())
-            }
+        };
+        if guard.is_some_and(LockGuard::is_lost) {
+            tx.rollback().await?;
+            return Err(Failure::LeaseLost);
         }
+        if Instant::now() >= deadline {
+            tx.rollback().await?;
+            return Err(ServiceError::Timeout.into());
+        }
+        tx.commit().await?;
+        self.outbox_wake.notify_one();
+        Ok(Outcome {
+            value,
+            replayed: false,
+        })
+    }
+}
+
+/// One request's transaction under its wallet's Redis lock.
+struct Locked<'a, C> {
+    service: &'a WalletService,
+    cmd: &'a C,
+    deadline: Instant,
+    guard: LockGuard,
+    conn: &'a mut MultiplexedConnection,
+}
+
+impl<C: Command> Attempts for Locked<'_, C> {
+    type Output = Outcome<C::Output>;
+
+    async fn attempt(&mut self) -> Result<Self::Output, Failure> {
+        self.service
+            .transact(self.cmd, Some(&self.guard), self.deadline)
+            .await
+    }
+
+    /// Redis lost its counter and came back with a clock behind the one that issued the
+    /// row's token: go on with a fresh token, unless our lease passed to someone else.
+    async fn refence(&mut self, _: &str, seen: u64) -> Result<(), Failure> {
+        let lock = &self.service.lock;
+        match lock.refence(self.conn, &mut self.guard, seen).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::LeaseLost),
+            Err(fault) => Err(Failure::Failed(fault.into())),
+        }
+    }
+}
+
+/// One request's transaction on the fallback path: row locks and unique keys only.
+struct Unlocked<'a, C> {
+    service: &'a WalletService,
+    cmd: &'a C,
+    deadline: Instant,
+}
+
+impl<C: Command> Attempts for Unlocked<'_, C> {
+    type Output = Outcome<C::Output>;
+
+    async fn attempt(&mut self) -> Result<Self::Output, Failure> {
+        self.service.transact(self.cmd, None, self.deadline).await
+    }
+
+    /// Without a fencing token no transaction is stale.
+    async fn refence(&mut self, _: &str, _: u64) -> Result<(), Failure> {
+        Ok(())
     }
 }

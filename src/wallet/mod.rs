@@ -5,9 +5,11 @@
 //! release, cached reply; or, while Redis is unavailable, the same transaction guarded
 //! by `SELECT … FOR UPDATE` alone.
 
+mod attempt;
 mod batch;
 mod commands;
 mod executor;
+mod replay;
 pub mod views;
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use crate::domain::{Amount, Currency, Identifier};
 use crate::fallback::RedisBreaker;
 use crate::idempotency::IdempotencyCache;
 use crate::lock::WalletLock;
-use crate::redis_support::SharedRedis;
+use crate::redis_support::{RedisFault, SharedRedis};
 use crate::store;
 use commands::{CancelPayment, Debit, TopUp};
 use views::{LedgerEntryView, LedgerPage, PaymentView, TopUpView, WalletView};
@@ -48,6 +50,10 @@ pub enum ServiceError {
     Timeout,
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// Redis failed before anything was applied: the request may go on without it, on
+    /// the MySQL path ([`crate::fallback`]), or answer like [`ServiceError::Unavailable`].
+    #[error(transparent)]
+    Redis(#[from] RedisFault),
 }
 
 /// Why a payment requested by event was refused, as the event published for it says.
@@ -373,6 +379,14 @@ pub struct Readiness {
     pub lock_mode: &'static str,
     /// Unsent outbox rows; `None` when MySQL did not answer.
     pub outbox: Option<crate::outbox::Backlog>,
+}
+
+impl WalletService {
+    /// Counts a Redis failure against the breaker and drops the shared connection.
+    fn redis_failed(&self, fault: &RedisFault) {
+        self.redis.reset();
+        self.breaker.record_failure(fault);
+    }
 }
 
 fn unavailable(e: impl Into<anyhow::Error>) -> ServiceError {

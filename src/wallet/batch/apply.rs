@@ -11,9 +11,11 @@ use tokio::time::Instant;
 use super::{Answer, Job, Reply, Request};
 use crate::domain::events::{PaymentEvent, PAYMENT_COMPLETED};
 use crate::lock::BatchLocks;
-use crate::store::{self, ledger, payments, top_ups, wallets};
+use crate::store::{ledger, payments, top_ups, wallets};
 use crate::telemetry::metrics;
+use crate::wallet::attempt::Failure;
 use crate::wallet::commands::{payment_event, Command, Debit, TopUp, TxContext};
+use crate::wallet::replay;
 use crate::wallet::views::{PaymentView, TopUpView};
 use crate::wallet::{balance_limit, Outcome, ServiceError, WalletService};
 
@@ -23,38 +25,13 @@ pub(super) struct Held {
     pub conn: MultiplexedConnection,
 }
 
-/// Why a batch's transaction did not commit. Nothing of it was applied.
-pub(super) enum BatchFailure {
-    /// A wallet was written under a newer fencing token than the batch's.
-    Stale {
-        user_id: String,
-        seen: u64,
-    },
-    /// A lease could not be renewed: the batch may no longer own its wallets.
-    LeaseLost,
-    /// A deadlock, a conditional update that lost a race, or an order or top-up
-    /// recorded by someone else meanwhile: safe to retry.
-    Retry(anyhow::Error),
-    Failed(anyhow::Error),
-}
-
-impl From<sqlx::Error> for BatchFailure {
-    fn from(e: sqlx::Error) -> Self {
-        if store::is_lock_conflict(&e) || store::is_unique_violation(&e) {
-            Self::Retry(e.into())
-        } else {
-            Self::Failed(e.into())
-        }
-    }
-}
-
 impl WalletService {
     /// One transaction for `jobs`; one answer per job, in order.
     pub(super) async fn apply_batch(
         &self,
         jobs: &[&Job],
         held: Option<&mut Held>,
-    ) -> Result<Vec<Answer>, BatchFailure> {
+    ) -> Result<Vec<Answer>, Failure> {
         let started = Instant::now();
         let mut tx = self.db.begin().await?;
         let mut user_ids: Vec<&str> = jobs.iter().map(|job| job.user_id()).collect();
@@ -66,7 +43,7 @@ impl WalletService {
                 let fence = held.locks.fence(&row.user_id).unwrap_or(0);
                 if row.fence_token > fence {
                     tx.rollback().await?;
-                    return Err(BatchFailure::Stale {
+                    return Err(Failure::Stale {
                         user_id: row.user_id.clone(),
                         seen: row.fence_token,
                     });
@@ -111,9 +88,7 @@ impl WalletService {
             })
             .collect();
         if !wallets::apply_deltas(&mut tx, &deltas, ctx.now).await? {
-            return Err(BatchFailure::Retry(anyhow::anyhow!(
-                "a conditional update matched fewer wallets than it locked"
-            )));
+            return Err(Failure::conflict());
         }
         payments::insert_many(&mut tx, &plan.payments).await?;
         top_ups::insert_many(&mut tx, &plan.top_ups).await?;
@@ -124,7 +99,7 @@ impl WalletService {
             let renewed = self.lock.renew_batch(&mut held.conn, &mut held.locks).await;
             if !matches!(renewed, Ok(true)) {
                 tx.rollback().await?;
-                return Err(BatchFailure::LeaseLost);
+                return Err(Failure::LeaseLost);
             }
         }
         if plan
@@ -133,9 +108,7 @@ impl WalletService {
         {
             // The next attempt answers the late requests and applies the others.
             tx.rollback().await?;
-            return Err(BatchFailure::Retry(anyhow::anyhow!(
-                "a request ran out of time"
-            )));
+            return Err(Failure::Retry(anyhow::anyhow!("a request ran out of time")));
         }
         tx.commit().await?;
         if !plan.events.is_empty() {
@@ -229,14 +202,8 @@ impl<'c> Plan<'c> {
     fn debit(&mut self, debit: &Debit) -> Result<Outcome<PaymentView>, ServiceError> {
         let currency = self.ctx.currency;
         if let Some(row) = self.paid.get(debit.order_id.as_str()) {
-            if !debit.matches(row) {
-                metrics::key_reused(Debit::SCOPE);
-                return Err(ServiceError::KeyReused);
-            }
-            metrics::replayed(Debit::SCOPE);
-            return Ok(Outcome {
-                value: PaymentView::as_debited(row, currency),
-                replayed: true,
+            return replay::recorded(Debit::SCOPE, debit.matches(row), || {
+                PaymentView::as_debited(row, currency)
             });
         }
         let (_, balance) = self
@@ -270,14 +237,8 @@ impl<'c> Plan<'c> {
     fn top_up(&mut self, top_up: &TopUp) -> Result<Outcome<TopUpView>, ServiceError> {
         let currency = self.ctx.currency;
         if let Some(row) = self.topped.get(top_up.top_up_id.as_str()) {
-            if !top_up.matches(row) {
-                metrics::key_reused(TopUp::SCOPE);
-                return Err(ServiceError::KeyReused);
-            }
-            metrics::replayed(TopUp::SCOPE);
-            return Ok(Outcome {
-                value: TopUpView::new(row, currency),
-                replayed: true,
+            return replay::recorded(TopUp::SCOPE, top_up.matches(row), || {
+                TopUpView::new(row, currency)
             });
         }
         let (_, balance) = self

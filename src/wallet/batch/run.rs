@@ -6,20 +6,17 @@ use std::collections::HashSet;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use super::apply::{BatchFailure, Held};
-use super::{Answer, Finished, Job, Outcome};
+use super::apply::Held;
+use super::{Answer, Finished, Job};
 use crate::configuration::LockMode;
 use crate::domain::Identifier;
 use crate::fallback::ActiveMode;
-use crate::idempotency::{Claim, ClaimRequest, Settle, Settlement};
+use crate::idempotency::{ClaimRequest, Settle, Settlement};
 use crate::redis_support::RedisFault;
 use crate::telemetry::metrics;
+use crate::wallet::attempt::{retrying, Attempts, Failure, MAX_ATTEMPTS};
+use crate::wallet::replay::{self, Claimed};
 use crate::wallet::{unavailable, ServiceError, WalletService};
-
-/// How often one batch retries a transaction that lost a race it could not see (a
-/// deadlock, a stale fencing token, an order inserted meanwhile) before its callers get
-/// 503, and how many lost leases one request lives through.
-const MAX_ATTEMPTS: u32 = 3;
 
 /// What became of one job of a transaction. Short-lived, one per job of a batch: its
 /// size does not matter.
@@ -38,8 +35,7 @@ impl WalletService {
             match self.run_on_redis(jobs, &mut finished).await {
                 Ok(()) => return finished,
                 Err((fault, jobs)) => {
-                    self.redis.reset();
-                    self.breaker.record_failure(&fault);
+                    self.redis_failed(&fault);
                     if self.breaker.configured() != LockMode::Auto {
                         let reason = format!("{fault:#}");
                         for job in jobs {
@@ -197,7 +193,7 @@ impl WalletService {
                 fingerprint: &jobs[i].fingerprint,
             })
             .collect();
-        let claims = match self.idempotency.claim_all(conn, &requests).await {
+        let claims_taken = match self.idempotency.claim_all(conn, &requests).await {
             Ok(claims) => claims,
             Err(fault) => {
                 drop(requests);
@@ -205,113 +201,52 @@ impl WalletService {
             }
         };
         drop(requests);
-        let mut claims: Vec<Option<Claim>> = {
-            let mut slots: Vec<Option<Claim>> = jobs.iter().map(|_| None).collect();
-            for (i, claim) in to_claim.into_iter().zip(claims) {
-                slots[i] = Some(claim);
-            }
-            slots
-        };
+        let mut claims: Vec<Option<_>> = jobs.iter().map(|_| None).collect();
+        for (i, claim) in to_claim.into_iter().zip(claims_taken) {
+            claims[i] = Some(claim);
+        }
         let mut kept = Vec::with_capacity(jobs.len());
-        for (mut job, claim) in jobs.into_iter().zip(claims.iter_mut()) {
-            let scope = job.request.scope();
-            match claim.take() {
-                None => kept.push(job),
-                Some(Claim::Claimed(token)) => {
+        for (mut job, claim) in jobs.into_iter().zip(claims) {
+            let Some(claim) = claim else {
+                kept.push(job);
+                continue;
+            };
+            let request = &job.request;
+            match replay::claimed(request.scope(), claim, |reply| request.cached(reply)) {
+                Claimed::Ours(token) => {
                     job.claim = Some(token);
                     kept.push(job);
                 }
-                Some(Claim::Done(reply)) => {
-                    metrics::replayed(scope);
-                    let answer = job
-                        .request
-                        .cached(&reply)
-                        .map(|value| Outcome {
-                            value,
-                            replayed: true,
-                        })
-                        .map_err(unavailable);
-                    job.answer(answer);
-                }
-                Some(Claim::Pending(_)) => {
-                    metrics::in_progress(scope);
-                    job.answer(Err(ServiceError::InProgress {
-                        retry_after: std::time::Duration::from_secs(1),
-                    }));
-                }
-                Some(Claim::Mismatch) => {
-                    metrics::key_reused(scope);
-                    job.answer(Err(ServiceError::KeyReused));
-                }
+                Claimed::Answered(answer) => job.answer(answer),
             }
         }
         Ok(kept)
     }
 
-    /// Runs the batch's transaction, retrying what may be retried. One verdict per job.
-    async fn transact_batch(&self, jobs: &[Job], mut held: Option<&mut Held>) -> Vec<Verdict> {
-        let mut verdicts: Vec<Option<Verdict>> = jobs.iter().map(|_| None).collect();
-        let mut attempt = 1;
-        loop {
-            let now = Instant::now();
-            for (job, verdict) in jobs.iter().zip(verdicts.iter_mut()) {
-                if verdict.is_none() && job.deadline <= now {
-                    *verdict = Some(Verdict::Answer(Err(ServiceError::Timeout)));
-                }
+    /// Runs the batch's transaction, retrying what may be retried ([`retrying`]). One
+    /// verdict per job.
+    async fn transact_batch(&self, jobs: &[Job], held: Option<&mut Held>) -> Vec<Verdict> {
+        let mut progress = Progress {
+            service: self,
+            jobs,
+            held,
+            verdicts: jobs.iter().map(|_| None).collect(),
+        };
+        let result = retrying(&mut progress).await;
+        let mut verdicts = progress.verdicts;
+        let open = verdicts.iter_mut().filter(|verdict| verdict.is_none());
+        match result {
+            Ok(()) => {}
+            Err(Failure::Stale { .. } | Failure::LeaseLost) => {
+                metrics::lease_lost();
+                tracing::info!("batch lease lost before commit; its requests queue again");
+                open.for_each(|verdict| *verdict = Some(Verdict::Requeue));
             }
-            let open: Vec<usize> = (0..jobs.len()).filter(|&i| verdicts[i].is_none()).collect();
-            if open.is_empty() {
-                break;
-            }
-            let batch: Vec<&Job> = open.iter().map(|&i| &jobs[i]).collect();
-            let failure = match self.apply_batch(&batch, held.as_deref_mut()).await {
-                Ok(answers) => {
-                    for (i, answer) in open.into_iter().zip(answers) {
-                        verdicts[i] = Some(Verdict::Answer(answer));
-                    }
-                    break;
-                }
-                Err(failure) => failure,
-            };
-            let last = attempt >= MAX_ATTEMPTS;
-            attempt += 1;
-            match failure {
-                BatchFailure::Stale { user_id, seen } if !last => {
-                    metrics::stale_fence();
-                    let Some(held) = held.as_deref_mut() else {
-                        continue;
-                    };
-                    let refenced = self
-                        .lock
-                        .refence_batch(&mut held.conn, &mut held.locks, &user_id, seen)
-                        .await;
-                    if !matches!(refenced, Ok(true)) {
-                        // That wallet's lease passed to someone else: its jobs queue again.
-                        for &i in &open {
-                            if jobs[i].user_id() == user_id {
-                                verdicts[i] = Some(Verdict::Requeue);
-                            }
-                        }
-                    }
-                }
-                BatchFailure::Retry(e) if !last => {
-                    tracing::debug!(error = %e, "retrying the batch");
-                }
-                BatchFailure::Stale { .. } | BatchFailure::LeaseLost => {
-                    metrics::lease_lost();
-                    tracing::info!("batch lease lost before commit; its requests queue again");
-                    for i in open {
-                        verdicts[i] = Some(Verdict::Requeue);
-                    }
-                    break;
-                }
-                BatchFailure::Retry(e) | BatchFailure::Failed(e) => {
-                    let reason = format!("{e:#}");
-                    for i in open {
-                        let e = anyhow::anyhow!(reason.clone()).context("the batch did not commit");
-                        verdicts[i] = Some(Verdict::Answer(Err(unavailable(e))));
-                    }
-                    break;
+            Err(failure) => {
+                let reason = format!("{:#}", anyhow::Error::from(failure.into_service_error()));
+                for verdict in open {
+                    let e = anyhow::anyhow!(reason.clone()).context("the batch did not commit");
+                    *verdict = Some(Verdict::Answer(Err(unavailable(e))));
                 }
             }
         }
@@ -362,10 +297,65 @@ impl WalletService {
             tracing::warn!(error = %fault, "could not free idempotency claims");
         }
     }
+}
 
-    fn redis_failed(&self, fault: &RedisFault) {
-        self.redis.reset();
-        self.breaker.record_failure(fault);
+/// A batch's transaction as it is tried: the locks held, and a verdict for each job
+/// once it has one.
+struct Progress<'a> {
+    service: &'a WalletService,
+    jobs: &'a [Job],
+    held: Option<&'a mut Held>,
+    verdicts: Vec<Option<Verdict>>,
+}
+
+impl Attempts for Progress<'_> {
+    type Output = ();
+
+    /// Applies the jobs that have no verdict yet; those past their deadline get one
+    /// first.
+    async fn attempt(&mut self) -> Result<(), Failure> {
+        let now = Instant::now();
+        for (job, verdict) in self.jobs.iter().zip(self.verdicts.iter_mut()) {
+            if verdict.is_none() && job.deadline <= now {
+                *verdict = Some(Verdict::Answer(Err(ServiceError::Timeout)));
+            }
+        }
+        let open: Vec<usize> = (0..self.jobs.len())
+            .filter(|&i| self.verdicts[i].is_none())
+            .collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<&Job> = open.iter().map(|&i| &self.jobs[i]).collect();
+        let answers = self
+            .service
+            .apply_batch(&batch, self.held.as_deref_mut())
+            .await?;
+        for (i, answer) in open.into_iter().zip(answers) {
+            self.verdicts[i] = Some(Verdict::Answer(answer));
+        }
+        Ok(())
+    }
+
+    /// Moves the token forward; if that wallet's lease passed to someone else, its
+    /// jobs queue again and the others go on.
+    async fn refence(&mut self, user_id: &str, seen: u64) -> Result<(), Failure> {
+        let Some(held) = self.held.as_deref_mut() else {
+            return Ok(());
+        };
+        let refenced = self
+            .service
+            .lock
+            .refence_batch(&mut held.conn, &mut held.locks, user_id, seen)
+            .await;
+        if !matches!(refenced, Ok(true)) {
+            for (job, verdict) in self.jobs.iter().zip(self.verdicts.iter_mut()) {
+                if verdict.is_none() && job.user_id() == user_id {
+                    *verdict = Some(Verdict::Requeue);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

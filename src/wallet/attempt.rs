@@ -1,0 +1,106 @@
+//! One transaction attempt's failure, and the retry rule every transaction loop follows
+//! ([`retrying`]): one request's under its lock, the fallback's, and a batch's.
+
+use std::future::Future;
+
+use tokio::time::Duration;
+
+use super::ServiceError;
+use crate::store;
+use crate::telemetry::metrics;
+
+/// How often one transaction is tried when it loses a race it could not see (a
+/// deadlock, a stale fencing token, an order inserted meanwhile) before its callers get
+/// 503, and how many lost leases one request lives through.
+pub(super) const MAX_ATTEMPTS: u32 = 3;
+
+/// Why one transaction did not commit. Nothing of it was applied.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The answer, for good: a refusal, or a dependency that failed.
+    Failed(ServiceError),
+    /// A wallet was written under a newer fencing token than ours.
+    Stale { user_id: String, seen: u64 },
+    /// A lease could not be renewed: we may no longer own the lock.
+    LeaseLost,
+    /// A deadlock, a conditional update that lost a race, or a key recorded by someone
+    /// else meanwhile: safe to retry.
+    Retry(anyhow::Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        if store::is_lock_conflict(&e) || store::is_unique_violation(&e) {
+            Self::Retry(e.into())
+        } else {
+            Self::Failed(ServiceError::Unavailable(e.into()))
+        }
+    }
+}
+
+impl From<ServiceError> for Failure {
+    fn from(e: ServiceError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl Failure {
+    /// A conditional update matched no row although its checks passed.
+    pub(super) fn conflict() -> Self {
+        Self::Retry(anyhow::anyhow!("a conditional update matched no row"))
+    }
+
+    /// The answer when no retry is left.
+    pub(super) fn into_service_error(self) -> ServiceError {
+        match self {
+            Self::Failed(e) => e,
+            Self::Stale { .. } | Self::LeaseLost => ServiceError::LockTimeout,
+            Self::Retry(e) => ServiceError::Unavailable(e.context("retries exhausted")),
+        }
+    }
+}
+
+/// A transaction that may be tried again: what [`retrying`] runs.
+pub(super) trait Attempts: Send {
+    type Output: Send;
+
+    /// One try: one transaction, committed or rolled back.
+    fn attempt(&mut self) -> impl Future<Output = Result<Self::Output, Failure>> + Send;
+
+    /// After [`Failure::Stale`]: moves `user_id`'s fencing token past `seen`, so the next
+    /// try may write; an error ends the tries. Without Redis locks there is nothing to
+    /// move.
+    fn refence(
+        &mut self,
+        user_id: &str,
+        seen: u64,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Tries `attempts` until one commits, fails for good, or [`MAX_ATTEMPTS`] were made.
+/// A [`Failure::Retry`] is tried again at once; a [`Failure::Stale`] once the token was
+/// moved forward ([`Attempts::refence`]); anything else ends the tries.
+pub(super) async fn retrying<A: Attempts>(attempts: &mut A) -> Result<A::Output, Failure> {
+    let mut tried = 1;
+    loop {
+        let failure = match attempts.attempt().await {
+            Ok(done) => return Ok(done),
+            Err(failure) => failure,
+        };
+        if tried >= MAX_ATTEMPTS {
+            return Err(failure);
+        }
+        tried += 1;
+        match failure {
+            Failure::Retry(e) => tracing::debug!(error = %e, "retrying the transaction"),
+            Failure::Stale { user_id, seen } => {
+                metrics::stale_fence();
+                attempts.refence(&user_id, seen).await?;
+            }
+            other => return Err(other),
+        }
+    }
+}
+
+/// How long a request answered `request_in_progress` should wait before it asks again.
+pub(super) const IN_PROGRESS_RETRY: Duration = Duration::from_secs(1);
