@@ -20,4 +20,5 @@ mod proxy;
 mod relay;
 mod scopes;
 mod servers;
+mod shutdown;
 mod timeouts;
