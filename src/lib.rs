@@ -12,8 +12,9 @@
 
 pub mod support;
 
-pub mod configuration;
 pub mod domain;
+
+pub mod configuration;
 pub mod telemetry;
 
 pub mod redis_support;
@@ -28,8 +29,9 @@ pub mod outbox;
 
 pub mod wallet;
 
-pub mod consumers;
 pub mod dlt;
+
+pub mod consumers;
 
 pub mod audit;
 pub mod http;

@@ -93,7 +93,9 @@ impl Application {
             settings.lock.clone(),
             redis_settings.command_timeout,
         );
-        tasks.spawn_until_stopped(lock_upkeep.run());
+        let (listen, release_orphans) = lock_upkeep.tasks();
+        tasks.spawn_until_stopped(listen);
+        tasks.spawn_until_stopped(release_orphans);
         let idempotency = IdempotencyCache::new(
             keys,
             settings.idempotency.reply_ttl,

@@ -556,9 +556,10 @@ impl WalletLock {
     }
 }
 
-/// The lock's background work, run by the application until it stops: the pub/sub
-/// listener that wakes waiters when a holder announces a release (one connection per
-/// process), and the releaser of locks handed to a local waiter that had given up.
+/// The lock's background work, two tasks the application runs until it stops
+/// ([`LockUpkeep::tasks`]): the pub/sub listener that wakes waiters when a holder
+/// announces a release (one connection per process), and the releaser of locks handed
+/// to a local waiter that had given up.
 pub struct LockUpkeep {
     lock: WalletLock,
     client: redis::Client,
@@ -566,7 +567,14 @@ pub struct LockUpkeep {
 }
 
 impl LockUpkeep {
-    pub async fn run(self) {
+    /// The listener and the releaser. Two tasks, not one: a flood of release
+    /// announcements keeps the listener busy, and must not hold back a release.
+    pub fn tasks(
+        self,
+    ) -> (
+        impl std::future::Future<Output = ()> + Send + 'static,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let Self {
             lock,
             client,
@@ -577,12 +585,12 @@ impl LockUpkeep {
             client,
             lock.keys.release_channel(),
         );
-        let release_orphans = async {
+        let release_orphans = async move {
             while let Some((user_id, baton)) = orphaned.recv().await {
                 lock.drop_baton(&user_id, baton).await;
             }
         };
-        tokio::join!(listen, release_orphans);
+        (listen, release_orphans)
     }
 }
 

@@ -32,7 +32,9 @@ fn wallet_lock(settings: &Settings) -> WalletLock {
         settings.lock.clone(),
         redis.command_timeout,
     );
-    tokio::spawn(upkeep.run());
+    let (listen, release_orphans) = upkeep.tasks();
+    tokio::spawn(listen);
+    tokio::spawn(release_orphans);
     lock
 }
 
