@@ -199,6 +199,9 @@ if cpu:
     print(f"cpu per debit: service {cpu['serviceCpuUsPerDebit']:.0f} µs, MariaDB {cpu['dbCpuUsPerDebit']:.0f} µs "
           f"({cpu['cpuWindowDebits']} debits over {cpu['cpuWindowSeconds']} s)")
 print(f"ledger: {a['wallets']} wallets, {a['payments']} payments, outbox pending {a['outboxPending']}, points mismatches {a['pointsMismatches']}")
+if a.get("eventLatencyMs"):
+    e = a["eventLatencyMs"]
+    print(f"outbox to points consumer: p50 {e['p50']:.1f} ms, p95 {e['p95']:.1f} ms, p99 {e['p99']:.1f} ms, max {e['max']:.1f} ms ({e['count']} events)")
 print("invariants: " + ("all hold" if not a["violations"] else "VIOLATED: " + "; ".join(a["violations"])))
 PY
 echo "results: $results"

@@ -21,8 +21,48 @@ pub struct AuditReport {
     pub outbox_pending: i64,
     /// Wallets whose applied points differ from what their completed payments earned.
     pub points_mismatches: i64,
+    /// From an event's outbox row to its application by the points consumer, over every
+    /// applied event; only with [`event_latency`] (`ledger-audit --events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_latency_ms: Option<Percentiles>,
     /// Broken invariants, in words; empty when the money is right.
     pub violations: Vec<String>,
+}
+
+/// Milliseconds at the 50th, 95th and 99th percentile, the largest, and how many.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// How long events took from the outbox (written in the payment's transaction) to the
+/// points consumer's transaction that applied them; `None` when none was applied.
+pub async fn event_latency(db: &MySqlPool) -> Result<Option<Percentiles>, sqlx::Error> {
+    let mut micros: Vec<i64> = sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, o.created_at, p.processed_at) \
+         FROM processed_events p JOIN outbox_events o ON o.event_id = p.event_id",
+    )
+    .fetch_all(db)
+    .await?;
+    if micros.is_empty() {
+        return Ok(None);
+    }
+    micros.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len());
+        micros[rank - 1] as f64 / 1000.0
+    };
+    Ok(Some(Percentiles {
+        count: micros.len(),
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    }))
 }
 
 /// Checks, for the whole database:
@@ -101,6 +141,7 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
              WHERE COALESCE(w.points, 0) <> e.earned",
         )
         .await?,
+        event_latency_ms: None,
         violations,
     })
 }

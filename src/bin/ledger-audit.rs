@@ -5,7 +5,8 @@
 //! ```
 //! `--paid FILE`: order ids (one per line) that clients saw succeed; each must exist.
 //! `--events`: the outbox must be drained and every wallet's points must equal what its
-//! completed payments earned.
+//! completed payments earned; the report adds how long events took from the outbox to
+//! the points consumer.
 //!
 //! Prints the report as JSON; exits 1 when an invariant does not hold.
 
@@ -51,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if events {
+        report.event_latency_ms = wallet::audit::event_latency(&db).await?;
         if report.outbox_pending > 0 {
             report.violations.push(format!(
                 "{} outbox events were never published",
