@@ -253,8 +253,7 @@ fn spawn_workers(
         };
         tasks.spawn(relay.run(tasks.stop_signal()));
     }
-    let dead_letters =
-        |group: &str| DeadLetterPublisher::new(producer.clone(), group, kafka.delivery_timeout);
+    let dead_letters = |group: &str| DeadLetterPublisher::new(kafka, producer.clone(), group);
     if kafka.points_consumer_enabled {
         let handler = PointsHandler {
             db: db.clone(),

@@ -1,13 +1,15 @@
 //! Publishing a record that keeps failing to `<topic>.DLT`, with the provenance headers
 //! Spring Kafka's `DeadLetterPublishingRecoverer` writes, so existing tooling reads them.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::configuration::KafkaSettings;
+use crate::telemetry::metrics;
 
 pub const ORIGINAL_TOPIC: &str = "kafka_dlt-original-topic";
 /// 4-byte big-endian integer, as Spring writes it.
@@ -22,10 +24,14 @@ pub const EXCEPTION_FQCN: &str = "kafka_dlt-exception-fqcn";
 /// 4-byte big-endian integer: how many times the record was tried.
 pub const DELIVERY_ATTEMPT: &str = "kafka_deliveryAttempt";
 
-/// Publishes dead letters.
+/// Publishes dead letters. A consumer waits for its dead letter to be taken before it
+/// commits the record, so a producer that failed for good would stop the consumer for
+/// good: this one replaces it ([`DeadLetterPublisher::heal`]).
 #[derive(Clone)]
 pub struct DeadLetterPublisher {
-    producer: FutureProducer,
+    producer: Arc<Mutex<FutureProducer>>,
+    /// To build a new producer.
+    kafka: KafkaSettings,
     group: String,
     timeout: Duration,
 }
@@ -39,11 +45,38 @@ pub struct Failure<'a> {
 }
 
 impl DeadLetterPublisher {
-    pub fn new(producer: FutureProducer, group: impl Into<String>, timeout: Duration) -> Self {
+    /// Publishes with `producer` (its delivery timeout from `kafka`) for consumer `group`.
+    pub fn new(kafka: &KafkaSettings, producer: FutureProducer, group: impl Into<String>) -> Self {
         Self {
-            producer,
+            producer: Arc::new(Mutex::new(producer)),
+            kafka: kafka.clone(),
             group: group.into(),
-            timeout,
+            timeout: kafka.delivery_timeout,
+        }
+    }
+
+    /// Replaces `failed` when librdkafka reports it fatally failed (an idempotent
+    /// producer whose sequence the broker refused never recovers by itself); the next
+    /// attempt publishes with the new one.
+    fn heal(&self, failed: &FutureProducer) {
+        let Some(fatal) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.lock().expect("producer slot poisoned");
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            return; // Replaced already.
+        }
+        match crate::kafka::producer(&self.kafka) {
+            Ok(fresh) => {
+                tracing::warn!(?fatal, group = %self.group, "replacing the dead-letter publisher's Kafka producer");
+                let old = std::mem::replace(&mut *current, fresh);
+                // Dropping a producer flushes it, which may block for a while.
+                tokio::task::spawn_blocking(move || drop(old));
+                metrics::dead_letter_producer_replaced();
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not build a new Kafka producer")
+            }
         }
     }
 
@@ -77,11 +110,15 @@ impl DeadLetterPublisher {
         if let Some(payload) = record.payload() {
             dead = dead.payload(payload);
         }
-        self.producer
-            .send(dead, self.timeout)
-            .await
-            .map_err(|(e, _)| e)
-            .with_context(|| format!("publishing to {topic}"))?;
+        let producer = self
+            .producer
+            .lock()
+            .expect("producer slot poisoned")
+            .clone();
+        if let Err((e, _)) = producer.send(dead, self.timeout).await {
+            self.heal(&producer);
+            return Err(e).with_context(|| format!("publishing to {topic}"));
+        }
         Ok(())
     }
 }

@@ -143,6 +143,10 @@ fn describe() {
         "wallet_outbox_producer_replacements_total",
         "Kafka producers the relay replaced because they failed for good or made no progress"
     );
+    describe_counter!(
+        "wallet_dead_letter_producer_replacements_total",
+        "Kafka producers the dead-letter publishers replaced because they failed for good"
+    );
     describe_gauge!(
         "wallet_outbox_relay_last_success_timestamp_seconds",
         Unit::Seconds,
@@ -256,6 +260,11 @@ pub fn outbox(pending: i64, oldest_pending_ms: i64, last_published_ms: Option<i6
     if let Some(ms) = last_published_ms {
         gauge!("wallet_outbox_last_publish_age_seconds").set(ms as f64 / 1000.0);
     }
+}
+
+/// A dead-letter publisher replaced its fatally failed Kafka producer.
+pub fn dead_letter_producer_replaced() {
+    counter!("wallet_dead_letter_producer_replacements_total").increment(1);
 }
 
 /// The relay replaced its Kafka producer (fatally failed, or stuck).

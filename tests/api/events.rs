@@ -473,7 +473,7 @@ async fn a_consumer_killed_before_its_commit_does_not_apply_twice() {
         wallet::kafka::consumer(kafka, "points", &kafka.points_group, &[&kafka.events_topic])
             .unwrap(),
         handler,
-        DeadLetterPublisher::new(producer, &kafka.points_group, kafka.delivery_timeout),
+        DeadLetterPublisher::new(kafka, producer, &kafka.points_group),
         RetryPolicy {
             attempts: 3,
             base: kafka.retry_base,
@@ -570,4 +570,47 @@ async fn a_payment_requested_by_rest_and_by_kafka_at_once_debits_once() {
     let dead = app.get("/api/v1/admin/failed-events").await.json();
     assert_eq!(dead["items"][0]["sourceTopic"], requests);
     app.assert_ledger_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_publisher_whose_producer_failed_fatally_replaces_it() {
+    let mut settings = kafka_settings().await;
+    // The app stores dead letters; the points consumer runs below, with a publisher
+    // whose producer has failed for good.
+    settings.kafka.points_consumer_enabled = false;
+    let app = spawn_app_with(settings.clone()).await;
+    let kafka = &settings.kafka;
+    let producer = wallet::kafka::producer(kafka).unwrap();
+    crate::relay::fail_fatally(&producer);
+    let stop = StopSignal::new();
+    let consumer = tokio::spawn(consume(
+        "points",
+        wallet::kafka::consumer(kafka, "points", &kafka.points_group, &[&kafka.events_topic])
+            .unwrap(),
+        PointsHandler {
+            db: app.db.clone(),
+            consumer: kafka.points_group.clone(),
+        },
+        DeadLetterPublisher::new(kafka, producer, &kafka.points_group),
+        RetryPolicy {
+            attempts: 1,
+            base: kafka.retry_base,
+            cap: kafka.retry_cap,
+            in_flight_wait: Duration::from_secs(1),
+        },
+        stop.clone(),
+    ));
+    // Unreadable: poison, straight to the dead-letter topic.
+    produce(&settings, &kafka.events_topic, "u1", "not json", &[]).await;
+    let stored = eventually(WAIT, || async {
+        app.count("SELECT COUNT(*) FROM failed_events").await == 1
+    })
+    .await;
+    assert!(stored, "the dead letter was published with a new producer");
+    stop.cancel();
+    consumer.await.unwrap();
+    let metrics = app.get("/metrics").await.text;
+    assert!(metrics
+        .lines()
+        .any(|line| line.starts_with("wallet_dead_letter_producer_replacements_total")));
 }

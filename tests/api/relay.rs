@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -157,5 +157,56 @@ async fn a_relay_never_overtakes_an_event_another_relay_holds() {
     assert_eq!(
         types_on_topic(&settings, "u1", 3).await,
         ["payment.completed", "payment.cancelled"]
+    );
+}
+
+/// Makes `producer` fatally failed, as an idempotent producer becomes when the broker
+/// refuses its sequence; librdkafka offers this for tests, having no other way to do it.
+pub fn fail_fatally(producer: &FutureProducer) {
+    let reason = std::ffi::CString::new("injected by the test").unwrap();
+    let err = unsafe {
+        rdkafka_sys::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        )
+    };
+    assert_eq!(
+        err,
+        rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+    );
+    assert!(producer.client().fatal_error().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_whose_producer_failed_fatally_replaces_it_and_publishes() {
+    let mut settings = kafka_settings().await;
+    settings.kafka.relay_enabled = false;
+    let app = spawn_app_with(settings.clone()).await;
+    let [completed, cancelled, other] = three_events(&app).await;
+
+    let producer = wallet::kafka::producer(&settings.kafka).unwrap();
+    fail_fatally(&producer);
+    let stop = wallet::support::tasks::StopSignal::new();
+    let healing = tokio::spawn(relay(&settings, producer).await.run(stop.clone()));
+    assert!(
+        eventually(WAIT, || async { app.unsent_events().await == 0 }).await,
+        "the relay built a new producer and published the backlog"
+    );
+    stop.cancel();
+    healing.await.unwrap();
+    for id in [completed, cancelled, other] {
+        assert!(sent(&app, id).await);
+    }
+    assert_eq!(
+        types_on_topic(&settings, "u1", 3).await,
+        ["payment.completed", "payment.cancelled"]
+    );
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("wallet_outbox_producer_replacements_total")),
+        "the replacement is counted"
     );
 }
