@@ -30,11 +30,7 @@ pub async fn append(
     event: &PaymentEvent,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    match append_many(conn, std::slice::from_ref(event), now).await {
-        Ok(()) => Ok(true),
-        Err(e) if crate::store::is_unique_violation(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
+    crate::store::inserted(append_many(conn, std::slice::from_ref(event), now).await)
 }
 
 /// Appends events in one statement, in order, inside the caller's transaction.

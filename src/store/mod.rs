@@ -44,6 +44,16 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|e| e.is_unique_violation())
 }
 
+/// The outcome of an insert keyed by a unique id: `true` when the row was written,
+/// `false` when a row with that key was there already.
+pub fn inserted<T>(result: Result<T, sqlx::Error>) -> Result<bool, sqlx::Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// True for a deadlock or a lock-wait timeout: the transaction was rolled back and
 /// nothing of it applied.
 pub fn is_lock_conflict(error: &sqlx::Error) -> bool {

@@ -36,11 +36,7 @@ pub async fn insert(
     .bind(now)
     .execute(pool)
     .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(e) if super::is_unique_violation(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
+    super::inserted(inserted)
 }
 
 pub async fn find(pool: &MySqlPool, user_id: &str) -> Result<Option<WalletRow>, sqlx::Error> {

@@ -39,15 +39,6 @@ pub enum Applied<T> {
     Recorded,
 }
 
-/// Inserts a row keyed by the request; `false` when the key was recorded before.
-async fn inserted(insert: impl Future<Output = Result<(), sqlx::Error>>) -> Result<bool, Failure> {
-    match insert.await {
-        Ok(()) => Ok(true),
-        Err(e) if store::is_unique_violation(&e) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// A money movement with an idempotency key, run under the wallet's lock.
 pub trait Command: Send + Sync {
     type Output: Serialize + DeserializeOwned + Send;
@@ -112,7 +103,7 @@ impl Command for TopUp {
         let row = self.row(balance_after, ctx);
         // The insert comes first: a repeat of an applied top-up is a replay, whatever
         // the balance is now. Refusing after it rolls the insert back.
-        if !inserted(top_ups::insert(conn, &row)).await? {
+        if !store::inserted(top_ups::insert(conn, &row).await)? {
             return Ok(Applied::Recorded);
         }
         if balance_after > balance_limit() {
@@ -210,7 +201,7 @@ impl Command for Debit {
         }
         let balance_after = wallet.balance - amount;
         let row = self.row(balance_after, ctx);
-        if !inserted(payments::insert(conn, &row)).await? {
+        if !store::inserted(payments::insert(conn, &row).await)? {
             return Ok(Applied::Recorded);
         }
         if !store::wallets::apply_delta(conn, &row.user_id, -amount, ctx.fence, ctx.now).await? {
