@@ -98,7 +98,7 @@ pub async fn consume<H: RecordHandler>(
     name: &'static str,
     consumer: WalletConsumer,
     handler: H,
-    dead_letters: DeadLetterPublisher,
+    mut dead_letters: DeadLetterPublisher,
     retry: RetryPolicy,
     stop: StopSignal,
 ) {

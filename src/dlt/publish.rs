@@ -1,7 +1,6 @@
 //! Publishing a record that keeps failing to `<topic>.DLT`, with the provenance headers
 //! Spring Kafka's `DeadLetterPublishingRecoverer` writes, so existing tooling reads them.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,7 +28,7 @@ pub const DELIVERY_ATTEMPT: &str = "kafka_deliveryAttempt";
 /// good: this one replaces it ([`DeadLetterPublisher::heal`]).
 #[derive(Clone)]
 pub struct DeadLetterPublisher {
-    producer: Arc<Mutex<FutureProducer>>,
+    producer: FutureProducer,
     /// To build a new producer.
     kafka: KafkaSettings,
     group: String,
@@ -48,40 +47,32 @@ impl DeadLetterPublisher {
     /// Publishes with `producer` (its delivery timeout from `kafka`) for consumer `group`.
     pub fn new(kafka: &KafkaSettings, producer: FutureProducer, group: impl Into<String>) -> Self {
         Self {
-            producer: Arc::new(Mutex::new(producer)),
+            producer,
             kafka: kafka.clone(),
             group: group.into(),
             timeout: kafka.delivery_timeout,
         }
     }
 
-    /// Replaces `failed` when librdkafka reports it fatally failed (an idempotent
+    /// Replaces the producer when librdkafka reports it fatally failed (an idempotent
     /// producer whose sequence the broker refused never recovers by itself); the next
     /// attempt publishes with the new one.
-    fn heal(&self, failed: &FutureProducer) {
-        let Some(fatal) = failed.client().fatal_error() else {
+    fn heal(&mut self) {
+        let Some(fatal) = self.producer.client().fatal_error() else {
             return;
         };
-        let mut current = self.producer.lock().expect("producer slot poisoned");
-        if current.client().native_ptr() != failed.client().native_ptr() {
-            return; // Replaced already.
-        }
-        match crate::kafka::producer(&self.kafka) {
-            Ok(fresh) => {
-                tracing::warn!(?fatal, group = %self.group, "replacing the dead-letter publisher's Kafka producer");
-                let old = std::mem::replace(&mut *current, fresh);
-                // Dropping a producer flushes it, which may block for a while.
-                tokio::task::spawn_blocking(move || drop(old));
-                metrics::dead_letter_producer_replaced();
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "could not build a new Kafka producer")
-            }
+        if crate::kafka::replace_producer(&mut self.producer, &self.kafka) {
+            tracing::warn!(?fatal, group = %self.group, "replaced the dead-letter publisher's Kafka producer");
+            metrics::dead_letter_producer_replaced();
         }
     }
 
     /// Publishes `record` to its dead-letter topic and waits for the broker's ack.
-    pub async fn publish(&self, record: &OwnedMessage, failure: Failure<'_>) -> anyhow::Result<()> {
+    pub async fn publish(
+        &mut self,
+        record: &OwnedMessage,
+        failure: Failure<'_>,
+    ) -> anyhow::Result<()> {
         let topic = KafkaSettings::dlt(record.topic());
         let partition = record.partition().to_be_bytes();
         let offset = record.offset().to_be_bytes();
@@ -110,13 +101,9 @@ impl DeadLetterPublisher {
         if let Some(payload) = record.payload() {
             dead = dead.payload(payload);
         }
-        let producer = self
-            .producer
-            .lock()
-            .expect("producer slot poisoned")
-            .clone();
-        if let Err((e, _)) = producer.send(dead, self.timeout).await {
-            self.heal(&producer);
+        let sent = self.producer.send(dead, self.timeout).await;
+        if let Err((e, _)) = sent {
+            self.heal();
             return Err(e).with_context(|| format!("publishing to {topic}"));
         }
         Ok(())

@@ -42,6 +42,23 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
         .context("creating the Kafka producer")
 }
 
+/// Puts a new producer in `slot` (the relay's or a dead-letter publisher's, when theirs
+/// failed for good); false when none could be built, and `slot` is left as it was.
+pub fn replace_producer(slot: &mut FutureProducer, settings: &KafkaSettings) -> bool {
+    match producer(settings) {
+        Ok(fresh) => {
+            let old = std::mem::replace(slot, fresh);
+            // Dropping a producer flushes it, which may block for a while: not on a worker.
+            tokio::task::spawn_blocking(move || drop(old));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not build a new Kafka producer");
+            false
+        }
+    }
+}
+
 /// The consumers' client context: reports consumer lag from librdkafka's statistics.
 pub struct LagReporter {
     name: &'static str,

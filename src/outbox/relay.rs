@@ -162,18 +162,10 @@ impl Relay {
                 tracing::warn!(error = %format!("{e:#}"), "could not create the topics again");
             }
         }
-        let producer = match crate::kafka::producer(&self.kafka) {
-            Ok(producer) => producer,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "could not build a new Kafka producer");
-                return;
-            }
-        };
-        tracing::warn!(fatal = ?fatal, failing_for = ?now.duration_since(since), "replacing the outbox relay's Kafka producer");
-        let old = std::mem::replace(&mut self.producer, producer);
-        // Dropping a producer flushes it, which may block for a while: not on a worker.
-        tokio::task::spawn_blocking(move || drop(old));
-        metrics::outbox_producer_replaced();
+        if crate::kafka::replace_producer(&mut self.producer, &self.kafka) {
+            tracing::warn!(fatal = ?fatal, failing_for = ?now.duration_since(since), "replaced the outbox relay's Kafka producer");
+            metrics::outbox_producer_replaced();
+        }
     }
 
     /// Whether the broker answers a metadata request for the events topic (bounded).
