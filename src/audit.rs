@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::{MySqlPool, Row};
 
 use crate::store::ExactText;
+use crate::support::percentile::nearest_rank;
 
 /// What the audit saw, and every invariant that does not hold.
 #[derive(Debug, Clone, Serialize)]
@@ -52,10 +53,7 @@ pub async fn event_latency(db: &MySqlPool) -> Result<Option<Percentiles>, sqlx::
         return Ok(None);
     }
     micros.sort_unstable();
-    let at = |q: f64| {
-        let rank = ((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len());
-        micros[rank - 1] as f64 / 1000.0
-    };
+    let at = |q: f64| nearest_rank(&micros, q).map_or(0.0, |us| us as f64 / 1000.0);
     Ok(Some(Percentiles {
         count: micros.len(),
         p50: at(0.50),

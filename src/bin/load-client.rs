@@ -26,6 +26,7 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use wallet::support::percentile::nearest_rank;
 
 struct Options {
     urls: Vec<String>,
@@ -321,13 +322,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(file, all.paid.join("\n") + "\n")?;
     }
     all.latencies.sort_unstable();
-    let pct = |p: f64| {
-        let n = all.latencies.len();
-        let rank = ((n as f64 * p).ceil() as usize).clamp(1, n.max(1)) - 1;
-        all.latencies
-            .get(rank)
-            .map_or(0.0, |&us| f64::from(us) / 1000.0)
-    };
+    let pct = |p: f64| nearest_rank(&all.latencies, p).map_or(0.0, |us| f64::from(us) / 1000.0);
     let debits = all.statuses.get("201").copied().unwrap_or(0);
     let errors: u64 = all
         .statuses

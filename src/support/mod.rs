@@ -4,5 +4,6 @@
 pub mod backoff;
 pub mod clock;
 pub mod pagination;
+pub mod percentile;
 pub mod tasks;
 pub mod text_enum;
