@@ -215,7 +215,7 @@ impl Detach {
         T: Send + 'static,
         E: Into<ApiError> + Send + 'static,
     {
-        match self.0.spawn_joined(work.in_current_span()).await {
+        match self.0.spawn(work.in_current_span()).await {
             Ok(result) => result.map_err(Into::into),
             Err(e) => Err(ServiceError::Unavailable(e.into()).into()),
         }

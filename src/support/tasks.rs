@@ -28,18 +28,10 @@ impl Tasks {
         self.stop.clone()
     }
 
-    /// Starts a task that ends by itself once told to stop (see [`Tasks::stop_signal`]),
-    /// or once its input is gone.
-    pub fn spawn<F>(&self, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.tracker.spawn(task);
-    }
-
-    /// Starts a task whose caller awaits its result, but which runs to its end even if
-    /// the caller goes away.
-    pub fn spawn_joined<F>(&self, task: F) -> JoinHandle<F::Output>
+    /// Starts a task that ends by itself: once told to stop (see
+    /// [`Tasks::stop_signal`]), once its input is gone, or once its work is done (a
+    /// request's use case, whose caller may await the handle or go away).
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,

@@ -3,8 +3,6 @@
 
 use std::future::Future;
 
-use tokio::time::Duration;
-
 use super::ServiceError;
 use crate::store;
 use crate::telemetry::metrics;
@@ -101,6 +99,3 @@ pub(super) async fn retrying<A: Attempts>(attempts: &mut A) -> Result<A::Output,
         }
     }
 }
-
-/// How long a request answered `request_in_progress` should wait before it asks again.
-pub(super) const IN_PROGRESS_RETRY: Duration = Duration::from_secs(1);

@@ -3,10 +3,14 @@
 //! request), or by the record under its key in MySQL. A replay is the first answer, byte
 //! for byte; a key recorded for another request is refused.
 
-use super::attempt::IN_PROGRESS_RETRY;
+use std::time::Duration;
+
 use super::{unavailable, Outcome, ServiceError};
 use crate::idempotency::{Claim, ClaimToken};
 use crate::telemetry::metrics;
+
+/// How long a request answered `request_in_progress` should wait before it asks again.
+const IN_PROGRESS_RETRY: Duration = Duration::from_secs(1);
 
 /// What an idempotency claim decided before anything ran.
 pub(super) enum Claimed<T> {
