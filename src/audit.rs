@@ -17,7 +17,12 @@ pub struct AuditReport {
     pub top_ups: Decimal,
     pub paid: Decimal,
     pub refunded: Decimal,
+    /// What captured holds debited.
+    pub captured: Decimal,
     pub balances: Decimal,
+    pub holds: i64,
+    /// The sum of open holds over every wallet.
+    pub held: Decimal,
     /// Outbox rows not yet acknowledged by the broker.
     pub outbox_pending: i64,
     /// Wallets whose applied points differ from what their completed payments earned.
@@ -65,17 +70,25 @@ pub async fn event_latency(db: &MySqlPool) -> Result<Option<Percentiles>, sqlx::
 
 /// Checks, for the whole database:
 /// - every balance equals the sum of its wallet's ledger entries and is never negative;
+/// - every wallet's `held` equals the sum of its entries' `held_delta` and the sum of
+///   its open holds, and lies between 0 and the balance;
 /// - every payment has exactly one PAYMENT entry, and one REFUND entry iff cancelled;
+/// - every hold has one HOLD entry, and one entry of its settlement iff settled;
 /// - no PAYMENT entry lacks its payment;
-/// - top-ups − payments + refunds = Σ balances (no money created or lost).
+/// - top-ups − payments + refunds − captures = Σ balances (no money created or lost).
 ///
 /// Unique keys make a second payment per order impossible; the audit reports the counts.
 pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
     let mut violations = Vec::new();
     let rows = sqlx::query(
-        "SELECT w.user_id, w.balance, COALESCE(SUM(l.amount), 0) AS ledger \
+        "SELECT w.user_id, w.balance, w.held, COALESCE(SUM(l.amount), 0) AS ledger, \
+           COALESCE(SUM(l.held_delta), 0) AS ledger_held, \
+           (SELECT COALESCE(SUM(h.amount), 0) FROM holds h \
+             WHERE h.user_id = w.user_id AND h.status = 'HELD') AS open_holds \
          FROM wallets w LEFT JOIN ledger_entries l ON l.user_id = w.user_id \
-         GROUP BY w.user_id, w.balance HAVING w.balance <> ledger OR w.balance < 0 LIMIT 20",
+         GROUP BY w.user_id, w.balance, w.held \
+         HAVING w.balance <> ledger OR w.balance < 0 OR w.held <> ledger_held \
+           OR w.held <> open_holds OR w.held < 0 OR w.held > w.balance LIMIT 20",
     )
     .fetch_all(db)
     .await?;
@@ -83,8 +96,12 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
         let user: String = row.get::<ExactText, _>("user_id").into();
         let balance: Decimal = row.get("balance");
         let ledger: Decimal = row.get("ledger");
+        let held: Decimal = row.get("held");
+        let ledger_held: Decimal = row.get("ledger_held");
+        let open_holds: Decimal = row.get("open_holds");
         violations.push(format!(
-            "wallet {user}: balance {balance}, ledger sum {ledger}"
+            "wallet {user}: balance {balance}, ledger sum {ledger}; held {held}, \
+             ledger held sum {ledger_held}, open holds {open_holds}"
         ));
     }
     let count =
@@ -100,6 +117,23 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
     if unmatched > 0 {
         violations.push(format!(
             "{unmatched} payments without exactly their ledger entries"
+        ));
+    }
+    let unbooked_holds = count(
+        "SELECT COUNT(*) FROM holds h WHERE \
+         (SELECT COUNT(*) FROM ledger_entries l WHERE l.entry_type = 'HOLD' \
+            AND l.reference = h.hold_id AND l.held_delta = h.amount) <> 1 \
+         OR (SELECT COUNT(*) FROM ledger_entries l \
+            WHERE l.entry_type IN ('CAPTURE', 'VOID', 'EXPIRY') AND l.reference = h.hold_id \
+              AND l.held_delta = -h.amount \
+              AND l.amount = -COALESCE(h.captured_amount, 0) \
+              AND l.entry_type = CASE h.status WHEN 'CAPTURED' THEN 'CAPTURE' \
+                WHEN 'VOIDED' THEN 'VOID' ELSE 'EXPIRY' END) <> (h.status <> 'HELD')",
+    )
+    .await?;
+    if unbooked_holds > 0 {
+        violations.push(format!(
+            "{unbooked_holds} holds without exactly their ledger entries"
         ));
     }
     let orphans = count(
@@ -119,10 +153,12 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
     let top_ups = sum("SELECT SUM(amount) FROM top_ups").await?;
     let paid = sum("SELECT SUM(amount) FROM payments").await?;
     let refunded = sum("SELECT SUM(amount) FROM payments WHERE status = 'CANCELLED'").await?;
+    let captured = sum("SELECT SUM(captured_amount) FROM holds").await?;
     let balances = sum("SELECT SUM(balance) FROM wallets").await?;
-    if top_ups - paid + refunded != balances {
+    if top_ups - paid + refunded - captured != balances {
         violations.push(format!(
-            "money created or lost: top-ups {top_ups} - payments {paid} + refunds {refunded} != balances {balances}"
+            "money created or lost: top-ups {top_ups} - payments {paid} + refunds {refunded} \
+             - captures {captured} != balances {balances}"
         ));
     }
     Ok(AuditReport {
@@ -131,11 +167,16 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
         top_ups,
         paid,
         refunded,
+        captured,
         balances,
+        holds: count("SELECT COUNT(*) FROM holds").await?,
+        held: sum("SELECT SUM(held) FROM wallets").await?,
         outbox_pending: count("SELECT COUNT(*) FROM outbox_events WHERE sent_at IS NULL").await?,
         points_mismatches: count(
-            "SELECT COUNT(*) FROM (SELECT user_id, SUM(IF(status = 'COMPLETED', points, 0)) AS earned \
-             FROM payments GROUP BY user_id) e LEFT JOIN wallet_points w ON w.user_id = e.user_id \
+            "SELECT COUNT(*) FROM (SELECT user_id, SUM(earned) AS earned FROM ( \
+               SELECT user_id, IF(status = 'COMPLETED', points, 0) AS earned FROM payments \
+               UNION ALL SELECT user_id, points FROM holds WHERE status = 'CAPTURED') x \
+             GROUP BY user_id) e LEFT JOIN wallet_points w ON w.user_id = e.user_id \
              WHERE COALESCE(w.points, 0) <> e.earned",
         )
         .await?,

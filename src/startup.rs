@@ -125,11 +125,17 @@ impl Application {
             outbox_wake: outbox_wake.clone(),
             lock_poll: settings.lock.poll_interval,
             outbox_stall_after: settings.kafka.outbox_stall_after,
+            holds: settings.holds,
         })
         .with_batches(settings.lock.batch_max);
         if let Some(dispatcher) = dispatcher {
             tasks.spawn(dispatcher);
         }
+        tasks.spawn(crate::wallet::holds::sweep(
+            service.clone(),
+            settings.holds.sweep_interval,
+            tasks.stop_signal(),
+        ));
         let dead_letters = DeadLetters::new(
             db.clone(),
             producer.clone(),

@@ -19,6 +19,9 @@ const CLAIM_MARGIN: Duration = Duration::from_secs(1);
 /// Largest points rate: points of the largest amount (10^12) still fit an `i64`.
 const MAX_POINTS_RATE: u64 = 1_000_000;
 
+/// The longest hold life a deployment may allow: funds held longer are not a hold.
+const MAX_HOLD_TTL: Duration = Duration::from_secs(366 * 86_400);
+
 /// The largest batch: its statements carry a few parameters per command, and MySQL
 /// takes at most 65,535 placeholders in one statement.
 const MAX_BATCH: usize = 1_000;
@@ -84,6 +87,22 @@ impl Settings {
         check(
             self.points_rate >= Decimal::ZERO && self.points_rate <= Decimal::from(MAX_POINTS_RATE),
             format!("WALLET_POINTS_RATE must be between 0 and {MAX_POINTS_RATE}"),
+        );
+        check(
+            positive(self.holds.default_ttl) && self.holds.default_ttl <= self.holds.max_ttl,
+            "WALLET_HOLD_DEFAULT_TTL_SECS must be greater than 0 and at most WALLET_HOLD_MAX_TTL_SECS"
+                .into(),
+        );
+        check(
+            self.holds.max_ttl <= MAX_HOLD_TTL,
+            format!(
+                "WALLET_HOLD_MAX_TTL_SECS must be at most {} (a year)",
+                MAX_HOLD_TTL.as_secs()
+            ),
+        );
+        check(
+            positive(self.holds.sweep_interval),
+            "WALLET_HOLD_SWEEP_MS must be greater than 0".into(),
         );
         check(
             self.database.max_connections >= 1,

@@ -24,12 +24,24 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     pub kafka: KafkaSettings,
     pub api: ApiSettings,
+    pub holds: HoldSettings,
     /// Points per unit of currency paid (0.01 = 1 %), rounded down per payment.
     pub points_rate: Decimal,
     /// The one currency this deployment books in.
     pub currency: Currency,
     /// `json` for machine-readable logs, anything else for human-readable ones.
     pub log_format: String,
+}
+
+/// How long holds live, and how often expired ones are released.
+#[derive(Clone, Copy, Debug)]
+pub struct HoldSettings {
+    /// A hold's life when the request does not say (`expiresInSeconds`).
+    pub default_ttl: Duration,
+    /// The longest life a hold may ask for.
+    pub max_ttl: Duration,
+    /// How often the sweeper looks for holds past their deadline.
+    pub sweep_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -327,6 +339,11 @@ impl Settings {
                 burst: env.get("WALLET_RATE_LIMIT_BURST", 500)?,
                 request_timeout: env.millis("WALLET_REQUEST_TIMEOUT_MS", 10_000)?,
                 max_in_flight: env.get("WALLET_MAX_IN_FLIGHT", 1_024)?,
+            },
+            holds: HoldSettings {
+                default_ttl: Duration::from_secs(env.get("WALLET_HOLD_DEFAULT_TTL_SECS", 604_800)?),
+                max_ttl: Duration::from_secs(env.get("WALLET_HOLD_MAX_TTL_SECS", 2_592_000)?),
+                sweep_interval: env.millis("WALLET_HOLD_SWEEP_MS", 1_000)?,
             },
             points_rate: env.get("WALLET_POINTS_RATE", Decimal::new(1, 2))?,
             currency: env.get("WALLET_CURRENCY", Currency::KRW)?,

@@ -1,5 +1,5 @@
-//! The points consumer: credits points for completed payments and takes them back for
-//! cancelled ones, exactly once in effect.
+//! The points consumer: credits points for completed payments and captured holds and
+//! takes them back for cancelled payments, exactly once in effect.
 //!
 //! The event id goes into `processed_events` in the same transaction as the points
 //! change, so a redelivered event (a crash before the offset commit, a relay that
@@ -14,9 +14,22 @@ use sqlx::{MySqlPool, QueryBuilder};
 
 use crate::consumers::{decode_json, HandlerError, RecordHandler};
 use crate::domain::events::{
-    PaymentEvent, PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REQUEST_REJECTED,
+    HOLD_CAPTURED, HOLD_CREATED, HOLD_DECLINED, HOLD_EXPIRED, HOLD_VOIDED, PAYMENT_CANCELLED,
+    PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REQUEST_REJECTED,
 };
 use crate::support::clock::now;
+
+/// What the points consumer reads of any event on the topic (payment or hold).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PointsEvent {
+    event_id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    user_id: String,
+    #[serde(default)]
+    points: i64,
+}
 
 /// Applies payment events to `wallet_points`.
 pub struct PointsHandler {
@@ -28,7 +41,7 @@ pub struct PointsHandler {
 
 impl RecordHandler for PointsHandler {
     async fn handle(&self, record: &OwnedMessage) -> Result<(), HandlerError> {
-        let event: PaymentEvent = decode_json(record, "a payment event")?;
+        let event: PointsEvent = decode_json(record, "a wallet event")?;
         let Some(delta) = points_delta(&event)? else {
             return Ok(());
         };
@@ -43,12 +56,18 @@ impl RecordHandler for PointsHandler {
 }
 
 /// What one event does to its wallet's points; `None` for events that earn nothing.
-fn points_delta(event: &PaymentEvent) -> Result<Option<i64>, HandlerError> {
+fn points_delta(event: &PointsEvent) -> Result<Option<i64>, HandlerError> {
     match event.event_type.as_str() {
-        PAYMENT_COMPLETED => Ok(Some(event.points)),
+        PAYMENT_COMPLETED | HOLD_CAPTURED => Ok(Some(event.points)),
         PAYMENT_CANCELLED => Ok(Some(-event.points)),
-        // Refused requests move no money and earn nothing.
-        PAYMENT_DECLINED | PAYMENT_REQUEST_REJECTED => Ok(None),
+        // Refused requests move no money and earn nothing; a hold earns only when it is
+        // captured.
+        PAYMENT_DECLINED
+        | PAYMENT_REQUEST_REJECTED
+        | HOLD_CREATED
+        | HOLD_VOIDED
+        | HOLD_EXPIRED
+        | HOLD_DECLINED => Ok(None),
         other => Err(HandlerError::Poison(format!(
             "unknown event type {other:?}"
         ))),
@@ -59,7 +78,7 @@ impl PointsHandler {
     /// Applies `changes` (events with their points) in one transaction: the events not
     /// applied before, each once, one points change per wallet in key order. A wallet
     /// that does not exist fails the whole call, which applies nothing.
-    async fn apply(&self, changes: &[(PaymentEvent, i64)]) -> anyhow::Result<()> {
+    async fn apply(&self, changes: &[(PointsEvent, i64)]) -> anyhow::Result<()> {
         let mut tx = self.db.begin().await?;
         let mut applied =
             QueryBuilder::new("SELECT event_id FROM processed_events WHERE event_id IN (");
@@ -74,7 +93,7 @@ impl PointsHandler {
             .await?
             .into_iter()
             .collect();
-        let fresh: Vec<&(PaymentEvent, i64)> = changes
+        let fresh: Vec<&(PointsEvent, i64)> = changes
             .iter()
             .filter(|(event, _)| !applied.contains(&event.event_id))
             .collect();
@@ -150,11 +169,11 @@ impl PointsHandler {
     /// (unreadable, unknown type, a wallet that does not exist) fails the whole batch,
     /// whose records are then handled one by one.
     async fn apply_batch(&self, records: &[OwnedMessage]) -> anyhow::Result<()> {
-        let mut changes: Vec<(PaymentEvent, i64)> = Vec::with_capacity(records.len());
+        let mut changes: Vec<(PointsEvent, i64)> = Vec::with_capacity(records.len());
         let mut seen = HashSet::new();
         for record in records {
-            let event: PaymentEvent =
-                decode_json(record, "a payment event").map_err(|e| anyhow::anyhow!("{e}"))?;
+            let event: PointsEvent =
+                decode_json(record, "a wallet event").map_err(|e| anyhow::anyhow!("{e}"))?;
             let delta = points_delta(&event).map_err(|e| anyhow::anyhow!("{e}"))?;
             if let Some(delta) = delta {
                 if seen.insert(event.event_id.clone()) {

@@ -13,6 +13,13 @@ pub const PAYMENT_DECLINED: &str = "payment.declined";
 /// order stands as `orderStatus` tells, and `paymentId` names its payment.
 pub const PAYMENT_REQUEST_REJECTED: &str = "payment.request.rejected";
 
+pub const HOLD_CREATED: &str = "hold.created";
+pub const HOLD_CAPTURED: &str = "hold.captured";
+pub const HOLD_VOIDED: &str = "hold.voided";
+pub const HOLD_EXPIRED: &str = "hold.expired";
+/// A hold requested by event was refused: nothing was reserved or settled.
+pub const HOLD_DECLINED: &str = "hold.declined";
+
 /// Header names carried by every event record.
 pub const HEADER_EVENT_ID: &str = "event-id";
 pub const HEADER_EVENT_TYPE: &str = "event-type";
@@ -45,6 +52,76 @@ pub struct PaymentEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_status: Option<String>,
     pub occurred_at: String,
+}
+
+/// A hold event, keyed by `userId` like payment events, on the same topic.
+///
+/// `amount` is what the hold reserved; on `hold.captured`, `capturedAmount` is what was
+/// debited and `points` what it earned. On `hold.declined`, `reason` is the problem
+/// code and `status` the hold's, when it exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldEvent {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub hold_id: String,
+    pub user_id: String,
+    pub amount: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_amount: Option<String>,
+    pub currency: String,
+    #[serde(default)]
+    pub points: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub occurred_at: String,
+}
+
+/// Any event the wallet writes to its outbox, in the order it was written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Event {
+    Payment(PaymentEvent),
+    Hold(HoldEvent),
+}
+
+impl Event {
+    pub fn event_id(&self) -> &str {
+        match self {
+            Self::Payment(e) => &e.event_id,
+            Self::Hold(e) => &e.event_id,
+        }
+    }
+
+    pub fn event_type(&self) -> &str {
+        match self {
+            Self::Payment(e) => &e.event_type,
+            Self::Hold(e) => &e.event_type,
+        }
+    }
+
+    /// The Kafka key.
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Payment(e) => &e.user_id,
+            Self::Hold(e) => &e.user_id,
+        }
+    }
+}
+
+impl From<PaymentEvent> for Event {
+    fn from(event: PaymentEvent) -> Self {
+        Self::Payment(event)
+    }
+}
+
+impl From<HoldEvent> for Event {
+    fn from(event: HoldEvent) -> Self {
+        Self::Hold(event)
+    }
 }
 
 /// Points for paying `amount`: `amount × rate`, rounded down.

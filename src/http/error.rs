@@ -58,6 +58,9 @@ pub struct Problem {
     detail: String,
     /// Stable, machine-readable: `validation_failed`, `insufficient_funds`, …
     code: &'static str,
+    /// With `hold_not_open`: the hold as it stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<crate::wallet::views::HoldView>,
 }
 
 impl ApiError {
@@ -118,6 +121,19 @@ impl ApiError {
                 "payment_not_found",
                 "Payment not found",
             ),
+            Self::Service(S::HoldNotFound) => {
+                (StatusCode::NOT_FOUND, "hold_not_found", "Hold not found")
+            }
+            Self::Service(S::HoldNotOpen(_)) => (
+                StatusCode::CONFLICT,
+                "hold_not_open",
+                "The hold was settled otherwise",
+            ),
+            Self::Service(S::CaptureExceedsHold) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "capture_exceeds_hold",
+                "The capture is larger than the hold",
+            ),
             Self::Service(S::InsufficientFunds) => (
                 StatusCode::PAYMENT_REQUIRED,
                 "insufficient_funds",
@@ -166,7 +182,16 @@ impl ApiError {
         use ServiceError as S;
         match self {
             Self::Service(S::InsufficientFunds) => {
-                "The wallet balance does not cover the amount; nothing was debited.".into()
+                "The wallet's available balance (balance minus holds) does not cover the \
+                 amount; nothing was debited or held."
+                    .into()
+            }
+            Self::Service(S::HoldNotOpen(hold)) => format!(
+                "The hold is {}; nothing was changed. `hold` shows it as it stands.",
+                hold.status
+            ),
+            Self::Service(S::CaptureExceedsHold) => {
+                "A capture may take at most the amount held; nothing was captured.".into()
             }
             Self::Service(S::InProgress { .. }) => {
                 "A request with this key is being processed; retry after the indicated delay."
@@ -236,6 +261,10 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.detail(),
             code,
+            hold: match &self {
+                Self::Service(ServiceError::HoldNotOpen(hold)) => Some((**hold).clone()),
+                _ => None,
+            },
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
@@ -280,7 +309,7 @@ pub enum CommonProblems {
     Forbidden(Problem),
     #[response(
         status = 404,
-        description = "`wallet_not_found`, `payment_not_found`, `failed_event_not_found`",
+        description = "`wallet_not_found`, `payment_not_found`, `hold_not_found`, `failed_event_not_found`",
         content_type = "application/problem+json"
     )]
     NotFound(Problem),
@@ -310,7 +339,7 @@ pub enum WriteProblems {
     InsufficientFunds(Problem),
     #[response(
         status = 409,
-        description = "`request_in_progress` (with Retry-After) or `failed_event_ignored`",
+        description = "`request_in_progress` (with Retry-After), `hold_not_open` (with the hold as it stands in `hold`) or `failed_event_ignored`",
         content_type = "application/problem+json"
     )]
     Conflict(Problem),
@@ -328,7 +357,7 @@ pub enum WriteProblems {
     UnsupportedMediaType(Problem),
     #[response(
         status = 422,
-        description = "`idempotency_key_reused` or `balance_limit_exceeded`",
+        description = "`idempotency_key_reused`, `balance_limit_exceeded` or `capture_exceeds_hold`",
         content_type = "application/problem+json"
     )]
     Unprocessable(Problem),

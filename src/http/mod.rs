@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod failed_events;
 mod health;
+mod holds;
 mod openapi;
 mod payments;
 mod wallets;
@@ -108,6 +109,10 @@ fn routes(gatekeeper: Gatekeeper) -> OpenApiRouter<AppState> {
         .routes(routes!(payments::pay))
         .routes(routes!(payments::show))
         .routes(routes!(payments::cancel))
+        .routes(routes!(holds::place))
+        .routes(routes!(holds::show))
+        .routes(routes!(holds::capture))
+        .routes(routes!(holds::void))
         .merge(funding)
         .merge(admin)
         .layer(middleware::from_fn_with_state(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::domain::events::PaymentEvent;
+use crate::domain::events::Event;
 
 /// An unsent outbox row.
 #[derive(Debug, sqlx::FromRow)]
@@ -27,7 +27,7 @@ pub struct OutboxRow {
 /// event with the same id is already there.
 pub async fn append(
     conn: &mut MySqlConnection,
-    event: &PaymentEvent,
+    event: &Event,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
     crate::store::inserted(append_many(conn, std::slice::from_ref(event), now).await)
@@ -36,7 +36,7 @@ pub async fn append(
 /// Appends events in one statement, in order, inside the caller's transaction.
 pub async fn append_many(
     conn: &mut MySqlConnection,
-    events: &[PaymentEvent],
+    events: &[Event],
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     if events.is_empty() {
@@ -54,9 +54,9 @@ pub async fn append_many(
         events.iter().zip(payloads),
         |mut values, (event, payload)| {
             values
-                .push_bind(&event.event_id)
-                .push_bind(&event.event_type)
-                .push_bind(&event.user_id)
+                .push_bind(event.event_id())
+                .push_bind(event.event_type())
+                .push_bind(event.user_id())
                 .push_bind(payload)
                 .push_bind(now);
         },

@@ -13,6 +13,14 @@ crate::support::text_enum::text_enum! {
         Payment = "PAYMENT",
         /// Credit of a cancelled payment; the reference is the order id.
         Refund = "REFUND",
+        /// Funds reserved (`heldDelta` > 0, amount 0); the reference is the hold id.
+        Hold = "HOLD",
+        /// A hold debited (amount < 0) and released (`heldDelta` < 0).
+        Capture = "CAPTURE",
+        /// A hold released by request (`heldDelta` < 0, amount 0).
+        Void = "VOID",
+        /// A hold released at its deadline (`heldDelta` < 0, amount 0).
+        Expiry = "EXPIRY",
     }
 }
 
@@ -25,6 +33,8 @@ pub struct LedgerRow {
     pub entry_type: EntryType,
     pub amount: Decimal,
     pub balance_after: Decimal,
+    pub held_delta: Decimal,
+    pub held_after: Decimal,
     #[sqlx(try_from = "crate::store::ExactText")]
     pub reference: String,
     pub created_at: DateTime<Utc>,
@@ -38,26 +48,39 @@ pub struct NewEntry {
     /// Signed: a payment is negative.
     pub amount: Decimal,
     pub balance_after: Decimal,
+    /// Signed change of the sum held: a hold is positive, its settlement negative.
+    pub held_delta: Decimal,
+    pub held_after: Decimal,
     pub reference: String,
 }
 
-/// Appends an entry; `amount` is signed (a payment is negative).
+impl NewEntry {
+    /// An entry that moves the balance by `amount` and leaves what is held as it is.
+    pub fn money(
+        user_id: &str,
+        entry_type: EntryType,
+        amount: Decimal,
+        (balance_after, held): (Decimal, Decimal),
+        reference: &str,
+    ) -> Self {
+        Self {
+            user_id: user_id.to_owned(),
+            entry_type,
+            amount,
+            balance_after,
+            held_delta: Decimal::ZERO,
+            held_after: held,
+            reference: reference.to_owned(),
+        }
+    }
+}
+
+/// Appends an entry.
 pub async fn append(
     conn: &mut MySqlConnection,
-    user_id: &str,
-    entry_type: EntryType,
-    amount: Decimal,
-    balance_after: Decimal,
-    reference: &str,
+    entry: NewEntry,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let entry = NewEntry {
-        user_id: user_id.to_owned(),
-        entry_type,
-        amount,
-        balance_after,
-        reference: reference.to_owned(),
-    };
     append_many(conn, &[entry], now).await
 }
 
@@ -71,7 +94,7 @@ pub async fn append_many(
         return Ok(());
     }
     let mut query = QueryBuilder::new(
-        "INSERT INTO ledger_entries (user_id, entry_type, amount, balance_after, reference, created_at) ",
+        "INSERT INTO ledger_entries (user_id, entry_type, amount, balance_after, held_delta, held_after, reference, created_at) ",
     );
     query.push_values(entries, |mut values, e| {
         values
@@ -79,6 +102,8 @@ pub async fn append_many(
             .push_bind(e.entry_type)
             .push_bind(e.amount)
             .push_bind(e.balance_after)
+            .push_bind(e.held_delta)
+            .push_bind(e.held_after)
             .push_bind(&e.reference)
             .push_bind(now);
     });

@@ -1,5 +1,6 @@
 //! MySQL access: the pool and one module of queries per table.
 
+pub mod holds;
 pub mod ledger;
 pub mod payments;
 pub mod top_ups;
@@ -102,6 +103,7 @@ impl From<ExactText> for String {
 
 #[cfg(test)]
 mod tests {
+    use super::holds::HoldStatus;
     use super::ledger::EntryType;
     use super::payments::PaymentStatus;
     use crate::support::text_enum::assert_same_text_everywhere;
@@ -110,5 +112,6 @@ mod tests {
     fn statuses_and_entry_types_read_and_write_their_column_text() {
         assert_same_text_everywhere(PaymentStatus::ALL, |s| s.as_str());
         assert_same_text_everywhere(EntryType::ALL, |t| t.as_str());
+        assert_same_text_everywhere(HoldStatus::ALL, |s| s.as_str());
     }
 }

@@ -1,4 +1,5 @@
-//! `wallets`: one row per user, the balance and the highest fencing token seen.
+//! `wallets`: one row per user, the balance, the sum held, and the highest fencing
+//! token seen.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -11,6 +12,8 @@ pub struct WalletRow {
     pub user_id: String,
     pub currency: String,
     pub balance: Decimal,
+    /// The sum of the wallet's open holds; `balance - held` is available to spend.
+    pub held: Decimal,
     /// From `wallet_points`; only [`find`] reads it.
     #[sqlx(default)]
     pub points: i64,
@@ -60,8 +63,8 @@ pub async fn lock(
         .await
 }
 
-/// Adds `delta` (negative for a debit) to the balance, only if the balance stays
-/// non-negative and no newer fencing token has written the row. Records `fence` as the
+/// Adds `delta` (negative for a debit) to the balance, only if the balance still covers
+/// what is held and no newer fencing token has written the row. Records `fence` as the
 /// newest token. Returns false when a condition failed and nothing was written.
 ///
 /// A caller without a Redis lock (the MySQL fallback) passes `None`: the row lock it
@@ -76,6 +79,7 @@ pub async fn apply_delta(
     let delta = Delta {
         user_id,
         amount: delta,
+        held: Decimal::ZERO,
         fence,
     };
     apply_deltas(conn, &[delta], now).await
@@ -87,6 +91,8 @@ pub struct Delta<'a> {
     pub user_id: &'a str,
     /// Negative for a net debit.
     pub amount: Decimal,
+    /// The change of the sum held: positive for net new holds.
+    pub held: Decimal,
     pub fence: Option<u64>,
 }
 
@@ -117,6 +123,8 @@ pub async fn apply_deltas(
     }
     let mut query = QueryBuilder::new("UPDATE wallets SET balance = balance + ");
     case(&mut query, deltas, |d| d.amount);
+    query.push(", held = held + ");
+    case(&mut query, deltas, |d| d.held);
     query.push(", fence_token = GREATEST(fence_token, ");
     case(&mut query, deltas, |d| d.fence.unwrap_or(0));
     query.push("), updated_at = ").push_bind(now);
@@ -124,8 +132,14 @@ pub async fn apply_deltas(
     query.push_tuples(deltas, |mut tuple, delta| {
         tuple.push_bind(delta.user_id.to_owned());
     });
+    // The old values: MySQL evaluates `WHERE` before `SET`. What stays held must be
+    // covered by what stays in the balance, and nothing is held below zero.
     query.push(" AND balance + ");
     case(&mut query, deltas, |d| d.amount);
+    query.push(" >= held + ");
+    case(&mut query, deltas, |d| d.held);
+    query.push(" AND held + ");
+    case(&mut query, deltas, |d| d.held);
     query.push(" >= 0 AND fence_token <= ");
     case(&mut query, deltas, |d| d.fence.unwrap_or(u64::MAX));
     let updated = query.build().execute(conn).await?;

@@ -43,8 +43,14 @@ pub enum Applied<T> {
 pub trait Command: Send + Sync {
     type Output: Serialize + DeserializeOwned + Send;
 
-    /// Namespace of the idempotency key: `payment`, `top-up`, `cancel`.
+    /// Namespace of the idempotency key: `payment`, `top-up`, `cancel`, `hold`, …
     const SCOPE: &'static str;
+
+    /// This request's namespace: [`Command::SCOPE`] unless one command type serves
+    /// several kinds of request.
+    fn scope(&self) -> &'static str {
+        Self::SCOPE
+    }
 
     fn key(&self) -> &Identifier;
 
@@ -112,16 +118,14 @@ impl Command for TopUp {
         if !store::wallets::apply_delta(conn, &row.user_id, amount, ctx.fence, ctx.now).await? {
             return Err(Failure::conflict());
         }
-        ledger::append(
-            conn,
+        let entry = ledger::NewEntry::money(
             &row.user_id,
             ledger::EntryType::TopUp,
             amount,
-            balance_after,
+            (balance_after, wallet.held),
             &row.top_up_id,
-            ctx.now,
-        )
-        .await?;
+        );
+        ledger::append(conn, entry, ctx.now).await?;
         Ok(Applied::Written(TopUpView::new(&row, ctx.currency)))
     }
 
@@ -191,9 +195,9 @@ impl Command for Debit {
         ctx: &TxContext,
     ) -> Result<Applied<PaymentView>, Failure> {
         let amount = self.amount.value();
-        if wallet.balance < amount {
+        if wallet.balance - wallet.held < amount {
             // A repeat of a debit that succeeded earlier replays it, even though the
-            // balance no longer covers it.
+            // available balance no longer covers it.
             return match payments::lock(conn, self.order_id.as_str()).await? {
                 Some(_) => Ok(Applied::Recorded),
                 None => Err(ServiceError::InsufficientFunds.into()),
@@ -207,18 +211,16 @@ impl Command for Debit {
         if !store::wallets::apply_delta(conn, &row.user_id, -amount, ctx.fence, ctx.now).await? {
             return Err(Failure::conflict());
         }
-        ledger::append(
-            conn,
+        let entry = ledger::NewEntry::money(
             &row.user_id,
             ledger::EntryType::Payment,
             -amount,
-            balance_after,
+            (balance_after, wallet.held),
             &row.order_id,
-            ctx.now,
-        )
-        .await?;
+        );
+        ledger::append(conn, entry, ctx.now).await?;
         let event = payment_event(&row, PAYMENT_COMPLETED, ctx);
-        outbox::append(conn, &event, ctx.now).await?;
+        outbox::append(conn, &event.into(), ctx.now).await?;
         Ok(Applied::Written(PaymentView::as_debited(
             &row,
             ctx.currency,
@@ -328,18 +330,16 @@ impl Command for CancelPayment {
         {
             return Err(Failure::conflict());
         }
-        ledger::append(
-            conn,
+        let entry = ledger::NewEntry::money(
             &payment.user_id,
             ledger::EntryType::Refund,
             payment.amount,
-            balance_after,
+            (balance_after, wallet.held),
             &payment.order_id,
-            ctx.now,
-        )
-        .await?;
+        );
+        ledger::append(conn, entry, ctx.now).await?;
         let event = payment_event(&payment, PAYMENT_CANCELLED, ctx);
-        outbox::append(conn, &event, ctx.now).await?;
+        outbox::append(conn, &event.into(), ctx.now).await?;
         payment.status = payments::PaymentStatus::Cancelled;
         payment.cancelled_at = Some(ctx.now);
         payment.cancel_reason = self.reason.clone();

@@ -54,10 +54,10 @@ impl WalletService {
         let fingerprint = cmd.fingerprint();
         let claim = self
             .idempotency
-            .claim(&mut conn, C::SCOPE, cmd.key(), &fingerprint)
+            .claim(&mut conn, cmd.scope(), cmd.key(), &fingerprint)
             .await?;
         self.breaker.record_success();
-        let token = match replay::claimed(C::SCOPE, claim, |reply| serde_json::from_str(reply)) {
+        let token = match replay::claimed(cmd.scope(), claim, |reply| serde_json::from_str(reply)) {
             Claimed::Ours(token) => token,
             Claimed::Answered(answer) => return answer,
         };
@@ -71,7 +71,7 @@ impl WalletService {
                         reply: &reply,
                     };
                     self.idempotency
-                        .settle(&mut conn, C::SCOPE, cmd.key(), &token, how)
+                        .settle(&mut conn, cmd.scope(), cmd.key(), &token, how)
                         .await
                 }
                 Err(e) => Err(RedisFault::Command(redis::RedisError::from(
@@ -83,7 +83,13 @@ impl WalletService {
             // Nothing was applied: free the key for an immediate retry.
             Err(_) => {
                 self.idempotency
-                    .settle(&mut conn, C::SCOPE, cmd.key(), &token, Settlement::Abandon)
+                    .settle(
+                        &mut conn,
+                        cmd.scope(),
+                        cmd.key(),
+                        &token,
+                        Settlement::Abandon,
+                    )
                     .await
             }
         };
@@ -174,7 +180,7 @@ impl WalletService {
     ) -> Result<Outcome<C::Output>, Failure> {
         let started = Instant::now();
         let result = self.transact_once(cmd, guard, deadline).await;
-        metrics::transaction(C::SCOPE, started.elapsed());
+        metrics::transaction(cmd.scope(), started.elapsed());
         result
     }
 
@@ -218,7 +224,7 @@ impl WalletService {
             Applied::Written(value) => value,
             Applied::Replay(value) => {
                 tx.rollback().await?;
-                return Ok(replay::recorded(C::SCOPE, true, || value)?);
+                return Ok(replay::recorded(cmd.scope(), true, || value)?);
             }
             Applied::Recorded => {
                 tx.rollback().await?;

@@ -9,6 +9,7 @@ mod attempt;
 mod batch;
 mod commands;
 mod executor;
+pub mod holds;
 mod replay;
 pub mod views;
 
@@ -36,6 +37,13 @@ pub enum ServiceError {
     WalletNotFound,
     #[error("payment not found")]
     PaymentNotFound,
+    #[error("hold not found")]
+    HoldNotFound,
+    /// The hold was settled otherwise (captured, voided or expired): it is as shown.
+    #[error("the hold is {}", .0.status)]
+    HoldNotOpen(Box<views::HoldView>),
+    #[error("the capture is larger than the hold")]
+    CaptureExceedsHold,
     #[error("insufficient funds")]
     InsufficientFunds,
     #[error("the balance would exceed its limit")]
@@ -107,6 +115,7 @@ pub struct WalletCore {
     pub(crate) lock_poll: Duration,
     /// When waiting events make the outbox `lagging` or `stalled` in `/readyz`.
     pub(crate) outbox_stall_after: Duration,
+    pub(crate) holds: crate::configuration::HoldSettings,
 }
 
 impl std::ops::Deref for WalletService {
@@ -340,7 +349,7 @@ impl WalletService {
             occurred_at: crate::support::clock::timestamp(now),
         };
         let mut conn = self.db.acquire().await?;
-        if crate::outbox::append(&mut conn, &event, now).await? {
+        if crate::outbox::append(&mut conn, &event.into(), now).await? {
             self.outbox_wake.notify_one();
         }
         Ok(())

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Currency;
+use crate::store::holds::{HoldRow, HoldStatus};
 use crate::store::ledger::EntryType;
 use crate::store::ledger::LedgerRow;
 use crate::store::payments::{PaymentRow, PaymentStatus};
@@ -20,6 +21,12 @@ pub struct WalletView {
     /// Decimal string with the currency's digits, e.g. "150000".
     #[schema(example = "150000")]
     pub balance: String,
+    /// The sum of open holds, part of `balance` but not available to spend.
+    #[schema(example = "20000")]
+    pub held: String,
+    /// `balance - held`: what a payment or a new hold may take.
+    #[schema(example = "130000")]
+    pub available: String,
     pub points: i64,
     pub currency: String,
     pub updated_at: String,
@@ -30,6 +37,8 @@ impl WalletView {
         Self {
             user_id: row.user_id.clone(),
             balance: currency.format(row.balance),
+            held: currency.format(row.held),
+            available: currency.format(row.balance - row.held),
             points: row.points,
             currency: row.currency.clone(),
             updated_at: timestamp(row.updated_at),
@@ -111,16 +120,92 @@ impl TopUpView {
     }
 }
 
+/// A hold, and its wallet as the hold's last change (placing or settling it) left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldView {
+    pub hold_id: String,
+    pub user_id: String,
+    /// What the hold reserved.
+    #[schema(example = "25000")]
+    pub amount: String,
+    /// What the capture debited; only on a captured hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_amount: Option<String>,
+    pub currency: String,
+    pub status: HoldStatus,
+    /// When an open hold is released by itself.
+    pub expires_at: String,
+    pub created_at: String,
+    /// When it was captured, voided or expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<String>,
+    /// The wallet's balance, held sum and available balance right after this change.
+    pub balance: String,
+    pub held: String,
+    pub available: String,
+}
+
+impl HoldView {
+    /// The hold as it is now (`GET`, and the reply to a capture or void).
+    pub fn current(row: &HoldRow, currency: Currency) -> Self {
+        let placed = Self::as_placed(row, currency);
+        let (Some(settled_at), Some(balance), Some(held)) = (
+            row.settled_at,
+            row.settled_balance_after,
+            row.settled_held_after,
+        ) else {
+            return Self {
+                status: row.status,
+                ..placed
+            };
+        };
+        Self {
+            captured_amount: row.captured_amount.map(|a| currency.format(a)),
+            status: row.status,
+            settled_at: Some(timestamp(settled_at)),
+            balance: currency.format(balance),
+            held: currency.format(held),
+            available: currency.format(balance - held),
+            ..placed
+        }
+    }
+
+    /// The hold as placing it answered: a repeat of the request gets this same body even
+    /// after the hold was settled, like any idempotent replay.
+    pub fn as_placed(row: &HoldRow, currency: Currency) -> Self {
+        Self {
+            hold_id: row.hold_id.clone(),
+            user_id: row.user_id.clone(),
+            amount: currency.format(row.amount),
+            captured_amount: None,
+            currency: row.currency.clone(),
+            status: HoldStatus::Held,
+            expires_at: timestamp(row.expires_at),
+            created_at: timestamp(row.created_at),
+            settled_at: None,
+            balance: currency.format(row.balance_after),
+            held: currency.format(row.held_after),
+            available: currency.format(row.balance_after - row.held_after),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerEntryView {
     pub entry_id: String,
     #[serde(rename = "type")]
     pub entry_type: EntryType,
-    /// Signed: a payment is negative, a top-up or refund positive.
+    /// Signed: a payment or capture is negative, a top-up or refund positive, a hold,
+    /// void or expiry 0.
     pub amount: String,
     pub balance_after: String,
-    /// The top-up id or order id that caused the entry.
+    /// Signed change of the sum held: a hold is positive, its capture, void or expiry
+    /// negative.
+    pub held_delta: String,
+    pub held_after: String,
+    /// The top-up id, order id or hold id that caused the entry.
     pub reference: String,
     pub created_at: String,
 }
@@ -132,6 +217,8 @@ impl LedgerEntryView {
             entry_type: row.entry_type,
             amount: currency.format(row.amount),
             balance_after: currency.format(row.balance_after),
+            held_delta: currency.format(row.held_delta),
+            held_after: currency.format(row.held_after),
             reference: row.reference.clone(),
             created_at: timestamp(row.created_at),
         }

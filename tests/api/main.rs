@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod hardening;
 mod helpers;
+mod holds;
 mod identifiers;
 mod kafka;
 mod limits;

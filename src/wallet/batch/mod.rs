@@ -1,4 +1,4 @@
-//! Group commit: the debits and top-ups queued in this process are applied together, one
+//! Group commit: the debits, top-ups and hold requests queued in this process are applied together, one
 //! transaction per batch, under the Redis locks of the batch's wallets.
 //!
 //! Requests go into one queue. A dispatcher takes what is queued, at most
@@ -31,7 +31,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::commands::{Command, Debit, TopUp};
-use super::views::{PaymentView, TopUpView};
+use super::holds::{PlaceHold, SettleHold};
+use super::views::{HoldView, PaymentView, TopUpView};
 use super::{unavailable, Outcome, ServiceError, WalletService};
 use crate::domain::Identifier;
 use crate::idempotency::ClaimToken;
@@ -44,6 +45,9 @@ const IN_FLIGHT: usize = 2;
 pub enum Request {
     Debit(Debit),
     TopUp(TopUp),
+    Hold(PlaceHold),
+    /// A capture or void.
+    Settle(SettleHold),
 }
 
 /// Its answer.
@@ -51,38 +55,37 @@ pub enum Request {
 pub enum Reply {
     Payment(PaymentView),
     TopUp(TopUpView),
+    Hold(HoldView),
 }
 
 /// What a caller gets back.
 pub type Answer = Result<Outcome<Reply>, ServiceError>;
 
 impl Request {
-    fn scope(&self) -> &'static str {
+    /// The command inside, as the idempotency claim and the lock see it.
+    fn command(&self) -> &dyn Keyed {
         match self {
-            Self::Debit(_) => Debit::SCOPE,
-            Self::TopUp(_) => TopUp::SCOPE,
+            Self::Debit(debit) => debit,
+            Self::TopUp(top_up) => top_up,
+            Self::Hold(hold) => hold,
+            Self::Settle(settle) => settle,
         }
+    }
+
+    fn scope(&self) -> &'static str {
+        self.command().scope()
     }
 
     fn key(&self) -> &Identifier {
-        match self {
-            Self::Debit(debit) => debit.key(),
-            Self::TopUp(top_up) => top_up.key(),
-        }
+        self.command().key()
     }
 
     fn user_id(&self) -> &Identifier {
-        match self {
-            Self::Debit(debit) => debit.user_id(),
-            Self::TopUp(top_up) => top_up.user_id(),
-        }
+        self.command().user_id()
     }
 
     fn fingerprint(&self) -> String {
-        match self {
-            Self::Debit(debit) => debit.fingerprint(),
-            Self::TopUp(top_up) => top_up.fingerprint(),
-        }
+        self.command().fingerprint()
     }
 
     /// The answer cached for this request's key.
@@ -90,7 +93,35 @@ impl Request {
         Ok(match self {
             Self::Debit(_) => Reply::Payment(serde_json::from_str(reply)?),
             Self::TopUp(_) => Reply::TopUp(serde_json::from_str(reply)?),
+            Self::Hold(_) | Self::Settle(_) => Reply::Hold(serde_json::from_str(reply)?),
         })
+    }
+}
+
+/// What the queue reads of a command: [`Command`] without its associated types, so the
+/// four kinds of request answer through one reference.
+trait Keyed: Send + Sync {
+    fn scope(&self) -> &'static str;
+    fn key(&self) -> &Identifier;
+    fn user_id(&self) -> &Identifier;
+    fn fingerprint(&self) -> String;
+}
+
+impl<C: Command> Keyed for C {
+    fn scope(&self) -> &'static str {
+        Command::scope(self)
+    }
+
+    fn key(&self) -> &Identifier {
+        Command::key(self)
+    }
+
+    fn user_id(&self) -> &Identifier {
+        Command::user_id(self)
+    }
+
+    fn fingerprint(&self) -> String {
+        Command::fingerprint(self)
     }
 }
 
@@ -99,6 +130,7 @@ impl Reply {
         match self {
             Self::Payment(view) => serde_json::to_string(view),
             Self::TopUp(view) => serde_json::to_string(view),
+            Self::Hold(view) => serde_json::to_string(view),
         }
     }
 }
