@@ -203,3 +203,67 @@ async fn a_request_reusing_a_paid_order_is_rejected_never_declined() {
     );
     assert_eq!(app.points("u2").await, 0);
 }
+
+/// The types of the outbox events of `hold_id`, oldest first, with their payloads.
+async fn hold_events(app: &TestApp, hold_id: &str) -> Vec<(String, Value)> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type, payload FROM outbox_events \
+         WHERE JSON_VALUE(payload, '$.holdId') = ? ORDER BY id",
+    )
+    .bind(hold_id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(kind, payload)| (kind, serde_json::from_str(&payload).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_are_placed_captured_voided_and_refused_by_event() {
+    let settings = settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    app.funded_wallet("u1", 10_000).await;
+    let send = |body: Value| {
+        let settings = settings.clone();
+        async move {
+            let topic = &settings.kafka.requests_topic;
+            produce(&settings, topic, "u1", &body.to_string(), &[]).await
+        }
+    };
+    send(json!({ "type": "hold", "holdId": "k1", "userId": "u1", "amount": "4000" })).await;
+    send(json!({ "type": "hold", "holdId": "k2", "userId": "u1", "amount": "3000", "expiresInSeconds": 600 })).await;
+    send(json!({ "type": "hold", "holdId": "k3", "userId": "u1", "amount": "5000" })).await;
+    send(json!({ "type": "capture", "holdId": "k1", "amount": "1500" })).await;
+    send(json!({ "type": "void", "holdId": "k2" })).await;
+    send(json!({ "type": "capture", "holdId": "k2" })).await;
+
+    let settled = eventually(WAIT, || async {
+        hold_events(&app, "k2").await.len() == 3 && hold_events(&app, "k3").await.len() == 1
+    })
+    .await;
+    assert!(settled, "{:?}", hold_events(&app, "k2").await);
+    let types =
+        |events: Vec<(String, Value)>| events.into_iter().map(|(t, _)| t).collect::<Vec<_>>();
+    assert_eq!(
+        types(hold_events(&app, "k1").await),
+        ["hold.created", "hold.captured"]
+    );
+    let k2 = hold_events(&app, "k2").await;
+    assert_eq!(
+        types(k2.clone()),
+        ["hold.created", "hold.voided", "hold.declined"]
+    );
+    assert_eq!(k2[2].1["reason"], "hold_not_open");
+    assert_eq!(k2[2].1["status"], "VOIDED");
+    let k3 = hold_events(&app, "k3").await;
+    assert_eq!(k3[0].0, "hold.declined");
+    assert_eq!(k3[0].1["reason"], "insufficient_funds");
+
+    assert_eq!(app.funds("u1").await, ["8500", "0", "8500"]);
+    // The capture earned points like a payment (1 %).
+    let earned = eventually(WAIT, || async { app.points("u1").await == 15 }).await;
+    assert!(earned, "points {}", app.points("u1").await);
+    assert_eq!(app.count("SELECT COUNT(*) FROM failed_events").await, 0);
+    app.assert_ledger_invariants().await;
+}
