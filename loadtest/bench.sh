@@ -4,7 +4,9 @@
 # (WALLET_BATCH_MAX=1), the per-request MySQL FOR UPDATE path (WALLET_LOCK_MODE=mysql,
 # WALLET_BATCH_MAX=1: one transaction per request, as a Spring + Redisson service runs
 # it) and the batched FOR UPDATE path (what the fallback does while Redis is down),
-# plus the database floor (a bare conditional UPDATE at the same concurrency). Every
+# plus the database floor (a bare conditional UPDATE at the same concurrency), and the
+# hold flow (hold, then capture or void) on the spread wallets, batched and FOR UPDATE
+# per request, beside the plain debits. Every
 # cell runs --runs times (default 2) so their agreement can be judged, and reports the
 # CPU time per debit of the service and of MariaDB from /proc. Writes the matrix to
 # loadtest/results/bench-*/matrix.md.
@@ -54,6 +56,14 @@ for run in $(seq 1 "$runs"); do
       results=$(grep '^results: ' "$out/run.log" | tail -n 1 | cut -d' ' -f2)
       cp "$results/report.json" "$out/$scenario-$cell-$run.json"
     done
+  done
+  for cell in batched forupdate; do
+    echo "--- run $run: holds, $cell"
+    # shellcheck disable=SC2086
+    ./loadtest/run.sh holds ${cells[$cell]} --client "$client" --no-kafka --duration "$duration" --warmup "$warmup" \
+      --wallets "$wallets" --rate 100000 | tee "$out/run.log"
+    results=$(grep '^results: ' "$out/run.log" | tail -n 1 | cut -d' ' -f2)
+    cp "$results/report.json" "$out/holds-$cell-$run.json"
   done
   # The floor, on the same database server (scripts/deps.sh started it for run.sh).
   source scripts/deps.sh >/dev/null
@@ -139,6 +149,18 @@ targets = [
            rate[(h, 'batched')] > rate[(h, 'floor')]),
     target("hot wallet p99, batched", f"{p99[(h, 'batched')]:.1f} ms", "< 100 ms", p99[(h, 'batched')] < 100),
 ]
+hold_rows = []
+for cell, label in [paths[0], paths[2]]:
+    cells = [load(f"holds-{cell}-{r}.json") for r in range(1, runs + 1)]
+    rates = [c["debitsPerSecond"] for c in cells]
+    m = mean(rates)
+    spread_pct = (max(rates) - min(rates)) / m * 100 if m else 0
+    last = cells[-1]
+    requests = sum(n for st, n in last["statuses"].items()) / (last["debits"] / last["debitsPerSecond"]) if last["debits"] else 0
+    hold_rows.append(f"| holds | {label} | {m:,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} ({spread_pct:.1f} %) "
+                     f"| {requests:,.0f} | {rate[(s, cell)]:,.0f} | {last['p50']:.1f} | {last['p95']:.1f} | {last['p99']:.1f} "
+                     f"| {mean([c.get('serviceCpuUsPerDebit') for c in cells]):,.0f} | {mean([c.get('dbCpuUsPerDebit') for c in cells]):,.0f} "
+                     f"| {sum(c.get('errors', 0) for c in cells)} |")
 cpu_rows = []
 for scenario in [h, s]:
     for cell, label in paths[1:4]:
@@ -165,6 +187,13 @@ text = f"""## Latest matrix
 | target (same run) | measured | goal | |
 |---|---|---|---|
 {nl.join(targets)}
+
+The hold flow on the same {wallets} wallets: each turn is a hold and then its capture (90 %, four turns
+in five) or void, two requests; a settled hold counts once. CPU is per ledger entry (one per request).
+
+| scenario | path | settled holds/s (mean) | each run (max−min / mean) | requests/s (last run) | spread debits/s, same path | p50 ms | p95 ms | p99 ms | service CPU µs/request | MariaDB CPU µs/request | errors |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+{nl.join(hold_rows)}
 
 CPU per debit of each path relative to the batched Redis path (same scenario):
 

@@ -15,11 +15,12 @@
 # The report carries the CPU time per debit of the instances and of MariaDB over the
 # measured part (loadtest/cpu.py), from the kernel's accounting of each process.
 #
-# --client native drives hot-wallet and spread with load-client (src/bin/load-client.rs),
+# --client native drives hot-wallet, spread and holds with load-client (src/bin/load-client.rs),
 # a closed loop like k6's that costs the machine a few µs per request instead of k6's
 # hundred or more: the benchmark matrix uses it, so the cores measure the service.
 #
-# SCENARIO: pay-150, hot-wallet, spread, retry-storm, mixed. Every run gets a fresh
+# SCENARIO: pay-150, hot-wallet, spread, holds, retry-storm, mixed. `holds` places a hold
+# and then captures or voids it, turn after turn; it reports settled holds as its debits. Every run gets a fresh
 # database (wallet_load), its own Redis key prefix and its own topics.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,8 +46,8 @@ while [ $# -gt 0 ]; do
 done
 [ -f "loadtest/$scenario.js" ] || { echo "no scenario loadtest/$scenario.js" >&2; exit 2; }
 case "$client/$scenario/$skew" in
-  k6/*|native/hot-wallet/0|native/spread/0) ;;
-  *) echo "--client $client runs hot-wallet and spread (without --skew) only" >&2; exit 2 ;;
+  k6/*|native/hot-wallet/0|native/spread/0|native/holds/0) ;;
+  *) echo "--client $client runs hot-wallet, spread and holds (without --skew) only" >&2; exit 2 ;;
 esac
 
 # shellcheck source=scripts/deps.sh

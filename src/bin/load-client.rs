@@ -1,6 +1,9 @@
 //! A lean closed-loop load client for the benchmark matrix: `--vus` virtual users, each
 //! on its own keep-alive HTTP/1.1 connection, paying one debit after another for
-//! `--warmup` then `--seconds` seconds, spread over the instances in `--urls`.
+//! `--warmup` then `--seconds` seconds, spread over the instances in `--urls`. The
+//! `holds` scenario walks the spread wallets too, but each turn places a hold and then
+//! settles it: four in five captured (90 % of the amount, the rest released), one in
+//! five voided; it counts a settled hold where the others count a debit.
 //!
 //! k6 costs more CPU per request than the service itself spends on a batched debit;
 //! on a two-core machine that shares its cores with the service, MariaDB and Redis, the
@@ -9,7 +12,7 @@
 //!
 //! ```text
 //! load-client --urls URL[,URL] --api-key KEY --funding-key KEY --run RUN_ID
-//!             [--scenario hot-wallet|spread] [--wallets 10000] [--vus 150]
+//!             [--scenario hot-wallet|spread|holds] [--wallets 10000] [--vus 150]
 //!             [--seconds 30] [--warmup 5] [--paid FILE]
 //! ```
 //! Funds the wallets first (not measured), prints one JSON line at the end, and writes
@@ -34,6 +37,8 @@ struct Options {
     funding_key: String,
     run: String,
     hot: bool,
+    /// Hold, then capture or void, instead of a debit.
+    holds: bool,
     wallets: usize,
     vus: usize,
     seconds: u64,
@@ -48,6 +53,7 @@ fn options() -> anyhow::Result<Options> {
         funding_key: String::new(),
         run: String::new(),
         hot: true,
+        holds: false,
         wallets: 10_000,
         vus: 150,
         seconds: 30,
@@ -61,9 +67,10 @@ fn options() -> anyhow::Result<Options> {
             "--funding-key" => o.funding_key = value,
             "--run" => o.run = value,
             "--scenario" => {
-                o.hot = match value.as_str() {
-                    "hot-wallet" => true,
-                    "spread" => false,
+                (o.hot, o.holds) = match value.as_str() {
+                    "hot-wallet" => (true, false),
+                    "spread" => (false, false),
+                    "holds" => (false, true),
                     other => bail!("unknown scenario {other}"),
                 }
             }
@@ -254,6 +261,8 @@ struct Tally {
     latencies: Vec<u32>,
     statuses: BTreeMap<String, u64>,
     paid: Vec<String>,
+    /// Debits (or settled holds) in the measured part.
+    done: u64,
 }
 
 async fn pay(o: Arc<Options>, vu: usize, start: Instant, stop: Instant) -> anyhow::Result<Tally> {
@@ -271,7 +280,34 @@ async fn pay(o: Arc<Options>, vu: usize, start: Instant, stop: Instant) -> anyho
         let wallet = user(&o, next % o.wallets);
         next = next.wrapping_mul(31).wrapping_add(17);
         let order = format!("{}-{vu}-{iteration}", o.run);
+        let amount = 10 * (1 + iteration % 10);
         body.clear();
+        if o.holds {
+            write!(
+                body,
+                r#"{{"holdId":"{order}","userId":"{wallet}","amount":"{amount}"}}"#
+            )?;
+            let status = conn
+                .post("/api/v1/holds", &o.api_key, &body)
+                .await
+                .unwrap_or(0);
+            tally.record(sent, measured_from, status, false);
+            if status != 201 {
+                continue;
+            }
+            let settled = Instant::now();
+            body.clear();
+            let path = if iteration % 5 == 4 {
+                body.push_str("{}");
+                format!("/api/v1/holds/{order}/void")
+            } else {
+                write!(body, r#"{{"amount":"{}"}}"#, amount * 9 / 10)?;
+                format!("/api/v1/holds/{order}/capture")
+            };
+            let status = conn.post(&path, &o.api_key, &body).await.unwrap_or(0);
+            tally.record(settled, measured_from, status, status == 200);
+            continue;
+        }
         write!(
             body,
             r#"{{"orderId":"{order}","userId":"{wallet}","amount":"{}"}}"#,
@@ -284,13 +320,22 @@ async fn pay(o: Arc<Options>, vu: usize, start: Instant, stop: Instant) -> anyho
         if matches!(status, 200 | 201) {
             tally.paid.push(order);
         }
-        if sent >= measured_from {
-            let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-            tally.latencies.push(micros);
-            *tally.statuses.entry(status.to_string()).or_default() += 1;
-        }
+        tally.record(sent, measured_from, status, status == 201);
     }
     Ok(tally)
+}
+
+impl Tally {
+    /// One request sent at `sent`, counted if in the measured part; `done` when it
+    /// completed a debit (or a hold's settlement).
+    fn record(&mut self, sent: Instant, measured_from: Instant, status: u16, done: bool) {
+        if sent >= measured_from {
+            let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+            self.latencies.push(micros);
+            *self.statuses.entry(status.to_string()).or_default() += 1;
+            self.done += u64::from(done);
+        }
+    }
 }
 
 #[tokio::main]
@@ -314,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
         let tally = done??;
         all.latencies.extend(tally.latencies);
         all.paid.extend(tally.paid);
+        all.done += tally.done;
         for (status, n) in tally.statuses {
             *all.statuses.entry(status).or_default() += n;
         }
@@ -323,7 +369,7 @@ async fn main() -> anyhow::Result<()> {
     }
     all.latencies.sort_unstable();
     let pct = |p: f64| nearest_rank(&all.latencies, p).map_or(0.0, |us| f64::from(us) / 1000.0);
-    let debits = all.statuses.get("201").copied().unwrap_or(0);
+    let debits = all.done;
     let errors: u64 = all
         .statuses
         .iter()

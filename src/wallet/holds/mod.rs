@@ -15,12 +15,15 @@
 use rust_decimal::Decimal;
 use sqlx::{MySqlConnection, MySqlPool};
 
+mod service;
+
+pub use service::{sweep, HoldRefusal};
+
 use super::attempt::Failure;
-use super::batch::{Reply, Request};
 use super::commands::{Applied, Command, TxContext};
 use super::replay;
 use super::views::HoldView;
-use super::{unavailable, Outcome, ServiceError, WalletService};
+use super::{unavailable, Outcome, ServiceError};
 use crate::domain::events::{
     points_for, HoldEvent, HOLD_CAPTURED, HOLD_CREATED, HOLD_EXPIRED, HOLD_VOIDED,
 };
@@ -28,7 +31,6 @@ use crate::domain::{Amount, Currency, Identifier};
 use crate::store::holds::{self, HoldRow, HoldStatus};
 use crate::store::ledger::{EntryType, NewEntry};
 use crate::store::wallets::{self, WalletRow};
-use crate::support::tasks::StopSignal;
 
 /// A wallet's balance and the sum of its open holds, as a transaction moves them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,185 +386,141 @@ impl Command for SettleHold {
     }
 }
 
-/// How many due holds one sweep releases at most; the next sweep takes the rest.
-const SWEEP_BATCH: u32 = 200;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::RawAmount;
 
-impl WalletService {
-    /// How long a hold asked to live `seconds` (the default if `None`) lives; refused
-    /// past the maximum.
-    pub fn hold_life(&self, seconds: Option<u64>) -> Result<chrono::Duration, ServiceError> {
-        let max = self.holds.max_ttl.as_secs();
-        let seconds = seconds.unwrap_or(self.holds.default_ttl.as_secs());
-        if !(1..=max).contains(&seconds) {
-            return Err(ServiceError::Validation(format!(
-                "expiresInSeconds must be between 1 and {max}"
-            )));
-        }
-        Ok(chrono::Duration::seconds(seconds as i64))
-    }
-
-    /// Reserves funds once per `hold_id`.
-    #[tracing::instrument(skip_all, fields(hold_id = %hold.hold_id, user_id = %hold.user_id))]
-    pub async fn place_hold(&self, hold: PlaceHold) -> Result<Outcome<HoldView>, ServiceError> {
-        match &self.batcher {
-            None => self.execute(&hold).await,
-            Some(batcher) => hold_reply(self.submit(batcher, Request::Hold(hold)).await),
+    fn ctx(now: chrono::DateTime<chrono::Utc>) -> TxContext {
+        TxContext {
+            fence: None,
+            now,
+            currency: Currency::KRW,
+            points_rate: Decimal::new(1, 2),
         }
     }
 
-    /// Captures, voids or expires the hold `hold_id`, once.
-    #[tracing::instrument(skip_all, fields(hold_id = %hold_id))]
-    pub async fn settle_hold(
-        &self,
-        hold_id: Identifier,
-        how: Settlement,
-    ) -> Result<Outcome<HoldView>, ServiceError> {
-        let hold = holds::find(&self.db, hold_id.as_str())
-            .await
-            .map_err(unavailable)?
-            .ok_or(ServiceError::HoldNotFound)?;
-        let user_id = Identifier::parse("userId", hold.user_id).map_err(unavailable)?;
-        tracing::Span::current().record("user_id", tracing::field::display(&user_id));
-        let settle = SettleHold {
-            hold_id,
-            user_id,
+    fn amount(value: i64) -> Amount {
+        Amount::parse("amount", RawAmount(Decimal::from(value)), Currency::KRW).unwrap()
+    }
+
+    fn placed(funds: &mut Funds, now: chrono::DateTime<chrono::Utc>) -> HoldRow {
+        let hold = PlaceHold {
+            hold_id: Identifier::parse("holdId", "h".into()).unwrap(),
+            user_id: Identifier::parse("userId", "u".into()).unwrap(),
+            amount: amount(3_000),
+            expires_in: chrono::Duration::seconds(60),
+        };
+        hold.place(funds, &ctx(now)).unwrap().0
+    }
+
+    fn settle(how: Settlement) -> SettleHold {
+        SettleHold {
+            hold_id: Identifier::parse("holdId", "h".into()).unwrap(),
+            user_id: Identifier::parse("userId", "u".into()).unwrap(),
             how,
+        }
+    }
+
+    #[test]
+    fn a_hold_takes_only_the_available_balance() {
+        let now = chrono::Utc::now();
+        let mut funds = Funds {
+            balance: Decimal::from(5_000),
+            held: Decimal::from(2_500),
         };
-        let outcome = match (&self.batcher, how) {
-            // Expiries are few and come from the sweeper: no batch to wait for.
-            (None, _) | (_, Settlement::Expire) => self.execute(&settle).await?,
-            (Some(batcher), _) => {
-                let answer = self.submit(batcher, Request::Settle(settle.clone())).await;
-                hold_reply(answer)?
-            }
+        let hold = PlaceHold {
+            hold_id: Identifier::parse("holdId", "h".into()).unwrap(),
+            user_id: Identifier::parse("userId", "u".into()).unwrap(),
+            amount: amount(2_501),
+            expires_in: chrono::Duration::seconds(60),
         };
-        settle.answer(outcome)
+        assert!(matches!(
+            hold.place(&mut funds, &ctx(now)),
+            Err(ServiceError::InsufficientFunds)
+        ));
+        assert_eq!(
+            funds.held,
+            Decimal::from(2_500),
+            "a refusal changes nothing"
+        );
     }
 
-    /// The hold as it is now.
-    pub async fn hold(&self, hold_id: &Identifier) -> Result<HoldView, ServiceError> {
-        let row = holds::find(&self.db, hold_id.as_str())
-            .await
-            .map_err(unavailable)?
-            .ok_or(ServiceError::HoldNotFound)?;
-        Ok(HoldView::current(&row, self.currency))
-    }
-
-    /// Releases the holds past their deadline, at most [`SWEEP_BATCH`]; returns how many
-    /// this call expired. Safe beside other instances doing the same: each hold is
-    /// settled under its wallet's lock, once.
-    pub async fn expire_due_holds(&self) -> Result<usize, ServiceError> {
-        let due = holds::expired(&self.db, crate::support::clock::now(), SWEEP_BATCH)
-            .await
-            .map_err(unavailable)?;
-        let mut expired = 0;
-        for (hold_id, _) in due {
-            let hold_id = Identifier::parse("holdId", hold_id).map_err(unavailable)?;
-            match self.settle_hold(hold_id, Settlement::Expire).await {
-                Ok(outcome) if !outcome.replayed => expired += 1,
-                // Settled otherwise meanwhile, or being expired by another instance.
-                Ok(_) | Err(ServiceError::HoldNotOpen(_) | ServiceError::InProgress { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(expired)
-    }
-}
-
-/// A hold request refused: what `hold.declined` says of it.
-#[derive(Debug, Clone)]
-pub struct HoldRefusal {
-    pub hold_id: String,
-    /// The requested wallet, or the hold's owner for a capture or void.
-    pub user_id: String,
-    /// The requested amount, or what the hold holds for a capture or void.
-    pub amount: String,
-    /// The problem code.
-    pub reason: &'static str,
-    /// The hold's status, when it exists and was settled otherwise.
-    pub status: Option<HoldStatus>,
-}
-
-impl HoldRefusal {
-    pub fn of_placing(hold: &PlaceHold) -> Self {
-        Self {
-            hold_id: hold.hold_id.to_string(),
-            user_id: hold.user_id.to_string(),
-            amount: hold.amount.to_string(),
-            reason: "",
-            status: None,
-        }
-    }
-
-    pub fn of_settling(hold: &HoldView) -> Self {
-        Self {
-            hold_id: hold.hold_id.clone(),
-            user_id: hold.user_id.clone(),
-            amount: hold.amount.clone(),
-            reason: "",
-            status: None,
-        }
-    }
-}
-
-impl WalletService {
-    /// Publishes (through the outbox) `hold.declined` for a hold requested by event.
-    /// `request_id` names the request, so refusing the same request twice publishes once.
-    pub async fn publish_hold_refusal(
-        &self,
-        request_id: &str,
-        refusal: HoldRefusal,
-    ) -> Result<(), sqlx::Error> {
-        let now = crate::support::clock::now();
-        let event = HoldEvent {
-            event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, request_id.as_bytes())
-                .to_string(),
-            event_type: crate::domain::events::HOLD_DECLINED.to_owned(),
-            hold_id: refusal.hold_id,
-            user_id: refusal.user_id,
-            amount: refusal.amount,
-            captured_amount: None,
-            currency: self.currency.code().to_owned(),
-            points: 0,
-            status: refusal.status.map(|s| s.to_string()),
-            reason: Some(refusal.reason.to_owned()),
-            occurred_at: crate::support::clock::timestamp(now),
+    #[test]
+    fn a_partial_capture_debits_part_and_releases_the_whole_hold() {
+        let now = chrono::Utc::now();
+        let mut funds = Funds {
+            balance: Decimal::from(10_000),
+            held: Decimal::ZERO,
         };
-        let mut conn = self.db.acquire().await?;
-        if crate::outbox::append(&mut conn, &event.into(), now).await? {
-            self.outbox_wake.notify_one();
-        }
-        Ok(())
+        let mut hold = placed(&mut funds, now);
+        let capture = settle(Settlement::Capture(Some(amount(2_000))));
+        let Settled::Written(entry, event) =
+            capture.settle(&mut hold, &mut funds, &ctx(now)).unwrap()
+        else {
+            panic!("the capture writes");
+        };
+        assert_eq!(
+            (funds.balance, funds.held),
+            (Decimal::from(8_000), Decimal::ZERO)
+        );
+        assert_eq!(
+            (entry.amount, entry.held_delta),
+            (Decimal::from(-2_000), Decimal::from(-3_000))
+        );
+        assert_eq!(event.event_type, HOLD_CAPTURED);
+        assert_eq!(hold.points, 20);
+        // Settled once: a second settlement writes nothing.
+        let void = settle(Settlement::Void);
+        assert!(matches!(
+            void.settle(&mut hold, &mut funds, &ctx(now)),
+            Ok(Settled::Already)
+        ));
+        let view = HoldView::current(&hold, Currency::KRW);
+        let outcome = |value| Outcome {
+            value,
+            replayed: true,
+        };
+        assert!(matches!(
+            void.answer(outcome(view.clone())),
+            Err(ServiceError::HoldNotOpen(_))
+        ));
+        assert!(capture.answer(outcome(view.clone())).is_ok());
+        let other = settle(Settlement::Capture(Some(amount(1_000))));
+        assert!(matches!(
+            other.answer(outcome(view)),
+            Err(ServiceError::KeyReused)
+        ));
     }
-}
 
-/// A batch's answer to a hold request.
-fn hold_reply(answer: super::batch::Answer) -> Result<Outcome<HoldView>, ServiceError> {
-    match answer? {
-        Outcome {
-            value: Reply::Hold(value),
-            replayed,
-        } => Ok(Outcome { value, replayed }),
-        _ => Err(unavailable(anyhow::anyhow!(
-            "a hold request answered as another"
-        ))),
-    }
-}
-
-/// The expiry sweeper: every `interval`, releases the holds past their deadline, until
-/// `stop`. A failed sweep is logged and tried again at the next tick.
-pub async fn sweep(service: WalletService, interval: std::time::Duration, stop: StopSignal) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match service.expire_due_holds().await {
-            Ok(0) => {}
-            Ok(expired) => tracing::info!(expired, "holds expired"),
-            Err(e) => tracing::warn!(error = %e, "hold sweep failed; trying again"),
-        }
+    #[test]
+    fn past_its_deadline_a_hold_expires_whatever_was_asked() {
+        let now = chrono::Utc::now();
+        let mut funds = Funds {
+            balance: Decimal::from(10_000),
+            held: Decimal::ZERO,
+        };
+        let mut hold = placed(&mut funds, now);
+        let early = settle(Settlement::Expire);
+        assert!(matches!(
+            early.settle(&mut hold.clone(), &mut funds.clone(), &ctx(now)),
+            Ok(Settled::Already)
+        ));
+        let late = ctx(now + chrono::Duration::seconds(60));
+        let over = settle(Settlement::Capture(Some(amount(3_001))));
+        assert!(matches!(
+            over.settle(&mut hold.clone(), &mut funds.clone(), &ctx(now)),
+            Err(ServiceError::CaptureExceedsHold)
+        ));
+        let capture = settle(Settlement::Capture(None));
+        assert!(matches!(
+            capture.settle(&mut hold, &mut funds, &late),
+            Ok(Settled::Written(..))
+        ));
+        assert_eq!(hold.status, HoldStatus::Expired);
+        assert_eq!(
+            (funds.balance, funds.held),
+            (Decimal::from(10_000), Decimal::ZERO)
+        );
     }
 }

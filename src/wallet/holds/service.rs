@@ -1,0 +1,193 @@
+//! The hold use cases as the API and the consumers call them, the refusal published for
+//! a hold requested by event, and the expiry sweeper.
+
+use super::{HoldEvent, HoldStatus, PlaceHold, SettleHold, Settlement};
+use crate::domain::Identifier;
+use crate::store::holds;
+use crate::support::tasks::StopSignal;
+use crate::wallet::batch::{Answer, Reply, Request};
+use crate::wallet::views::HoldView;
+use crate::wallet::{unavailable, Outcome, ServiceError, WalletService};
+
+/// How many due holds one sweep releases at most; the next sweep takes the rest.
+const SWEEP_BATCH: u32 = 200;
+
+impl WalletService {
+    /// How long a hold asked to live `seconds` (the default if `None`) lives; refused
+    /// past the maximum.
+    pub fn hold_life(&self, seconds: Option<u64>) -> Result<chrono::Duration, ServiceError> {
+        let max = self.holds.max_ttl.as_secs();
+        let seconds = seconds.unwrap_or(self.holds.default_ttl.as_secs());
+        if !(1..=max).contains(&seconds) {
+            return Err(ServiceError::Validation(format!(
+                "expiresInSeconds must be between 1 and {max}"
+            )));
+        }
+        Ok(chrono::Duration::seconds(seconds as i64))
+    }
+
+    /// Reserves funds once per `hold_id`.
+    #[tracing::instrument(skip_all, fields(hold_id = %hold.hold_id, user_id = %hold.user_id))]
+    pub async fn place_hold(&self, hold: PlaceHold) -> Result<Outcome<HoldView>, ServiceError> {
+        match &self.batcher {
+            None => self.execute(&hold).await,
+            Some(batcher) => hold_reply(self.submit(batcher, Request::Hold(hold)).await),
+        }
+    }
+
+    /// Captures, voids or expires the hold `hold_id`, once.
+    #[tracing::instrument(skip_all, fields(hold_id = %hold_id))]
+    pub async fn settle_hold(
+        &self,
+        hold_id: Identifier,
+        how: Settlement,
+    ) -> Result<Outcome<HoldView>, ServiceError> {
+        let hold = holds::find(&self.db, hold_id.as_str())
+            .await
+            .map_err(unavailable)?
+            .ok_or(ServiceError::HoldNotFound)?;
+        let user_id = Identifier::parse("userId", hold.user_id).map_err(unavailable)?;
+        tracing::Span::current().record("user_id", tracing::field::display(&user_id));
+        let settle = SettleHold {
+            hold_id,
+            user_id,
+            how,
+        };
+        let outcome = match (&self.batcher, how) {
+            // Expiries are few and come from the sweeper: no batch to wait for.
+            (None, _) | (_, Settlement::Expire) => self.execute(&settle).await?,
+            (Some(batcher), _) => {
+                let answer = self.submit(batcher, Request::Settle(settle.clone())).await;
+                hold_reply(answer)?
+            }
+        };
+        settle.answer(outcome)
+    }
+
+    /// The hold as it is now.
+    pub async fn hold(&self, hold_id: &Identifier) -> Result<HoldView, ServiceError> {
+        let row = holds::find(&self.db, hold_id.as_str())
+            .await
+            .map_err(unavailable)?
+            .ok_or(ServiceError::HoldNotFound)?;
+        Ok(HoldView::current(&row, self.currency))
+    }
+
+    /// Releases the holds past their deadline, at most [`SWEEP_BATCH`]; returns how many
+    /// this call expired. Safe beside other instances doing the same: each hold is
+    /// settled under its wallet's lock, once.
+    pub async fn expire_due_holds(&self) -> Result<usize, ServiceError> {
+        let due = holds::expired(&self.db, crate::support::clock::now(), SWEEP_BATCH)
+            .await
+            .map_err(unavailable)?;
+        let mut expired = 0;
+        for (hold_id, _) in due {
+            let hold_id = Identifier::parse("holdId", hold_id).map_err(unavailable)?;
+            match self.settle_hold(hold_id, Settlement::Expire).await {
+                Ok(outcome) if !outcome.replayed => expired += 1,
+                // Settled otherwise meanwhile, or being expired by another instance.
+                Ok(_) | Err(ServiceError::HoldNotOpen(_) | ServiceError::InProgress { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(expired)
+    }
+}
+
+/// A hold request refused: what `hold.declined` says of it.
+#[derive(Debug, Clone)]
+pub struct HoldRefusal {
+    pub hold_id: String,
+    /// The requested wallet, or the hold's owner for a capture or void.
+    pub user_id: String,
+    /// The requested amount, or what the hold holds for a capture or void.
+    pub amount: String,
+    /// The problem code.
+    pub reason: &'static str,
+    /// The hold's status, when it exists and was settled otherwise.
+    pub status: Option<HoldStatus>,
+}
+
+impl HoldRefusal {
+    pub fn of_placing(hold: &PlaceHold) -> Self {
+        Self {
+            hold_id: hold.hold_id.to_string(),
+            user_id: hold.user_id.to_string(),
+            amount: hold.amount.to_string(),
+            reason: "",
+            status: None,
+        }
+    }
+
+    pub fn of_settling(hold: &HoldView) -> Self {
+        Self {
+            hold_id: hold.hold_id.clone(),
+            user_id: hold.user_id.clone(),
+            amount: hold.amount.clone(),
+            reason: "",
+            status: None,
+        }
+    }
+}
+
+impl WalletService {
+    /// Publishes (through the outbox) `hold.declined` for a hold requested by event.
+    /// `request_id` names the request, so refusing the same request twice publishes once.
+    pub async fn publish_hold_refusal(
+        &self,
+        request_id: &str,
+        refusal: HoldRefusal,
+    ) -> Result<(), sqlx::Error> {
+        let now = crate::support::clock::now();
+        let event = HoldEvent {
+            event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, request_id.as_bytes())
+                .to_string(),
+            event_type: crate::domain::events::HOLD_DECLINED.to_owned(),
+            hold_id: refusal.hold_id,
+            user_id: refusal.user_id,
+            amount: refusal.amount,
+            captured_amount: None,
+            currency: self.currency.code().to_owned(),
+            points: 0,
+            status: refusal.status.map(|s| s.to_string()),
+            reason: Some(refusal.reason.to_owned()),
+            occurred_at: crate::support::clock::timestamp(now),
+        };
+        let mut conn = self.db.acquire().await?;
+        if crate::outbox::append(&mut conn, &event.into(), now).await? {
+            self.outbox_wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// A batch's answer to a hold request.
+fn hold_reply(answer: Answer) -> Result<Outcome<HoldView>, ServiceError> {
+    match answer? {
+        Outcome {
+            value: Reply::Hold(value),
+            replayed,
+        } => Ok(Outcome { value, replayed }),
+        _ => Err(unavailable(anyhow::anyhow!(
+            "a hold request answered as another"
+        ))),
+    }
+}
+
+/// The expiry sweeper: every `interval`, releases the holds past their deadline, until
+/// `stop`. A failed sweep is logged and tried again at the next tick.
+pub async fn sweep(service: WalletService, interval: std::time::Duration, stop: StopSignal) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match service.expire_due_holds().await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(expired, "holds expired"),
+            Err(e) => tracing::warn!(error = %e, "hold sweep failed; trying again"),
+        }
+    }
+}
