@@ -343,11 +343,11 @@ impl Command for SettleHold {
         &self.user_id
     }
 
+    /// The kind only: a capture repeated with another amount gets its answer from
+    /// [`SettleHold::answer`], which compares it with what was captured, whether the
+    /// first answer comes from the cache or from MySQL.
     fn fingerprint(&self) -> String {
-        match self.how {
-            Settlement::Capture(Some(amount)) => format!("{}|{amount}", self.scope()),
-            _ => self.scope().to_owned(),
-        }
+        self.scope().to_owned()
     }
 
     async fn apply(
@@ -362,6 +362,12 @@ impl Command for SettleHold {
             .ok_or(ServiceError::HoldNotFound)?;
         let mut funds = Funds::of(wallet);
         match self.settle(&mut hold, &mut funds, ctx)? {
+            // An expiry of a hold not yet due (the sweeper's clock ran ahead): an error,
+            // so that no answer is cached for its key and a later sweep expires it.
+            Settled::Already if hold.status == HoldStatus::Held => {
+                let view = HoldView::current(&hold, ctx.currency);
+                Err(ServiceError::HoldNotOpen(Box::new(view)).into())
+            }
             Settled::Already => Ok(Applied::Replay(HoldView::current(&hold, ctx.currency))),
             Settled::Written(entry, event) => {
                 if !holds::settle_many(conn, &[&hold]).await? {
