@@ -92,6 +92,10 @@ fn describe() {
         "Transactions rolled back because the lock lease could not be renewed"
     );
     describe_counter!(
+        "wallet_holds_expired_total",
+        "Holds released by the expiry sweeper at their deadline"
+    );
+    describe_counter!(
         "wallet_mysql_fallback_total",
         "Money movements run on the MySQL fallback path"
     );
@@ -225,6 +229,10 @@ pub fn stale_fence() {
 
 pub fn lease_lost() {
     counter!("wallet_lock_lease_lost_total").increment(1);
+}
+
+pub fn holds_expired(count: usize) {
+    counter!("wallet_holds_expired_total").increment(count as u64);
 }
 
 pub fn mysql_fallback() {

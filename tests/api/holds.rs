@@ -299,8 +299,9 @@ async fn holds_expire_at_their_deadline_and_a_capture_racing_the_expiry_has_one_
     let mut settings = test_settings().await;
     settings.holds.sweep_interval = Duration::from_millis(50);
     let app = Arc::new(spawn_app_with(settings).await);
-    app.funded_wallet("late", 30_000).await;
-    for i in 0..30 {
+    app.funded_wallet("late", 31_000).await;
+    // h30 is never captured: at least one hold expires.
+    for i in 0..31 {
         let reply = app
             .post(
                 "/api/v1/holds",
@@ -343,7 +344,12 @@ async fn holds_expire_at_their_deadline_and_a_capture_racing_the_expiry_has_one_
     let expired = app
         .count("SELECT COUNT(*) FROM holds WHERE status = 'EXPIRED'")
         .await;
-    assert_eq!(expired, 30 - captured);
+    assert_eq!(expired, 31 - captured);
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains("wallet_holds_expired_total"),
+        "the sweeper counts what it expired"
+    );
     let balance = 30_000 - 1_000 * captured;
     assert_eq!(
         app.funds("late").await,

@@ -5,6 +5,7 @@ use super::{HoldEvent, HoldStatus, PlaceHold, SettleHold, Settlement};
 use crate::domain::Identifier;
 use crate::store::holds;
 use crate::support::tasks::StopSignal;
+use crate::telemetry::metrics;
 use crate::wallet::batch::{Answer, Reply, Request};
 use crate::wallet::views::HoldView;
 use crate::wallet::{unavailable, Outcome, ServiceError, WalletService};
@@ -186,7 +187,10 @@ pub async fn sweep(service: WalletService, interval: std::time::Duration, stop: 
         }
         match service.expire_due_holds().await {
             Ok(0) => {}
-            Ok(expired) => tracing::info!(expired, "holds expired"),
+            Ok(expired) => {
+                metrics::holds_expired(expired);
+                tracing::info!(expired, "holds expired");
+            }
             Err(e) => tracing::warn!(error = %e, "hold sweep failed; trying again"),
         }
     }
