@@ -350,7 +350,7 @@ async fn holds_expire_at_their_deadline_and_a_capture_racing_the_expiry_has_one_
         metrics.contains("wallet_holds_expired_total"),
         "the sweeper counts what it expired"
     );
-    let balance = 30_000 - 1_000 * captured;
+    let balance = 31_000 - 1_000 * captured;
     assert_eq!(
         app.funds("late").await,
         [balance.to_string(), "0".into(), balance.to_string()]
