@@ -186,6 +186,49 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
     assert_eq!(ready["outbox"]["status"], "ok", "{ready}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_killed_while_150_payers_pay_loses_and_duplicates_no_event() {
+    let mut broker = OwnServer::broker();
+    let mut settings = kafka_settings().await;
+    settings.kafka.brokers = broker.address();
+    // As above: longer than the outage, so no record times out meanwhile.
+    settings.kafka.delivery_timeout = Duration::from_secs(60);
+    let app = Arc::new(spawn_app_with(settings).await);
+    app.funded_wallet("hot", 151_000).await;
+    assert_eq!(
+        app.pay("warm-up", "hot", 1_000).await.status,
+        StatusCode::CREATED
+    );
+    assert!(drained_with_points(&app, "hot", 10).await, "events flow");
+
+    // 150 payers at once; the broker dies while their debits commit and the relay
+    // publishes them.
+    let mut payers = JoinSet::new();
+    for i in 0..150 {
+        let app = app.clone();
+        payers.spawn(async move { app.pay(&format!("o-{i}"), "hot", 1_000).await });
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    broker.kill();
+    for reply in payers.join_all().await {
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    }
+    assert_eq!(app.balance("hot").await, Decimal::ZERO);
+
+    broker.restart();
+    assert!(
+        drained_with_points(&app, "hot", 1_510).await,
+        "every event published and applied once: points {}",
+        app.points("hot").await
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM processed_events").await,
+        151,
+        "each event applied once"
+    );
+    app.assert_ledger_invariants().await;
+}
+
 /// A `payment.completed` event worth 7 points, as the relay publishes it.
 fn completed_event(id: &str, user: &str) -> String {
     json!({ "eventId": id, "type": "payment.completed", "orderId": format!("o-{id}"), "userId": user,
