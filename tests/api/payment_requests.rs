@@ -28,11 +28,17 @@ async fn request(settings: &Settings, order_id: &str, user_id: &str, amount: u64
 
 /// The types and payloads of the outbox events of `order_id`, oldest first.
 async fn events_of(app: &TestApp, order_id: &str) -> Vec<(String, Value)> {
+    events_where(app, "$.orderId", order_id).await
+}
+
+/// The types and payloads of the outbox events whose `path` is `id`, oldest first.
+async fn events_where(app: &TestApp, path: &str, id: &str) -> Vec<(String, Value)> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT event_type, payload FROM outbox_events \
-         WHERE JSON_VALUE(payload, '$.orderId') = ? ORDER BY id",
+         WHERE JSON_VALUE(payload, ?) = ? ORDER BY id",
     )
-    .bind(order_id)
+    .bind(path)
+    .bind(id)
     .fetch_all(&app.db)
     .await
     .unwrap();
@@ -204,19 +210,9 @@ async fn a_request_reusing_a_paid_order_is_rejected_never_declined() {
     assert_eq!(app.points("u2").await, 0);
 }
 
-/// The types of the outbox events of `hold_id`, oldest first, with their payloads.
+/// The types and payloads of the outbox events of `hold_id`, oldest first.
 async fn hold_events(app: &TestApp, hold_id: &str) -> Vec<(String, Value)> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT event_type, payload FROM outbox_events \
-         WHERE JSON_VALUE(payload, '$.holdId') = ? ORDER BY id",
-    )
-    .bind(hold_id)
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
-    rows.into_iter()
-        .map(|(kind, payload)| (kind, serde_json::from_str(&payload).unwrap()))
-        .collect()
+    events_where(app, "$.holdId", hold_id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -260,6 +260,14 @@ async fn book(
     Ok(())
 }
 
+/// The hold `hold_id` as committed, for the answer recorded under its key.
+async fn recorded_hold(
+    db: &MySqlPool,
+    hold_id: &Identifier,
+) -> Result<Option<HoldRow>, ServiceError> {
+    holds::find(db, hold_id.as_str()).await.map_err(unavailable)
+}
+
 /// The hold `hold_id`, read inside the transaction that holds its wallet's lock.
 async fn locked_hold(
     conn: &mut MySqlConnection,
@@ -312,9 +320,9 @@ impl Command for PlaceHold {
         db: &MySqlPool,
         currency: Currency,
     ) -> Result<Outcome<HoldView>, ServiceError> {
-        let row = holds::find(db, self.hold_id.as_str())
-            .await
-            .map_err(unavailable)?
+        // Recorded means found under the key: a hold that vanished is a fault.
+        let row = recorded_hold(db, &self.hold_id)
+            .await?
             .ok_or_else(|| unavailable(anyhow::anyhow!("hold vanished after a duplicate key")))?;
         replay::recorded(Self::SCOPE, self.matches(&row), || {
             HoldView::as_placed(&row, currency)
@@ -384,9 +392,8 @@ impl Command for SettleHold {
         db: &MySqlPool,
         currency: Currency,
     ) -> Result<Outcome<HoldView>, ServiceError> {
-        let row = holds::find(db, self.hold_id.as_str())
-            .await
-            .map_err(unavailable)?
+        let row = recorded_hold(db, &self.hold_id)
+            .await?
             .ok_or(ServiceError::HoldNotFound)?;
         replay::recorded(self.scope(), true, || HoldView::current(&row, currency))
     }
