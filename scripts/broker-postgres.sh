@@ -51,12 +51,13 @@ if ! pg_alive; then
   wait_for 30 "PostgreSQL" pg_alive
 fi
 export PGPASSWORD=postgres
-if ! psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d tansu -Atc 'select 1 from topic limit 1' >/dev/null 2>&1; then
-  log "creating the broker's schema"
-  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc 'drop database if exists tansu' -c 'create database tansu'
-  python3 scripts/tansu-pg-schema.py >"$data/schema.sql"
-  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d tansu -q -v ON_ERROR_STOP=1 -f "$data/schema.sql" >/dev/null
+if ! psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d tansu -Atc 'select 1' >/dev/null 2>&1; then
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc 'create database tansu'
 fi
+# Every statement is `if not exists`: applied on every start, so a database created by
+# an earlier version of the schema gets what it lacks.
+python3 scripts/tansu-pg-schema.py >"$data/schema.sql"
+psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d tansu -q -v ON_ERROR_STOP=1 -f "$data/schema.sql" >/dev/null 2>&1
 
 broker_pg_alive() { (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; }
 if ! broker_pg_alive; then
