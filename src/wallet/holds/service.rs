@@ -3,7 +3,7 @@
 
 use super::{HoldEvent, HoldStatus, PlaceHold, SettleHold, Settlement};
 use crate::domain::Identifier;
-use crate::store::holds;
+use crate::store::holds::{self, HoldRow};
 use crate::support::tasks::StopSignal;
 use crate::telemetry::metrics;
 use crate::wallet::batch::{Answer, Reply, Request};
@@ -43,10 +43,7 @@ impl WalletService {
         hold_id: Identifier,
         how: Settlement,
     ) -> Result<Outcome<HoldView>, ServiceError> {
-        let hold = holds::find(&self.db, hold_id.as_str())
-            .await
-            .map_err(unavailable)?
-            .ok_or(ServiceError::HoldNotFound)?;
+        let hold = self.hold_row(&hold_id).await?;
         let user_id = Identifier::parse("userId", hold.user_id).map_err(unavailable)?;
         tracing::Span::current().record("user_id", tracing::field::display(&user_id));
         let settle = SettleHold {
@@ -54,10 +51,9 @@ impl WalletService {
             user_id,
             how,
         };
-        let outcome = match (&self.batcher, how) {
-            // Expiries are few and come from the sweeper: no batch to wait for.
-            (None, _) | (_, Settlement::Expire) => self.execute(&settle).await?,
-            (Some(batcher), _) => {
+        let outcome = match &self.batcher {
+            None => self.execute(&settle).await?,
+            Some(batcher) => {
                 let answer = self.submit(batcher, Request::Settle(settle.clone())).await;
                 hold_reply(answer)?
             }
@@ -65,12 +61,16 @@ impl WalletService {
         settle.answer(outcome)
     }
 
-    /// The hold as it is now.
-    pub async fn hold(&self, hold_id: &Identifier) -> Result<HoldView, ServiceError> {
-        let row = holds::find(&self.db, hold_id.as_str())
+    async fn hold_row(&self, hold_id: &Identifier) -> Result<HoldRow, ServiceError> {
+        holds::find(&self.db, hold_id.as_str())
             .await
             .map_err(unavailable)?
-            .ok_or(ServiceError::HoldNotFound)?;
+            .ok_or(ServiceError::HoldNotFound)
+    }
+
+    /// The hold as it is now.
+    pub async fn hold(&self, hold_id: &Identifier) -> Result<HoldView, ServiceError> {
+        let row = self.hold_row(hold_id).await?;
         Ok(HoldView::current(&row, self.currency))
     }
 
@@ -82,9 +82,18 @@ impl WalletService {
             .await
             .map_err(unavailable)?;
         let mut expired = 0;
-        for (hold_id, _) in due {
-            let hold_id = Identifier::parse("holdId", hold_id).map_err(unavailable)?;
-            match self.settle_hold(hold_id, Settlement::Expire).await {
+        for (hold_id, user_id) in due {
+            // Its owner came with it, and expiries are few: no second read, no batch.
+            let expire = SettleHold {
+                hold_id: Identifier::parse("holdId", hold_id).map_err(unavailable)?,
+                user_id: Identifier::parse("userId", user_id).map_err(unavailable)?,
+                how: Settlement::Expire,
+            };
+            let answer = self
+                .execute(&expire)
+                .await
+                .and_then(|outcome| expire.answer(outcome));
+            match answer {
                 Ok(outcome) if !outcome.replayed => expired += 1,
                 // Settled otherwise meanwhile, or being expired by another instance.
                 Ok(_) | Err(ServiceError::HoldNotOpen(_) | ServiceError::InProgress { .. }) => {}
