@@ -114,6 +114,19 @@ for i in $(seq 1 "$instances"); do
   urls+=("http://127.0.0.1:$port")
 done
 base_urls=$(IFS=,; echo "${urls[*]}")
+# With Kafka on, measure a settled points group: every instance's consumer has had its
+# rebalance and the group holds every partition (otherwise the first events wait for
+# the group's join, seconds, and the event latency measures that).
+points_group_settled() {
+  local url total=0 n
+  for url in "${urls[@]}"; do
+    n=$(curl -fsS "$url/metrics" | awk '/^wallet_consumer_partitions\{consumer="points"\}/ {print $2}')
+    [ -n "$n" ] || return 1
+    total=$((total + ${n%.*}))
+  done
+  [ "$total" -eq "${WALLET_KAFKA_PARTITIONS:-3}" ]
+}
+if [ "$kafka" = 1 ]; then wait_for 60 "the points consumers' group" points_group_settled; fi
 log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && echo on || echo off): $base_urls"
 
 db_pid=$(pgrep -f -- "--port=$DB_PORT" | head -n 1 || true)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts (when not running) what the wallet service needs,
 # all on 127.0.0.1: MariaDB on 3306, Redis on 6379 and a Kafka-protocol broker (Tansu)
-# on 9092. Safe to run any number of times: servers that already answer are reused.
+# on 9092, its storage in a PostgreSQL cluster of its own on 5433. Safe to run any
+# number of times: servers that already answer are reused.
 #
 # Sourced by scripts/run.sh and scripts/test.sh; can also be run on its own.
 set -euo pipefail
@@ -97,22 +98,65 @@ ensure_redis() {
 }
 
 if ! command -v curl >/dev/null 2>&1; then apt_install curl; fi
+
+# The Kafka-protocol broker: Tansu with its PostgreSQL storage engine, over a PostgreSQL
+# cluster of its own on 127.0.0.1:$TANSU_PG_PORT (data in $WALLET_DATA_DIR/tansu-pg).
+# Its SQLite storage does not hold the load: under a few hundred events/s it panics and
+# answers Storage(UnableToSend) until restarted (README, "The broker"). Tansu 0.6.0 does
+# not ship the PostgreSQL schema it expects: scripts/tansu-pg-schema.py writes it from
+# the crate's SQLite schema. The tests that kill a broker start their own Tansu on a
+# database of their own, copied from the `tansu_template` database made here.
+TANSU_PG_PORT="${WALLET_TANSU_PG_PORT:-5433}"
+TANSU_ROOT="${WALLET_TANSU_ROOT:-$HOME/.cache/wallet/tansu-pg}"
+export WALLET_TANSU="$TANSU_ROOT/bin/tansu"
+export WALLET_TANSU_STORAGE="postgres://postgres:postgres@127.0.0.1:$TANSU_PG_PORT"
+tansu_pg="$WALLET_DATA_DIR/tansu-pg"
+
 broker_alive() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then su postgres -s /bin/bash -c "$*"; else sudo -u postgres bash -c "$*"; fi; }
+tansu_psql() { PGPASSWORD=postgres PGOPTIONS='-c client_min_messages=warning' psql -h 127.0.0.1 -p "$TANSU_PG_PORT" -U postgres -v ON_ERROR_STOP=1 -q "$@"; }
+tansu_pg_alive() { tansu_psql -d postgres -Atc 'select 1' >/dev/null 2>&1; }
+tansu_database() { # tansu_database NAME SCHEMA_FILE: created when missing; the schema is idempotent
+  if [ -z "$(tansu_psql -d postgres -Atc "select 1 from pg_database where datname = '$1'")" ]; then
+    tansu_psql -d postgres -c "create database $1"
+  fi
+  tansu_psql -d "$1" -f "$2" >/dev/null
+}
 
 ensure_broker() {
-  export PATH="$HOME/.cargo/bin:$PATH"
-  if broker_alive; then return; fi
-  if ! command -v tansu >/dev/null 2>&1; then
-    # Tansu: a Kafka-compatible broker written in Rust, with SQLite storage. No Apache
-    # Kafka is needed; docker-compose.yml uses the real one.
-    log "installing the Tansu broker with cargo install (15 to 20 minutes on 2 cores, once)"
-    (unset CARGO_TARGET_DIR; cargo install tansu --locked --features libsql --quiet)
+  if [ ! -x "$WALLET_TANSU" ]; then
+    log "installing the Tansu broker with PostgreSQL storage into $TANSU_ROOT (about 20 minutes on 2 cores, once)"
+    (unset CARGO_TARGET_DIR; cargo install tansu --version 0.6.0 --locked --features postgres,libsql \
+      --root "$TANSU_ROOT" --quiet)
   fi
-  log "starting the Kafka-protocol broker (Tansu) on 127.0.0.1:$KAFKA_PORT"
-  mkdir -p "$WALLET_DATA_DIR/kafka"
-  (cd "$WALLET_DATA_DIR/kafka" && setsid nohup tansu broker \
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then apt_install postgresql; fi
+  local pg_bin
+  pg_bin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
+  if ! tansu_pg_alive; then
+    mkdir -p "$tansu_pg/run"
+    $SUDO chown -R postgres:postgres "$tansu_pg"
+    if [ ! -f "$tansu_pg/pgdata/PG_VERSION" ]; then
+      log "creating the broker's PostgreSQL cluster in $tansu_pg/pgdata"
+      as_postgres "echo postgres >'$tansu_pg/run/pw' && '$pg_bin/initdb' -D '$tansu_pg/pgdata' -U postgres \
+        --auth=scram-sha-256 --pwfile='$tansu_pg/run/pw' -E UTF8 >'$tansu_pg/run/initdb.log' && rm '$tansu_pg/run/pw'"
+    fi
+    log "starting the broker's PostgreSQL on 127.0.0.1:$TANSU_PG_PORT"
+    as_postgres "'$pg_bin/pg_ctl' -D '$tansu_pg/pgdata' -l '$tansu_pg/run/postgres.log' \
+      -o '-p $TANSU_PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tansu_pg/run -c max_connections=300 -c synchronous_commit=off' \
+      start >/dev/null"
+    wait_for 30 "the broker's PostgreSQL" tansu_pg_alive
+  fi
+  local schema
+  schema=$(mktemp)
+  python3 "$(dirname "${BASH_SOURCE[0]}")/tansu-pg-schema.py" >"$schema"
+  tansu_database tansu "$schema"
+  tansu_database tansu_template "$schema"
+  rm -f "$schema"
+  if broker_alive; then return; fi
+  log "starting the Kafka-protocol broker (Tansu, PostgreSQL storage) on 127.0.0.1:$KAFKA_PORT"
+  RUST_LOG="${RUST_LOG:-warn}" setsid nohup "$WALLET_TANSU" broker \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine sqlite://tansu.db >"$WALLET_DATA_DIR/kafka.log" 2>&1 < /dev/null &)
+    --storage-engine "$WALLET_TANSU_STORAGE/tansu" >>"$WALLET_DATA_DIR/kafka.log" 2>&1 </dev/null &
   wait_for 30 "the Kafka broker" broker_alive
 }
 

@@ -10,16 +10,23 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 
-# Every test creates its own database; drop those of earlier runs.
+# Every test creates its own database; drop those of earlier runs,
 stale=$(mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -N -e \
   "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'wallet\\_test\\_%'")
 for db in $stale; do
   mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -e "DROP DATABASE \`$db\`"
 done
 
+# and the databases of the brokers the tests started themselves.
+for db in $(tansu_psql -d postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tansu\_test\_%'"); do
+  tansu_psql -d postgres -c "DROP DATABASE \"$db\" WITH (FORCE)"
+done
+
 export WALLET_TEST_DATABASE_SERVER="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT"
 export WALLET_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export WALLET_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+# The tests that kill a broker start their own Tansu, on a database of their own.
+export WALLET_TEST_TANSU="$WALLET_TANSU" WALLET_TEST_TANSU_STORAGE="$WALLET_TANSU_STORAGE"
 log "checking the alert rules and the dashboard"
 ./scripts/check-alerts.sh
 log "running the test suite"

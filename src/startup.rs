@@ -248,7 +248,7 @@ fn spawn_workers(
         let relay = Relay {
             db: db.clone(),
             // A producer of its own, so that replacing a failed one touches nothing else.
-            producer: kafka::producer(kafka)?,
+            producer: kafka::relay_producer(kafka)?,
             kafka: kafka.clone(),
             topic: kafka.events_topic.clone(),
             batch: kafka.relay_batch.max(1),

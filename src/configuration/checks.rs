@@ -133,6 +133,10 @@ impl Settings {
             "WALLET_OUTBOX_POLL_MS must be greater than 0".into(),
         );
         check(
+            positive(self.kafka.fetch_wait) && self.kafka.fetch_wait <= Duration::from_secs(10),
+            "WALLET_KAFKA_FETCH_WAIT_MS must be between 1 and 10000".into(),
+        );
+        check(
             positive(self.kafka.outbox_stall_after),
             "WALLET_OUTBOX_STALL_AFTER_MS must be greater than 0".into(),
         );

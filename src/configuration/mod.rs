@@ -241,7 +241,14 @@ pub struct KafkaSettings {
     pub relay_batch: u32,
     /// How often the relay looks for rows when nothing woke it.
     pub relay_poll: Duration,
-    /// How long the producer keeps trying to deliver one record (`message.timeout.ms`).
+    /// How long a consumer's fetch may wait at the broker for records
+    /// (`fetch.wait.max.ms`). Tansu answers a fetch only once this has passed, records or
+    /// not, so it bounds how long a published event waits for its consumer.
+    pub fetch_wait: Duration,
+    /// How long the dead-letter publisher's producer keeps trying to deliver one record
+    /// (`message.timeout.ms`). The relay's records never time out: after this long
+    /// without an answer it checks its producer, and replaces it after three of these
+    /// if the broker answers meanwhile.
     pub delivery_timeout: Duration,
     /// Events waiting longer than this make the outbox `lagging` (some still leave) or
     /// `stalled` (none left for as long) in `/readyz` and the metrics.
@@ -326,6 +333,7 @@ impl Settings {
                 dlt_consumer_enabled: env.get("WALLET_DLT_CONSUMER", true)?,
                 relay_batch: env.get("WALLET_OUTBOX_BATCH", 200)?,
                 relay_poll: env.millis("WALLET_OUTBOX_POLL_MS", 500)?,
+                fetch_wait: env.millis("WALLET_KAFKA_FETCH_WAIT_MS", 50)?,
                 delivery_timeout: env.millis("WALLET_KAFKA_DELIVERY_TIMEOUT_MS", 10_000)?,
                 outbox_stall_after: env.millis("WALLET_OUTBOX_STALL_AFTER_MS", 60_000)?,
                 retry_attempts: env.get("WALLET_CONSUMER_ATTEMPTS", 3)?,

@@ -61,7 +61,9 @@ impl DeadLetterPublisher {
         let Some(fatal) = self.producer.client().fatal_error() else {
             return;
         };
-        if crate::kafka::replace_producer(&mut self.producer, &self.kafka) {
+        if crate::kafka::replace_producer(&mut self.producer, || {
+            crate::kafka::producer(&self.kafka)
+        }) {
             tracing::warn!(?fatal, group = %self.group, "replaced the dead-letter publisher's Kafka producer");
             metrics::dead_letter_producer_replaced();
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, ClientContext, Statistics};
@@ -23,17 +23,11 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// The producer of the relay, the dead-letter publisher and the admin retry: idempotent
-/// (no duplicates from its own retries) with `acks=all`.
+/// The producer of the dead-letter publisher and the admin retry: idempotent (no
+/// duplicates from its own retries) with `acks=all`; a record not acknowledged within
+/// the delivery timeout fails, and its caller retries it.
 pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
-    client_config(settings)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        // No linger: the relay sends a user's events one after the other, each once the
-        // one before is acknowledged, so a linger is paid once per event of a busy user
-        // (5 ms drained one user's backlog at about 160 events/s, 0 ms at about 1,400).
-        // Records queued while a request is in flight are still sent together.
-        .set("linger.ms", "0")
+    idempotent(settings)
         .set(
             "message.timeout.ms",
             settings.delivery_timeout.as_millis().to_string(),
@@ -42,13 +36,48 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
         .context("creating the Kafka producer")
 }
 
-/// Puts a new producer in `slot` (the relay's or a dead-letter publisher's, when theirs
-/// failed for good); false when none could be built, and `slot` is left as it was.
-pub fn replace_producer(slot: &mut FutureProducer, settings: &KafkaSettings) -> bool {
-    match producer(settings) {
+/// The outbox relay's producer: idempotent with `acks=all` like [`producer`], and its
+/// records never time out (`message.timeout.ms=0`) and leave no gap
+/// (`enable.gapless.guarantee`). The relay hands it every record of a key at once and
+/// relies on the order it keeps them in, which holds only while the producer drops no
+/// record from the middle of a key's series:
+/// - a record that times out is dropped while later ones may still be written (and
+///   librdkafka then bumps the producer's epoch, which Tansu's storage does not take:
+///   every later produce fails until the producer is replaced); with no timeout the
+///   relay watches progress itself ([`crate::outbox::relay`]);
+/// - any other failure that could leave a gap fails the producer for good instead, and
+///   the relay replaces it and publishes again from its first unacknowledged record.
+pub fn relay_producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+    idempotent(settings)
+        .set("message.timeout.ms", "0")
+        .set("enable.gapless.guarantee", "true")
+        .create()
+        .context("creating the outbox relay's Kafka producer")
+}
+
+fn idempotent(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = client_config(settings);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // No linger: what is queued while a request is in flight is sent together anyway,
+        // and a lone record (a dead letter, a quiet relay's one event) leaves at once.
+        .set("linger.ms", "0");
+    config
+}
+
+/// Puts a producer from `build` in `slot` (the relay's or a dead-letter publisher's,
+/// when theirs failed for good); false when none could be built, and `slot` is left as
+/// it was. The old one is dropped, which fails the records it still holds.
+pub fn replace_producer(
+    slot: &mut FutureProducer,
+    build: impl FnOnce() -> anyhow::Result<FutureProducer>,
+) -> bool {
+    match build() {
         Ok(fresh) => {
             let old = std::mem::replace(slot, fresh);
-            // Dropping a producer flushes it, which may block for a while: not on a worker.
+            // Dropping a producer purges and flushes it, which may block for a while: not
+            // on a worker.
             tokio::task::spawn_blocking(move || drop(old));
             true
         }
@@ -81,7 +110,26 @@ impl ClientContext for LagReporter {
     }
 }
 
-impl ConsumerContext for LagReporter {}
+/// Reports the partitions each rebalance leaves the consumer (and logs them): a load run
+/// waits on it before it measures, and an operator sees a consumer without any.
+impl ConsumerContext for LagReporter {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(
+                    consumer = self.name,
+                    partitions = partitions.count(),
+                    "partitions assigned"
+                );
+                crate::telemetry::metrics::consumer_partitions(self.name, partitions.count());
+            }
+            Rebalance::Revoke(_) => crate::telemetry::metrics::consumer_partitions(self.name, 0),
+            Rebalance::Error(e) => {
+                tracing::warn!(consumer = self.name, error = %e, "rebalance failed")
+            }
+        }
+    }
+}
 
 /// The consumers the service runs.
 pub type WalletConsumer = StreamConsumer<LagReporter>;
@@ -103,6 +151,10 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait.as_millis().to_string(),
+        )
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         .create_with_context(LagReporter { name })
         .context("creating a Kafka consumer")?;

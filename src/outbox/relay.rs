@@ -7,14 +7,21 @@
 //! consumers dedupe by event id).
 //!
 //! One user's events (one Kafka key) reach the topic in the order they were written:
-//! - Within a batch, a key's rows are sent one after the other, each once the broker
-//!   acknowledged the one before, and the key stops at its first failure: its later
-//!   rows are neither sent nor marked, and the next pass starts again from the failed
-//!   one. Different keys go in parallel: a batch takes as many round trips as its
-//!   busiest key has rows in it, not one per row. Sending a key's rows concurrently and
-//!   trusting the idempotent producer's per-partition order is not enough: a record that
-//!   times out (`message.timeout.ms`) leaves a gap that later records fill, and
-//!   librdkafka's `enable.gapless.guarantee` does not cover timeouts.
+//! - Within a batch, every row is handed to the producer at once, in id order, and the
+//!   producer keeps each key's records in that order on its partition: it is idempotent
+//!   (the broker takes a producer's records of a partition only in sequence), its
+//!   records never time out, and a failure that could leave a gap fails it for good
+//!   ([`crate::kafka::relay_producer`]). So what the broker wrote of a key is a prefix
+//!   of what it was handed. A key's rows are marked sent up to its first failure, and
+//!   the next pass starts again from that one (a record the broker wrote without its
+//!   ack reaching us comes again: consumers dedupe by event id). A key whose record the
+//!   producer refused to queue (too large, say) queues none of its later rows and holds
+//!   back no other key. A batch takes about one round trip, however many rows a key has.
+//! - Without timeouts in the producer, the relay watches progress itself
+//!   ([`Relay::acknowledged`]): while it waits it keeps the backlog gauges fresh, and it
+//!   replaces a producer that failed for good, or that has had no answer for three
+//!   delivery timeouts while the broker answers; dropping the old one fails what it
+//!   still held. A broker that is down is waited for: the batch leaves once it is back.
 //! - Across relays, a relay publishes no row of a key while an earlier unsent row of
 //!   that key is held by another relay ([`super::publishable`]): `SKIP LOCKED` hands
 //!   relay B the later rows of a key whose earlier rows relay A is still publishing.
@@ -23,14 +30,16 @@
 //! cancels append their events while holding the wallet's row lock. (A decline is
 //! appended on its own; it concerns an order that moved no money.)
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::join_all;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 
@@ -67,11 +76,15 @@ struct Healing {
 /// How often the backlog gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a stopping relay still waits for the batch in hand.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// How often a growing backlog is logged while the broker is failing.
 const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Relay {
-    /// Relays until shutdown; the batch in hand is finished first.
+    /// Relays until shutdown; the batch in hand is finished first, unless the broker
+    /// leaves it unanswered for [`STOP_GRACE`] (then it is published again later).
     pub async fn run(mut self, stop: StopSignal) {
         tracing::info!(topic = %self.topic, "outbox relay started");
         let mut failures = 0u32;
@@ -79,18 +92,15 @@ impl Relay {
         let mut last_lag_log = tokio::time::Instant::now();
         let mut last_gauge = None::<tokio::time::Instant>;
         loop {
-            match self.relay_batch().await {
-                // A full batch: there may be more right away.
-                Ok(sent) if sent == self.batch as usize => {
+            // After a batch that published, look again at once: rows may be waiting that
+            // this relay's wake-ups do not announce (another instance's, held back
+            // behind ours until now).
+            let published = match self.relay_batch(&mut healing, &stop).await {
+                Ok(sent) => {
                     failures = 0;
                     healing.failing_since = None;
                     metrics::outbox_relay_succeeded();
-                    continue;
-                }
-                Ok(_) => {
-                    failures = 0;
-                    healing.failing_since = None;
-                    metrics::outbox_relay_succeeded();
+                    sent > 0
                 }
                 Err(e) => {
                     failures += 1;
@@ -100,23 +110,20 @@ impl Relay {
                         let lag = backlog(&self.db, self.stall_after).await.ok();
                         tracing::warn!(error = %format!("{e:#}"), backlog = ?lag, "outbox relay cannot publish");
                     }
+                    false
                 }
-            }
+            };
             // The backlog gauges take a COUNT query: at most once a second, not once per
             // wake-up (which, under load, is once per commit).
             if last_gauge.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
                 last_gauge = Some(tokio::time::Instant::now());
-                if let Ok(lag) = backlog(&self.db, self.stall_after).await {
-                    metrics::outbox(
-                        lag.pending,
-                        lag.oldest_pending_ms,
-                        lag.last_published_ms,
-                        lag.status == super::OutboxStatus::Stalled,
-                    );
-                }
+                self.refresh_gauges().await;
             }
             if stop.is_cancelled() {
                 break;
+            }
+            if published {
+                continue;
             }
             let pause = if failures > 0 {
                 crate::support::backoff::backoff(
@@ -141,10 +148,9 @@ impl Relay {
     /// published nothing for [`Relay::rebuild_after`] while the broker answers metadata
     /// requests: then the broker is up and this producer is what is stuck (for instance
     /// it cannot get a producer id). A broker that is simply down is waited for with the
-    /// same producer: a new one would only start from scratch, and a replacement made
-    /// while Tansu was down was seen to crash its SQLite storage once it came back. At
-    /// most once per [`Relay::rebuild_after`]; the topics are created again first, if
-    /// this process creates them, since a broker that lost its storage lost them too.
+    /// same producer, which delivers what it holds once the broker is back. At most once
+    /// per [`Relay::rebuild_after`]; the topics are created again first, if this process
+    /// creates them, since a broker that lost its storage lost them too.
     async fn heal(&mut self, healing: &mut Healing) {
         let now = tokio::time::Instant::now();
         let since = *healing.failing_since.get_or_insert(now);
@@ -162,7 +168,9 @@ impl Relay {
                 tracing::warn!(error = %format!("{e:#}"), "could not create the topics again");
             }
         }
-        if crate::kafka::replace_producer(&mut self.producer, &self.kafka) {
+        if crate::kafka::replace_producer(&mut self.producer, || {
+            crate::kafka::relay_producer(&self.kafka)
+        }) {
             tracing::warn!(fatal = ?fatal, failing_for = ?now.duration_since(since), "replaced the outbox relay's Kafka producer");
             metrics::outbox_producer_replaced();
         }
@@ -182,14 +190,29 @@ impl Relay {
         .unwrap_or(false)
     }
 
-    /// How long the relay fails without publishing before it replaces its producer:
-    /// three delivery timeouts, so records that are only slow are not cut short.
+    /// How long the relay fails or waits without publishing before it replaces its
+    /// producer: three delivery timeouts, so records that are only slow are not cut short.
     fn rebuild_after(&self) -> Duration {
         self.delivery_timeout.saturating_mul(3)
     }
 
+    async fn refresh_gauges(&self) {
+        if let Ok(lag) = backlog(&self.db, self.stall_after).await {
+            metrics::outbox(
+                lag.pending,
+                lag.oldest_pending_ms,
+                lag.last_published_ms,
+                lag.status == super::OutboxStatus::Stalled,
+            );
+        }
+    }
+
     /// Publishes one batch; returns how many rows were marked sent.
-    async fn relay_batch(&self) -> anyhow::Result<usize> {
+    async fn relay_batch(
+        &mut self,
+        healing: &mut Healing,
+        stop: &StopSignal,
+    ) -> anyhow::Result<usize> {
         let mut tx = self
             .db
             .begin()
@@ -205,17 +228,39 @@ impl Relay {
             tx.rollback().await?;
             return Ok(0);
         }
-        let mut keys: HashMap<&str, Vec<&OutboxRow>> = HashMap::new();
-        for row in &rows {
-            keys.entry(&row.aggregate_id).or_default().push(row);
-        }
-        let deliveries = join_all(keys.into_values().map(|rows| self.publish_in_order(rows))).await;
-        let mut sent = Vec::with_capacity(rows.len());
+        // Every row to the producer now, in id order; a key stops at its first refusal.
+        let mut stopped: HashSet<&str> = HashSet::new();
         let mut first_error = None;
-        for (ids, error) in deliveries {
-            sent.extend(ids);
-            if let Some(e) = error {
-                first_error.get_or_insert(e);
+        let mut queued = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if stopped.contains(row.aggregate_id.as_str()) {
+                continue;
+            }
+            match self.producer.send_result(self.record(row)) {
+                Ok(delivery) => queued.push((row, delivery)),
+                Err((e, _)) => {
+                    stopped.insert(&row.aggregate_id);
+                    first_error.get_or_insert_with(|| failed(row, e));
+                }
+            }
+        }
+        let (rows, deliveries): (Vec<&OutboxRow>, Vec<DeliveryFuture>) = queued.into_iter().unzip();
+        let Some(outcomes) = self.acknowledged(deliveries, healing, stop).await else {
+            // Stopping: nothing is marked; what the broker took comes again later.
+            tx.rollback().await?;
+            return Ok(0);
+        };
+        let mut sent = Vec::with_capacity(rows.len());
+        for (row, outcome) in rows.into_iter().zip(outcomes) {
+            if stopped.contains(row.aggregate_id.as_str()) {
+                continue;
+            }
+            match outcome {
+                Ok(()) => sent.push(row.id),
+                Err(e) => {
+                    stopped.insert(&row.aggregate_id);
+                    first_error.get_or_insert_with(|| failed(row, e));
+                }
             }
         }
         mark_sent(&mut tx, &sent, crate::support::clock::now())
@@ -231,21 +276,40 @@ impl Relay {
         }
     }
 
-    /// Publishes one key's rows, oldest first, each once the broker acknowledged the one
-    /// before, up to the first failure. Returns the ids the broker acknowledged and the
-    /// failure, if any.
-    async fn publish_in_order(&self, rows: Vec<&OutboxRow>) -> (Vec<u64>, Option<anyhow::Error>) {
-        let mut sent = Vec::with_capacity(rows.len());
-        for row in rows {
-            if let Err(e) = self.publish(row).await {
-                return (sent, Some(e));
+    /// Waits for the broker's answer to every delivery, however long it takes (the
+    /// relay's records never time out). Meanwhile, once a second, it refreshes the
+    /// backlog gauges and, once the wait is longer than the delivery timeout, heals
+    /// ([`Relay::heal`]): a replaced producer fails the deliveries it still held, which
+    /// ends the wait. None when the relay is stopping.
+    async fn acknowledged(
+        &mut self,
+        deliveries: Vec<DeliveryFuture>,
+        healing: &mut Healing,
+        stop: &StopSignal,
+    ) -> Option<Vec<Result<(), KafkaError>>> {
+        let started = tokio::time::Instant::now();
+        let mut all = std::pin::pin!(join_all(deliveries));
+        let mut tick = tokio::time::interval_at(started + GAUGE_INTERVAL, GAUGE_INTERVAL);
+        loop {
+            tokio::select! {
+                outcomes = &mut all => return Some(delivered(outcomes)),
+                // A healthy broker answers within milliseconds: finish the batch rather
+                // than have the next relay publish it again.
+                _ = stop.cancelled() => {
+                    return tokio::time::timeout(STOP_GRACE, &mut all).await.ok().map(delivered);
+                }
+                _ = tick.tick() => {
+                    self.refresh_gauges().await;
+                    if started.elapsed() >= self.delivery_timeout {
+                        healing.failing_since.get_or_insert(started);
+                        self.heal(healing).await;
+                    }
+                }
             }
-            sent.push(row.id);
         }
-        (sent, None)
     }
 
-    async fn publish(&self, row: &OutboxRow) -> anyhow::Result<()> {
+    fn record<'a>(&'a self, row: &'a OutboxRow) -> FutureRecord<'a, [u8], [u8]> {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: HEADER_EVENT_ID,
@@ -255,15 +319,25 @@ impl Relay {
                 key: HEADER_EVENT_TYPE,
                 value: Some(row.event_type.as_bytes()),
             });
-        let record = FutureRecord::to(&self.topic)
+        FutureRecord::to(&self.topic)
             .key(row.aggregate_id.as_bytes())
             .payload(row.payload.as_bytes())
-            .headers(headers);
-        self.producer
-            .send(record, self.delivery_timeout)
-            .await
-            .map_err(|(e, _)| e)
-            .with_context(|| format!("publishing outbox event {}", row.event_id))?;
-        Ok(())
+            .headers(headers)
     }
+}
+
+/// The deliveries' outcomes (`E`: the producer was dropped before it answered).
+fn delivered<E>(outcomes: Vec<Result<OwnedDeliveryResult, E>>) -> Vec<Result<(), KafkaError>> {
+    outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(e),
+            Err(_) => Err(KafkaError::Canceled),
+        })
+        .collect()
+}
+
+fn failed(row: &OutboxRow, e: KafkaError) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!("publishing outbox event {}", row.event_id))
 }

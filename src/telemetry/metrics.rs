@@ -168,6 +168,10 @@ fn describe() {
         "wallet_consumer_lag",
         "Records behind the end of the partition, by consumer and partition"
     );
+    describe_gauge!(
+        "wallet_consumer_partitions",
+        "Partitions assigned to a consumer by its group's last rebalance"
+    );
 }
 
 /// The route template a response answered, for the metrics: set by [`label_route`]
@@ -299,6 +303,10 @@ pub fn consumer_record(consumer: &'static str, outcome: &'static str) {
 
 pub fn consumer_retry(consumer: &'static str) {
     counter!("wallet_consumer_retries_total", "consumer" => consumer).increment(1);
+}
+
+pub fn consumer_partitions(consumer: &'static str, partitions: usize) {
+    gauge!("wallet_consumer_partitions", "consumer" => consumer).set(partitions as f64);
 }
 
 pub fn consumer_lag(consumer: &'static str, partition: i32, lag: i64) {

@@ -112,37 +112,26 @@ pub async fn drained_with_points(app: &TestApp, user_id: &str, points: i64) -> b
 /// Waits until `group` has committed its offsets past every record now on `topic`: it
 /// has handled all of them.
 pub async fn group_caught_up(settings: &Settings, group: &str, topic: &str) -> bool {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        // The relay's producer is not transactional, so the last stable offset is the
-        // high watermark. Tansu's PostgreSQL engine answers the read_committed offset
-        // query with SQL PostgreSQL 15 refuses (scripts/broker-postgres.sh).
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .unwrap();
+    let consumer = offsets_reader(settings, group);
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let timeout = Duration::from_secs(5);
         let deadline = std::time::Instant::now() + WAIT;
         while std::time::Instant::now() < deadline {
             let caught_up = (|| -> Option<bool> {
-                let metadata = consumer.fetch_metadata(Some(&topic), timeout).ok()?;
-                let partitions = metadata.topics().first()?.partitions().len() as i32;
+                let high = high_watermarks(&consumer, &topic)?;
                 let mut wanted = TopicPartitionList::new();
-                for partition in 0..partitions {
+                for partition in 0..high.len() as i32 {
                     wanted.add_partition(&topic, partition);
                 }
-                let committed = consumer.committed_offsets(wanted, timeout).ok()?;
+                let committed = consumer
+                    .committed_offsets(wanted, Duration::from_secs(5))
+                    .ok()?;
                 let mut all = true;
-                for partition in 0..partitions {
-                    let (_, high) = consumer.fetch_watermarks(&topic, partition, timeout).ok()?;
-                    let done = match committed.find_partition(&topic, partition)?.offset() {
+                for (partition, high) in (0..).zip(high) {
+                    all &= match committed.find_partition(&topic, partition)?.offset() {
                         Offset::Offset(offset) => offset >= high,
                         _ => high == 0,
                     };
-                    all &= done;
                 }
                 Some(all)
             })();
@@ -155,4 +144,42 @@ pub async fn group_caught_up(settings: &Settings, group: &str, topic: &str) -> b
     })
     .await
     .unwrap()
+}
+
+/// How many records `topic` holds now, over all its partitions.
+pub async fn records_on(settings: &Settings, topic: &str) -> usize {
+    let consumer = offsets_reader(settings, "records-on");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let high = high_watermarks(&consumer, &topic).expect("the topic's watermarks");
+        high.into_iter().sum::<i64>() as usize
+    })
+    .await
+    .unwrap()
+}
+
+fn offsets_reader(settings: &Settings, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        // The relay's producer is not transactional, so the last stable offset is the
+        // high watermark. Tansu's PostgreSQL engine answers the read_committed offset
+        // query with SQL PostgreSQL 15 refuses (README, "The broker").
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap()
+}
+
+/// The high watermark of each partition of `topic`, by partition number.
+fn high_watermarks(consumer: &BaseConsumer, topic: &str) -> Option<Vec<i64>> {
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+    let partitions = metadata.topics().first()?.partitions().len() as i32;
+    (0..partitions)
+        .map(|partition| {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, timeout).ok()?;
+            Some(high)
+        })
+        .collect()
 }

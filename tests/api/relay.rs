@@ -107,7 +107,7 @@ async fn a_failed_event_holds_back_its_users_later_events_and_no_one_elses() {
     failing.await.unwrap();
 
     // The cause is gone (a relay that can send it): both go, in their order.
-    let producer = wallet::kafka::producer(&settings.kafka).unwrap();
+    let producer = wallet::kafka::relay_producer(&settings.kafka).unwrap();
     let stop = wallet::support::tasks::StopSignal::new();
     let healthy = tokio::spawn(relay(&settings, producer).await.run(stop.clone()));
     assert!(eventually(WAIT, || async { app.unsent_events().await == 0 }).await);
@@ -185,7 +185,7 @@ async fn a_relay_whose_producer_failed_fatally_replaces_it_and_publishes() {
     let app = spawn_app_with(settings.clone()).await;
     let [completed, cancelled, other] = three_events(&app).await;
 
-    let producer = wallet::kafka::producer(&settings.kafka).unwrap();
+    let producer = wallet::kafka::relay_producer(&settings.kafka).unwrap();
     fail_fatally(&producer);
     let stop = wallet::support::tasks::StopSignal::new();
     let healing = tokio::spawn(relay(&settings, producer).await.run(stop.clone()));

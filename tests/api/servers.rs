@@ -7,10 +7,32 @@ use std::time::Duration;
 /// restart (never the suite's shared servers). Its files live in a temporary folder.
 pub struct OwnServer {
     pub port: u16,
-    program: &'static str,
+    program: String,
     args: Vec<String>,
     dir: std::path::PathBuf,
     child: Option<Child>,
+    /// A broker's storage: the PostgreSQL server and the database dropped with it.
+    database: Option<(String, String)>,
+}
+
+/// The Tansu binary `scripts/deps.sh` installs (built with PostgreSQL storage).
+fn tansu() -> String {
+    std::env::var("WALLET_TEST_TANSU").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/wallet/tansu-pg/bin/tansu")
+    })
+}
+
+/// Runs one statement on the broker's PostgreSQL server with `psql`; true when it did.
+fn psql(server: &str, statement: &str) -> bool {
+    Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-v", "ON_ERROR_STOP=1", "-qc", statement])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql is installed (run scripts/test.sh)")
+        .success()
 }
 
 impl OwnServer {
@@ -29,9 +51,20 @@ impl OwnServer {
         })
     }
 
-    /// A Tansu broker with SQLite storage: a restart keeps topics, records and offsets.
+    /// A Tansu broker as `scripts/deps.sh` runs it, with its PostgreSQL storage in a
+    /// database of its own (copied from the `tansu_template` database deps.sh keeps on
+    /// the broker's PostgreSQL): a restart keeps topics, records and offsets.
     pub fn broker() -> Self {
-        Self::start("tansu", |port, _| {
+        let storage = std::env::var("WALLET_TEST_TANSU_STORAGE")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5433".to_string());
+        let mut server = Self::start(tansu(), |port, _| {
+            let database = format!("tansu_test_{port}");
+            for statement in [
+                format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+                format!("CREATE DATABASE {database} TEMPLATE tansu_template"),
+            ] {
+                assert!(psql(&storage, &statement), "psql failed: {statement}");
+            }
             let url = format!("tcp://127.0.0.1:{port}");
             [
                 "broker",
@@ -39,12 +72,14 @@ impl OwnServer {
                 &url,
                 "--advertised-listener-url",
                 &url,
+                "--storage-engine",
+                &format!("{storage}/{database}"),
             ]
-            .into_iter()
-            .chain(["--storage-engine", "sqlite://tansu.db"])
             .map(String::from)
-            .collect()
-        })
+            .into()
+        });
+        server.database = Some((storage, format!("tansu_test_{}", server.port)));
+        server
     }
 
     /// A MariaDB server of its own, in a fresh data folder, without grant tables (any
@@ -79,14 +114,19 @@ impl OwnServer {
         })
     }
 
-    fn start(program: &'static str, args: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
+    fn start(
+        program: impl Into<String>,
+        args: impl Fn(u16, &std::path::Path) -> Vec<String>,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let program = program.into();
+        let name = program.rsplit('/').next().unwrap_or_default();
         let dir = std::env::temp_dir().join(format!(
-            "wallet-{program}-{port}-{}",
+            "wallet-{name}-{port}-{}",
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).unwrap();
@@ -97,6 +137,7 @@ impl OwnServer {
             args,
             dir,
             child: None,
+            database: None,
         };
         server.restart();
         server
@@ -115,7 +156,7 @@ impl OwnServer {
             .append(true)
             .open(self.dir.with_extension("log"))
             .unwrap();
-        let child = Command::new(self.program)
+        let child = Command::new(&self.program)
             .current_dir(&self.dir)
             .args(&self.args)
             .stdout(log.try_clone().unwrap())
@@ -145,5 +186,12 @@ impl Drop for OwnServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some((server, database)) = &self.database {
+            // Best effort: a drop that fails leaves a database the next run's drops.
+            psql(
+                server,
+                &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+            );
+        }
     }
 }
