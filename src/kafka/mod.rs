@@ -19,6 +19,9 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
         .set("bootstrap.servers", &settings.brokers)
         .set("socket.keepalive.enable", "true")
+        // Small requests leave at once: with Nagle's algorithm on (librdkafka's default)
+        // a produce or fetch could wait for the peer's delayed ACK, tens of milliseconds.
+        .set("socket.nagle.disable", "true")
         .set("reconnect.backoff.max.ms", "2000");
     config
 }
