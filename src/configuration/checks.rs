@@ -133,8 +133,8 @@ impl Settings {
             "WALLET_OUTBOX_POLL_MS must be greater than 0".into(),
         );
         check(
-            positive(self.kafka.fetch_wait) && self.kafka.fetch_wait <= Duration::from_secs(10),
-            "WALLET_KAFKA_FETCH_WAIT_MS must be between 1 and 10000".into(),
+            positive(self.kafka.fetch_wait) && self.kafka.fetch_wait <= Duration::from_secs(5),
+            "WALLET_KAFKA_FETCH_WAIT_MS must be between 1 and 5000".into(),
         );
         check(
             positive(self.kafka.outbox_stall_after),

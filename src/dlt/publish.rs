@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -55,16 +56,20 @@ impl DeadLetterPublisher {
     }
 
     /// Replaces the producer when librdkafka reports it fatally failed (an idempotent
-    /// producer whose sequence the broker refused never recovers by itself); the next
-    /// attempt publishes with the new one.
-    fn heal(&mut self) {
-        let Some(fatal) = self.producer.client().fatal_error() else {
+    /// producer whose sequence the broker refused never recovers by itself), or when
+    /// `error` is a record that timed out: librdkafka then bumps the producer's epoch by
+    /// itself, which Tansu's storage refuses on every later produce (a new producer
+    /// starts with an id of its own). The next attempt publishes with the new one.
+    fn heal(&mut self, error: &KafkaError) {
+        let fatal = self.producer.client().fatal_error();
+        let timed_out = error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
+        if fatal.is_none() && !timed_out {
             return;
-        };
+        }
         if crate::kafka::replace_producer(&mut self.producer, || {
             crate::kafka::producer(&self.kafka)
         }) {
-            tracing::warn!(?fatal, group = %self.group, "replaced the dead-letter publisher's Kafka producer");
+            tracing::warn!(?fatal, timed_out, group = %self.group, "replaced the dead-letter publisher's Kafka producer");
             metrics::dead_letter_producer_replaced();
         }
     }
@@ -105,7 +110,7 @@ impl DeadLetterPublisher {
         }
         let sent = self.producer.send(dead, self.timeout).await;
         if let Err((e, _)) = sent {
-            self.heal();
+            self.heal(&e);
             return Err(e).with_context(|| format!("publishing to {topic}"));
         }
         Ok(())

@@ -22,6 +22,9 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
         // Small requests leave at once: with Nagle's algorithm on (librdkafka's default)
         // a produce or fetch could wait for the peer's delayed ACK, tens of milliseconds.
         .set("socket.nagle.disable", "true")
+        // Tansu was seen to leave a request unanswered (a consumer's Fetch, during a
+        // drain): give up on it after 10 s rather than librdkafka's 60, and ask again.
+        .set("socket.timeout.ms", "10000")
         .set("reconnect.backoff.max.ms", "2000");
     config
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::OwnedMessage;
+use rdkafka::Timestamp;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use wallet::consumers::points::PointsHandler;
 use wallet::consumers::{consume, HandlerError, RecordHandler, RetryPolicy};
-use wallet::dlt::publish::DeadLetterPublisher;
+use wallet::dlt::publish::{DeadLetterPublisher, Failure};
 use wallet::support::tasks::StopSignal;
 
 use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
@@ -630,6 +631,70 @@ async fn a_payment_requested_by_rest_and_by_kafka_at_once_debits_once() {
     let dead = app.get("/api/v1/admin/failed-events").await.json();
     assert_eq!(dead["items"][0]["sourceTopic"], requests);
     app.assert_ledger_invariants().await;
+}
+
+/// A dead letter whose record timed out while the broker was down is published once the
+/// broker is back: librdkafka bumps the epoch of an idempotent producer whose record timed
+/// out, which Tansu's storage refuses on every later produce, so the publisher replaces
+/// such a producer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_publisher_whose_record_timed_out_publishes_after_the_outage() {
+    let mut broker = OwnServer::broker();
+    let mut settings = kafka_settings().await;
+    settings.kafka.brokers = broker.address();
+    settings.kafka.delivery_timeout = Duration::from_millis(500);
+    let kafka = settings.kafka.clone();
+    wallet::kafka::ensure_topics(&kafka).await.unwrap();
+    let producer = wallet::kafka::producer(&kafka).unwrap();
+    let mut publisher = DeadLetterPublisher::new(&kafka, producer, &kafka.points_group);
+    let record = OwnedMessage::new(
+        Some(b"not json".to_vec()),
+        Some(b"u1".to_vec()),
+        kafka.events_topic.clone(),
+        Timestamp::NotAvailable,
+        0,
+        7,
+        None,
+    );
+    assert!(
+        published(&mut publisher, &record).await,
+        "published while the broker is up"
+    );
+
+    broker.kill();
+    let outage = publisher.publish(&record, poison()).await;
+    assert!(
+        outage.is_err(),
+        "the record times out while the broker is down"
+    );
+    broker.restart();
+    assert!(
+        published(&mut publisher, &record).await,
+        "the dead letter is published once the broker is back"
+    );
+    let dlt = wallet::configuration::KafkaSettings::dlt(&kafka.events_topic);
+    assert!(records_on(&settings, &dlt).await >= 2);
+}
+
+fn poison() -> Failure<'static> {
+    Failure {
+        kind: "poison",
+        message: "unreadable".into(),
+        attempts: 1,
+    }
+}
+
+/// Publishes `record` as a dead letter, again and again until the broker takes it (true)
+/// or [`WAIT`] has passed.
+async fn published(publisher: &mut DeadLetterPublisher, record: &OwnedMessage) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if publisher.publish(record, poison()).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
