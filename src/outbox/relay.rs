@@ -76,6 +76,18 @@ struct Healing {
 /// How often the backlog gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What one pass of the relay did.
+#[derive(Default)]
+struct Pass {
+    /// Rows marked sent.
+    sent: usize,
+    /// Some claimed rows wait behind earlier rows of their key that another relay holds.
+    held_back: bool,
+}
+
+/// How soon a relay looks again after rows were held back behind another relay's.
+const HELD_BACK_PAUSE: Duration = Duration::from_millis(5);
+
 /// How long a stopping relay still waits for the batch in hand.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -95,12 +107,14 @@ impl Relay {
             // After a batch that published, look again at once: rows may be waiting that
             // this relay's wake-ups do not announce (another instance's, held back
             // behind ours until now).
+            let mut held_back = false;
             let published = match self.relay_batch(&mut healing, &stop).await {
-                Ok(sent) => {
+                Ok(pass) => {
                     failures = 0;
                     healing.failing_since = None;
                     metrics::outbox_relay_succeeded();
-                    sent > 0
+                    held_back = pass.held_back;
+                    pass.sent > 0
                 }
                 Err(e) => {
                     failures += 1;
@@ -125,7 +139,11 @@ impl Relay {
             if published {
                 continue;
             }
-            let pause = if failures > 0 {
+            let pause = if held_back {
+                // Another relay is publishing earlier events of a key we claimed rows
+                // of: it is done within milliseconds, and nothing will wake us for it.
+                HELD_BACK_PAUSE
+            } else if failures > 0 {
                 crate::support::backoff::backoff(
                     failures,
                     Duration::from_millis(200),
@@ -212,7 +230,7 @@ impl Relay {
         &mut self,
         healing: &mut Healing,
         stop: &StopSignal,
-    ) -> anyhow::Result<usize> {
+    ) -> anyhow::Result<Pass> {
         let mut tx = self
             .db
             .begin()
@@ -221,12 +239,14 @@ impl Relay {
         let claimed = claim(&mut tx, self.batch)
             .await
             .context("claiming outbox rows")?;
+        let count = claimed.len();
         let rows = publishable(&mut tx, claimed)
             .await
             .context("checking for earlier rows held by another relay")?;
+        let held_back = rows.len() < count;
         if rows.is_empty() {
             tx.rollback().await?;
-            return Ok(0);
+            return Ok(Pass { sent: 0, held_back });
         }
         // Every row to the producer now, in id order; a key stops at its first refusal.
         let mut stopped: HashSet<&str> = HashSet::new();
@@ -248,7 +268,7 @@ impl Relay {
         let Some(outcomes) = self.acknowledged(deliveries, healing, stop).await else {
             // Stopping: nothing is marked; what the broker took comes again later.
             tx.rollback().await?;
-            return Ok(0);
+            return Ok(Pass::default());
         };
         let mut sent = Vec::with_capacity(rows.len());
         for (row, outcome) in rows.into_iter().zip(outcomes) {
@@ -272,7 +292,10 @@ impl Relay {
         metrics::outbox_published(sent.len());
         match first_error {
             Some(e) => Err(e),
-            None => Ok(sent.len()),
+            None => Ok(Pass {
+                sent: sent.len(),
+                held_back,
+            }),
         }
     }
 
