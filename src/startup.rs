@@ -267,7 +267,13 @@ fn spawn_workers(
         };
         tasks.spawn(consume(
             "points",
-            kafka::consumer(kafka, "points", &kafka.points_group, &[&kafka.events_topic])?,
+            kafka::consumer(
+                kafka,
+                "points",
+                &kafka.points_group,
+                &[&kafka.events_topic],
+                kafka.fetch_wait,
+            )?,
             handler,
             dead_letters(&kafka.points_group),
             retry.clone(),
@@ -285,6 +291,7 @@ fn spawn_workers(
                 "payment-requests",
                 &kafka.requests_group,
                 &[&kafka.requests_topic],
+                kafka.fetch_wait,
             )?,
             handler,
             dead_letters(&kafka.requests_group),
@@ -307,6 +314,7 @@ fn spawn_workers(
                 "dead-letters",
                 &kafka.dlt_group,
                 &[&events_dlt, &requests_dlt],
+                DEAD_LETTER_FETCH_WAIT,
             )?,
             FailedEventCollector { db: db.clone() },
             dead_letters(&kafka.dlt_group),
@@ -316,6 +324,11 @@ fn spawn_workers(
     }
     Ok(())
 }
+
+/// The dead-letter collector's `fetch.wait.max.ms` (librdkafka's default): nobody waits on
+/// a dead letter, and on Tansu every fetch costs the broker work whether records came or
+/// not (see [`KafkaSettings::fetch_wait`]).
+const DEAD_LETTER_FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Creates the topics, retrying while the broker is unreachable (the service serves
 /// meanwhile; the outbox holds the events).

@@ -144,12 +144,14 @@ pub type WalletConsumer = StreamConsumer<LagReporter>;
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// A consumer in `group` with manual commits: an offset is committed only after the
-/// record's effect is durable. `name` labels its metrics.
+/// record's effect is durable. `name` labels its metrics; `fetch_wait` is its
+/// `fetch.wait.max.ms` (see [`KafkaSettings::fetch_wait`]).
 pub fn consumer(
     settings: &KafkaSettings,
     name: &'static str,
     group: &str,
     topics: &[&str],
+    fetch_wait: Duration,
 ) -> anyhow::Result<WalletConsumer> {
     let consumer: WalletConsumer = client_config(settings)
         .set("group.id", group)
@@ -157,10 +159,7 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set(
-            "fetch.wait.max.ms",
-            settings.fetch_wait.as_millis().to_string(),
-        )
+        .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         .create_with_context(LagReporter { name })
         .context("creating a Kafka consumer")?;

@@ -531,8 +531,14 @@ async fn a_consumer_killed_before_its_commit_does_not_apply_twice() {
     let producer = wallet::kafka::producer(kafka).unwrap();
     let consumer = tokio::spawn(consume(
         "points",
-        wallet::kafka::consumer(kafka, "points", &kafka.points_group, &[&kafka.events_topic])
-            .unwrap(),
+        wallet::kafka::consumer(
+            kafka,
+            "points",
+            &kafka.points_group,
+            &[&kafka.events_topic],
+            kafka.fetch_wait,
+        )
+        .unwrap(),
         handler,
         DeadLetterPublisher::new(kafka, producer, &kafka.points_group),
         RetryPolicy {
@@ -710,8 +716,14 @@ async fn a_dead_letter_publisher_whose_producer_failed_fatally_replaces_it() {
     let stop = StopSignal::new();
     let consumer = tokio::spawn(consume(
         "points",
-        wallet::kafka::consumer(kafka, "points", &kafka.points_group, &[&kafka.events_topic])
-            .unwrap(),
+        wallet::kafka::consumer(
+            kafka,
+            "points",
+            &kafka.points_group,
+            &[&kafka.events_topic],
+            kafka.fetch_wait,
+        )
+        .unwrap(),
         PointsHandler {
             db: app.db.clone(),
             consumer: kafka.points_group.clone(),
