@@ -241,8 +241,8 @@ pub struct KafkaSettings {
     pub relay_batch: u32,
     /// How often the relay looks for rows when nothing woke it.
     pub relay_poll: Duration,
-    /// How long a consumer's fetch may wait at the broker for records
-    /// (`fetch.wait.max.ms`). Tansu answers a fetch only once this has passed, records or
+    /// How long a fetch of the points and payment-request consumers may wait at the
+    /// broker for records (`fetch.wait.max.ms`). Tansu answers a fetch only once this has passed, records or
     /// not, so it bounds how long a published event waits for its consumer.
     pub fetch_wait: Duration,
     /// How long the dead-letter publisher's producer keeps trying to deliver one record

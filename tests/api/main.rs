@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod batches;
+mod broker_faults;
 mod concurrency;
 mod dead_letters;
 mod events;
