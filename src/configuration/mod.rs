@@ -237,7 +237,7 @@ pub struct KafkaSettings {
     pub points_consumer_enabled: bool,
     pub requests_consumer_enabled: bool,
     pub dlt_consumer_enabled: bool,
-    /// Outbox rows published per relay transaction.
+    /// Outbox rows published per relay transaction, all handed to the producer at once.
     pub relay_batch: u32,
     /// How often the relay looks for rows when nothing woke it.
     pub relay_poll: Duration,
@@ -331,7 +331,7 @@ impl Settings {
                 points_consumer_enabled: env.get("WALLET_POINTS_CONSUMER", true)?,
                 requests_consumer_enabled: env.get("WALLET_REQUESTS_CONSUMER", true)?,
                 dlt_consumer_enabled: env.get("WALLET_DLT_CONSUMER", true)?,
-                relay_batch: env.get("WALLET_OUTBOX_BATCH", 200)?,
+                relay_batch: env.get("WALLET_OUTBOX_BATCH", 1_000)?,
                 relay_poll: env.millis("WALLET_OUTBOX_POLL_MS", 500)?,
                 fetch_wait: env.millis("WALLET_KAFKA_FETCH_WAIT_MS", 50)?,
                 delivery_timeout: env.millis("WALLET_KAFKA_DELIVERY_TIMEOUT_MS", 10_000)?,
