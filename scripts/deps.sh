@@ -103,9 +103,10 @@ if ! command -v curl >/dev/null 2>&1; then apt_install curl; fi
 # cluster of its own on 127.0.0.1:$TANSU_PG_PORT (data in $WALLET_DATA_DIR/tansu-pg).
 # Its SQLite storage does not hold the load: under a few hundred events/s it panics and
 # answers Storage(UnableToSend) until restarted (README, "The broker"). Tansu 0.6.0 does
-# not ship the PostgreSQL schema it expects: scripts/tansu-pg-schema.py writes it from
-# the crate's SQLite schema. The tests that kill a broker start their own Tansu on a
-# database of their own, copied from the `tansu_template` database made here.
+# not ship the PostgreSQL schema it expects: scripts/tansu-pg-schema.sql, written by
+# scripts/tansu-pg-schema.py from the crate's SQLite schema. The tests that kill a
+# broker start their own Tansu on a database of their own, copied from the
+# `tansu_template` database made here.
 TANSU_PG_PORT="${WALLET_TANSU_PG_PORT:-5433}"
 TANSU_ROOT="${WALLET_TANSU_ROOT:-$HOME/.cache/wallet/tansu-pg}"
 export WALLET_TANSU="$TANSU_ROOT/bin/tansu"
@@ -147,11 +148,9 @@ ensure_broker() {
     wait_for 30 "the broker's PostgreSQL" tansu_pg_alive
   fi
   local schema
-  schema=$(mktemp)
-  python3 "$(dirname "${BASH_SOURCE[0]}")/tansu-pg-schema.py" >"$schema"
+  schema="$(dirname "${BASH_SOURCE[0]}")/tansu-pg-schema.sql"
   tansu_database tansu "$schema"
   tansu_database tansu_template "$schema"
-  rm -f "$schema"
   if broker_alive; then return; fi
   log "starting the Kafka-protocol broker (Tansu, PostgreSQL storage) on 127.0.0.1:$KAFKA_PORT"
   RUST_LOG="${RUST_LOG:-warn}" setsid nohup "$WALLET_TANSU" broker \
