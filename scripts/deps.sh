@@ -124,6 +124,14 @@ tansu_database() { # tansu_database NAME SCHEMA_FILE: created when missing; the 
   tansu_psql -d "$1" -f "$2" >/dev/null
 }
 
+# Deletes the broker's topics whose names match the regular expression $1, with their
+# records: every fetch makes Tansu scan the whole topic table, so the topics of finished
+# test and load runs make the broker slower and slower. (`tansu topic delete` of one
+# topic deleted every topic.) Never fails: the broker may be someone else's.
+tansu_forget_topics() {
+  tansu_psql -d tansu -c "DELETE FROM topic WHERE name ~ '$1'" >/dev/null 2>&1 || true
+}
+
 ensure_broker() {
   if [ ! -x "$WALLET_TANSU" ]; then
     log "installing the Tansu broker with PostgreSQL storage into $TANSU_ROOT (about 20 minutes on 2 cores, once)"

@@ -17,6 +17,8 @@ for db in $stale; do
   mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -e "DROP DATABASE \`$db\`"
 done
 
+# the topics they made on the shared broker,
+tansu_forget_topics '^t[0-9a-f]{32}\.'
 # and the databases of the brokers the tests started themselves.
 for db in $(tansu_psql -d postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tansu\_test\_%'"); do
   tansu_psql -d postgres -c "DROP DATABASE \"$db\" WITH (FORCE)"
