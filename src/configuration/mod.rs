@@ -333,7 +333,7 @@ impl Settings {
                 dlt_consumer_enabled: env.get("WALLET_DLT_CONSUMER", true)?,
                 relay_batch: env.get("WALLET_OUTBOX_BATCH", 1_000)?,
                 relay_poll: env.millis("WALLET_OUTBOX_POLL_MS", 500)?,
-                fetch_wait: env.millis("WALLET_KAFKA_FETCH_WAIT_MS", 50)?,
+                fetch_wait: env.millis("WALLET_KAFKA_FETCH_WAIT_MS", 30)?,
                 delivery_timeout: env.millis("WALLET_KAFKA_DELIVERY_TIMEOUT_MS", 10_000)?,
                 outbox_stall_after: env.millis("WALLET_OUTBOX_STALL_AFTER_MS", 60_000)?,
                 retry_attempts: env.get("WALLET_CONSUMER_ATTEMPTS", 3)?,
