@@ -249,17 +249,17 @@ impl Relay {
             return Ok(Pass { sent: 0, held_back });
         }
         // Every row to the producer now, in id order; a key stops at its first refusal.
-        let mut stopped: HashSet<&str> = HashSet::new();
+        let mut refused: HashSet<&str> = HashSet::new();
         let mut first_error = None;
         let mut queued = Vec::with_capacity(rows.len());
         for row in &rows {
-            if stopped.contains(row.aggregate_id.as_str()) {
+            if refused.contains(row.aggregate_id.as_str()) {
                 continue;
             }
             match self.producer.send_result(self.record(row)) {
                 Ok(delivery) => queued.push((row, delivery)),
                 Err((e, _)) => {
-                    stopped.insert(&row.aggregate_id);
+                    refused.insert(&row.aggregate_id);
                     first_error.get_or_insert_with(|| failed(row, e));
                 }
             }
@@ -270,15 +270,18 @@ impl Relay {
             tx.rollback().await?;
             return Ok(Pass::default());
         };
+        // A key's queued rows all come before its refusal, if it had one: they count up
+        // to the key's first failed delivery.
+        let mut failing: HashSet<&str> = HashSet::new();
         let mut sent = Vec::with_capacity(rows.len());
         for (row, outcome) in rows.into_iter().zip(outcomes) {
-            if stopped.contains(row.aggregate_id.as_str()) {
+            if failing.contains(row.aggregate_id.as_str()) {
                 continue;
             }
             match outcome {
                 Ok(()) => sent.push(row.id),
                 Err(e) => {
-                    stopped.insert(&row.aggregate_id);
+                    failing.insert(&row.aggregate_id);
                     first_error.get_or_insert_with(|| failed(row, e));
                 }
             }

@@ -52,6 +52,30 @@ async fn types_on_topic(settings: &Settings, user_id: &str, total: usize) -> Vec
         .collect()
 }
 
+/// Makes outbox row `id` too large for [`strict_producer`]: that record, and only that
+/// one, fails at the broker's client, every time.
+async fn too_large(app: &TestApp, id: u64) {
+    sqlx::query(
+        "UPDATE outbox_events SET payload = CONCAT(payload, REPEAT(' ', 8000)) WHERE id = ?",
+    )
+    .bind(id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+/// An idempotent producer that refuses to queue records over 4 KiB.
+fn strict_producer(settings: &Settings) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.max.bytes", "4096")
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap()
+}
+
 /// A relay of the test's own over the app's outbox, publishing with `producer`.
 async fn relay(settings: &Settings, producer: FutureProducer) -> Relay {
     Relay {
@@ -76,23 +100,13 @@ async fn a_failed_event_holds_back_its_users_later_events_and_no_one_elses() {
 
     // u1's payment event becomes too large for the relay's producer: that record, and
     // only that one, fails at the broker's client, every time.
-    sqlx::query(
-        "UPDATE outbox_events SET payload = CONCAT(payload, REPEAT(' ', 8000)) WHERE id = ?",
-    )
-    .bind(completed)
-    .execute(&app.db)
-    .await
-    .unwrap();
-    let strict: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.max.bytes", "4096")
-        .set("message.timeout.ms", "10000")
-        .create()
-        .unwrap();
+    too_large(&app, completed).await;
     let stop = wallet::support::tasks::StopSignal::new();
-    let failing = tokio::spawn(relay(&settings, strict).await.run(stop.clone()));
+    let failing = tokio::spawn(
+        relay(&settings, strict_producer(&settings))
+            .await
+            .run(stop.clone()),
+    );
     assert!(
         eventually(WAIT, || sent(&app, other)).await,
         "u2's event is not held back by u1's"
@@ -116,6 +130,40 @@ async fn a_failed_event_holds_back_its_users_later_events_and_no_one_elses() {
     assert_eq!(
         types_on_topic(&settings, "u1", 3).await,
         ["payment.completed", "payment.cancelled"]
+    );
+}
+
+/// The producer refuses to queue u1's second event: the first, queued before it in the
+/// same batch and acknowledged, is marked sent and published once, not again each pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_refused_after_its_users_earlier_one_leaves_that_one_sent_once() {
+    let mut settings = kafka_settings().await;
+    settings.kafka.relay_enabled = false;
+    let app = spawn_app_with(settings.clone()).await;
+    let [completed, cancelled, other] = three_events(&app).await;
+    too_large(&app, cancelled).await;
+    let stop = wallet::support::tasks::StopSignal::new();
+    let failing = tokio::spawn(
+        relay(&settings, strict_producer(&settings))
+            .await
+            .run(stop.clone()),
+    );
+    assert!(
+        eventually(WAIT, || async {
+            sent(&app, completed).await && sent(&app, other).await
+        })
+        .await,
+        "u1's payment event and u2's are sent"
+    );
+    // Passes go on meanwhile, each refusing the cancel again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!sent(&app, cancelled).await);
+    stop.cancel();
+    failing.await.unwrap();
+    assert_eq!(
+        types_on_topic(&settings, "u1", 2).await,
+        ["payment.completed"],
+        "u1's payment event is on the topic once"
     );
 }
 
