@@ -53,9 +53,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern "drain-$run_id:*" 2>/dev/null |
-    xargs -r -n 5000 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" unlink >/dev/null 2>&1 || true
-  tansu_forget_topics "^drain-$run_id\\."
+  forget_run "drain-$run_id"
 }
 trap cleanup EXIT
 

@@ -77,14 +77,11 @@ export WALLET_DATABASE_URL="$db_url_base/wallet_load"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 pids=()
-# Stops the instances and deletes the run's Redis keys (a benchmark leaves millions of
-# cached replies with a 24 h TTL otherwise) and its topics on the development broker.
+# Stops the instances and deletes the run's Redis keys and topics.
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern "load-$run_id:*" 2>/dev/null |
-    xargs -r -n 5000 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" unlink >/dev/null 2>&1 || true
-  tansu_forget_topics "^load-$run_id\\."
+  forget_run "load-$run_id"
 }
 trap cleanup EXIT
 

@@ -132,6 +132,14 @@ tansu_forget_topics() {
   tansu_psql -d tansu -c "DELETE FROM topic WHERE name ~ '$1'" >/dev/null 2>&1 || true
 }
 
+# Deletes what a load run named $1 left behind: its Redis keys (`$1:*`; a benchmark
+# leaves millions of cached replies with a 24 h TTL otherwise) and its topics (`$1.*`).
+forget_run() {
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern "$1:*" 2>/dev/null |
+    xargs -r -n 5000 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" unlink >/dev/null 2>&1 || true
+  tansu_forget_topics "^$1\\."
+}
+
 ensure_broker() {
   if [ ! -x "$WALLET_TANSU" ]; then
     log "installing the Tansu broker with PostgreSQL storage into $TANSU_ROOT (about 20 minutes on 2 cores, once)"

@@ -17,7 +17,7 @@ use wallet::dlt::publish::{DeadLetterPublisher, Failure};
 use wallet::support::tasks::StopSignal;
 
 use crate::helpers::{eventually, kafka_settings, spawn_app_with};
-use crate::kafka::{drained_with_points, produce, read_topic, records_on, WAIT};
+use crate::kafka::{drained_with_points, points_consumer, produce, read_topic, records_on, WAIT};
 use crate::servers::OwnServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -220,14 +220,7 @@ async fn a_dead_letter_publisher_whose_producer_failed_fatally_replaces_it() {
     let stop = StopSignal::new();
     let consumer = tokio::spawn(consume(
         "points",
-        wallet::kafka::consumer(
-            kafka,
-            "points",
-            &kafka.points_group,
-            &[&kafka.events_topic],
-            kafka.fetch_wait,
-        )
-        .unwrap(),
+        points_consumer(kafka),
         PointsHandler {
             db: app.db.clone(),
             consumer: kafka.points_group.clone(),

@@ -16,7 +16,7 @@ use wallet::dlt::publish::DeadLetterPublisher;
 use wallet::support::tasks::StopSignal;
 
 use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
-use crate::kafka::{drained_with_points, failed_event, produce, read_topic, WAIT};
+use crate::kafka::{drained_with_points, failed_event, points_consumer, produce, read_topic, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payments_publish_one_event_each_and_earn_points_once() {
@@ -406,14 +406,7 @@ async fn a_consumer_killed_before_its_commit_does_not_apply_twice() {
     let producer = wallet::kafka::producer(kafka).unwrap();
     let consumer = tokio::spawn(consume(
         "points",
-        wallet::kafka::consumer(
-            kafka,
-            "points",
-            &kafka.points_group,
-            &[&kafka.events_topic],
-            kafka.fetch_wait,
-        )
-        .unwrap(),
+        points_consumer(kafka),
         handler,
         DeadLetterPublisher::new(kafka, producer, &kafka.points_group),
         RetryPolicy {

@@ -8,7 +8,8 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use wallet::configuration::Settings;
+use wallet::configuration::{KafkaSettings, Settings};
+use wallet::kafka::WalletConsumer;
 
 use crate::helpers::{eventually, TestApp};
 
@@ -50,6 +51,18 @@ pub async fn produce(
         .await
         .map_err(|(e, _)| e)
         .expect("the broker takes the record");
+}
+
+/// A points consumer as the service builds it, for a test that runs the loop itself.
+pub fn points_consumer(kafka: &KafkaSettings) -> WalletConsumer {
+    wallet::kafka::consumer(
+        kafka,
+        "points",
+        &kafka.points_group,
+        &[&kafka.events_topic],
+        kafka.fetch_wait,
+    )
+    .unwrap()
 }
 
 /// Every record of `topic` from the beginning, read by a group of the test's own, until
