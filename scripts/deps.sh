@@ -143,7 +143,7 @@ forget_run() {
 ensure_broker() {
   if [ ! -x "$WALLET_TANSU" ]; then
     log "installing the Tansu broker with PostgreSQL storage into $TANSU_ROOT (about 20 minutes on 2 cores, once)"
-    (unset CARGO_TARGET_DIR; cargo install tansu --version 0.6.0 --locked --features postgres,libsql \
+    (unset CARGO_TARGET_DIR; export PATH="$HOME/.cargo/bin:$PATH"; cargo install tansu --version 0.6.0 --locked --features postgres,libsql \
       --root "$TANSU_ROOT" --quiet)
   fi
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then apt_install postgresql; fi
