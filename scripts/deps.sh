@@ -124,7 +124,7 @@ tansu_pg_alive() { tansu_psql -d postgres -Atc 'select 1' >/dev/null 2>&1; }
 # - plan_cache_mode=force_generic_plan: Tansu fetches each record's headers with a query
 #   of its own. With the statistics some runs leave, PostgreSQL planned that query anew
 #   on every execution (0.11 ms of planning for 0.01 ms of work, pg_stat_statements), and
-#   a consumer drained a backlog at 2,100-4,800 events/s instead of 9,000-12,000.
+#   a consumer drained a backlog at as little as 2,100 events/s instead of 10,000-12,000.
 # - enable_seqscan=off: every Tansu query is a lookup by key; a plan made when the tables
 #   were near-empty (runs delete their topics) scanned the whole header table for each
 #   fetched record.
