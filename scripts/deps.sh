@@ -117,7 +117,7 @@ broker_alive() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then su postgres -s /bin/bash -c "$*"; else sudo -u postgres bash -c "$*"; fi; }
 tansu_psql() { PGPASSWORD=postgres PGOPTIONS='-c client_min_messages=warning' psql -h 127.0.0.1 -p "$TANSU_PG_PORT" -U postgres -v ON_ERROR_STOP=1 -q "$@"; }
 tansu_pg_alive() { tansu_psql -d postgres -Atc 'select 1' >/dev/null 2>&1; }
-# The settings Tansu's sessions need, set on every start (ALTER SYSTEM, then a reload), so
+# The settings Tansu's connections need, set on every start (ALTER SYSTEM, then a reload), so
 # a cluster already running gets them too:
 # - synchronous_commit=off: an acknowledged record is in memory and the WAL buffers until
 #   the next flush, as Apache Kafka acknowledges acks=all from the page cache.
