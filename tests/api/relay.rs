@@ -9,8 +9,10 @@ use rdkafka::ClientConfig;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use wallet::configuration::Settings;
 use wallet::outbox::relay::Relay;
+use wallet::support::tasks::StopSignal;
 
 use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
 use crate::kafka::{read_topic, WAIT};
@@ -76,9 +78,10 @@ fn strict_producer(settings: &Settings) -> FutureProducer {
         .unwrap()
 }
 
-/// A relay of the test's own over the app's outbox, publishing with `producer`.
-async fn relay(settings: &Settings, producer: FutureProducer) -> Relay {
-    Relay {
+/// A relay of the test's own over the app's outbox, publishing with `producer`, running
+/// until [`RunningRelay::stop`].
+async fn start_relay(settings: &Settings, producer: FutureProducer) -> RunningRelay {
+    let relay = Relay {
         db: wallet::store::connect(&settings.database, 5).await.unwrap(),
         producer,
         kafka: settings.kafka.clone(),
@@ -88,6 +91,22 @@ async fn relay(settings: &Settings, producer: FutureProducer) -> Relay {
         delivery_timeout: settings.kafka.delivery_timeout,
         stall_after: settings.kafka.outbox_stall_after,
         wake: Arc::new(Notify::new()),
+    };
+    let stop = StopSignal::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    RunningRelay { stop, task }
+}
+
+struct RunningRelay {
+    stop: StopSignal,
+    task: JoinHandle<()>,
+}
+
+impl RunningRelay {
+    /// Stops the relay and waits for it to finish its batch in hand.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
     }
 }
 
@@ -101,12 +120,7 @@ async fn a_failed_event_holds_back_its_users_later_events_and_no_one_elses() {
     // u1's payment event becomes too large for the relay's producer: that record, and
     // only that one, fails at the broker's client, every time.
     too_large(&app, completed).await;
-    let stop = wallet::support::tasks::StopSignal::new();
-    let failing = tokio::spawn(
-        relay(&settings, strict_producer(&settings))
-            .await
-            .run(stop.clone()),
-    );
+    let failing = start_relay(&settings, strict_producer(&settings)).await;
     assert!(
         eventually(WAIT, || sent(&app, other)).await,
         "u2's event is not held back by u1's"
@@ -117,16 +131,13 @@ async fn a_failed_event_holds_back_its_users_later_events_and_no_one_elses() {
         !sent(&app, cancelled).await,
         "u1's cancel must not overtake u1's payment"
     );
-    stop.cancel();
-    failing.await.unwrap();
+    failing.stop().await;
 
     // The cause is gone (a relay that can send it): both go, in their order.
     let producer = wallet::kafka::relay_producer(&settings.kafka).unwrap();
-    let stop = wallet::support::tasks::StopSignal::new();
-    let healthy = tokio::spawn(relay(&settings, producer).await.run(stop.clone()));
+    let healthy = start_relay(&settings, producer).await;
     assert!(eventually(WAIT, || async { app.unsent_events().await == 0 }).await);
-    stop.cancel();
-    healthy.await.unwrap();
+    healthy.stop().await;
     assert_eq!(
         types_on_topic(&settings, "u1", 3).await,
         ["payment.completed", "payment.cancelled"]
@@ -142,12 +153,7 @@ async fn an_event_refused_after_its_users_earlier_one_leaves_that_one_sent_once(
     let app = spawn_app_with(settings.clone()).await;
     let [completed, cancelled, other] = three_events(&app).await;
     too_large(&app, cancelled).await;
-    let stop = wallet::support::tasks::StopSignal::new();
-    let failing = tokio::spawn(
-        relay(&settings, strict_producer(&settings))
-            .await
-            .run(stop.clone()),
-    );
+    let failing = start_relay(&settings, strict_producer(&settings)).await;
     assert!(
         eventually(WAIT, || async {
             sent(&app, completed).await && sent(&app, other).await
@@ -158,8 +164,7 @@ async fn an_event_refused_after_its_users_earlier_one_leaves_that_one_sent_once(
     // Passes go on meanwhile, each refusing the cancel again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!sent(&app, cancelled).await);
-    stop.cancel();
-    failing.await.unwrap();
+    failing.stop().await;
     assert_eq!(
         types_on_topic(&settings, "u1", 2).await,
         ["payment.completed"],
@@ -235,14 +240,12 @@ async fn a_relay_whose_producer_failed_fatally_replaces_it_and_publishes() {
 
     let producer = wallet::kafka::relay_producer(&settings.kafka).unwrap();
     fail_fatally(&producer);
-    let stop = wallet::support::tasks::StopSignal::new();
-    let healing = tokio::spawn(relay(&settings, producer).await.run(stop.clone()));
+    let healing = start_relay(&settings, producer).await;
     assert!(
         eventually(WAIT, || async { app.unsent_events().await == 0 }).await,
         "the relay built a new producer and published the backlog"
     );
-    stop.cancel();
-    healing.await.unwrap();
+    healing.stop().await;
     for id in [completed, cancelled, other] {
         assert!(sent(&app, id).await);
     }
