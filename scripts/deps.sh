@@ -129,11 +129,9 @@ tansu_pg_alive() { tansu_psql -d postgres -Atc 'select 1' >/dev/null 2>&1; }
 #   were near-empty (runs delete their topics) scanned the whole header table for each
 #   fetched record.
 tansu_pg_settings() {
-  local setting
-  for setting in "synchronous_commit = off" "plan_cache_mode = force_generic_plan" "enable_seqscan = off"; do
-    tansu_psql -d postgres -c "ALTER SYSTEM SET $setting"
-  done
-  tansu_psql -d postgres -Atc "SELECT pg_reload_conf()" >/dev/null
+  tansu_psql -d postgres -c "ALTER SYSTEM SET synchronous_commit = off" \
+    -c "ALTER SYSTEM SET plan_cache_mode = force_generic_plan" \
+    -c "ALTER SYSTEM SET enable_seqscan = off" -c "SELECT pg_reload_conf()" >/dev/null
 }
 tansu_database() { # tansu_database NAME SCHEMA_FILE: created when missing; the schema is idempotent
   if [ -z "$(tansu_psql -d postgres -Atc "select 1 from pg_database where datname = '$1'")" ]; then
