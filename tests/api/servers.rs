@@ -23,6 +23,12 @@ fn tansu() -> String {
     })
 }
 
+/// The database of the broker of its own listening on `port` (`scripts/test.sh` drops
+/// those a run left behind).
+fn broker_database(port: u16) -> String {
+    format!("tansu_test_{port}")
+}
+
 /// Runs one statement on the broker's PostgreSQL server with `psql`; true when it did.
 fn psql(server: &str, statement: &str) -> bool {
     Command::new("psql")
@@ -58,7 +64,7 @@ impl OwnServer {
         let storage = std::env::var("WALLET_TEST_TANSU_STORAGE")
             .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5433".to_string());
         let mut server = Self::start(tansu(), |port, _| {
-            let database = format!("tansu_test_{port}");
+            let database = broker_database(port);
             for statement in [
                 format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
                 format!("CREATE DATABASE {database} TEMPLATE tansu_template"),
@@ -78,7 +84,7 @@ impl OwnServer {
             .map(String::from)
             .into()
         });
-        server.database = Some((storage, format!("tansu_test_{}", server.port)));
+        server.database = Some((storage, broker_database(server.port)));
         server
     }
 
