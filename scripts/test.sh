@@ -32,7 +32,10 @@ export WALLET_TEST_TANSU="$WALLET_TANSU" WALLET_TEST_TANSU_STORAGE="$WALLET_TANS
 log "checking the alert rules and the dashboard"
 ./scripts/check-alerts.sh
 log "running the test suite"
-cargo test --locked "$@"
+cargo test --locked --no-run "$@"
+# A test that hangs fails the run at this bound (the suite takes a minute or two)
+# instead of holding it; `timeout` stops the test processes too.
+timeout --kill-after=10s "${WALLET_TEST_TIMEOUT:-15m}" cargo test --locked "$@"
 # The README's run command, with every dependency already up (as for a second checkout).
 ./scripts/check-run.sh
 # Schema-driven fuzzing of a running instance (bounded: a few hundred cases).

@@ -92,17 +92,37 @@ pub struct RetryPolicy {
 /// usually ends within milliseconds, and a try costs one Redis call.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(100);
 
+/// How long a stopping consumer waits to have left its group; a close that takes longer
+/// goes on in the background ([`WalletConsumer::close`]).
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
 /// Consumes until told to stop; the record or batch in hand is finished (or, stopped
-/// mid-retry, left uncommitted for redelivery) first.
+/// mid-retry, left uncommitted for redelivery) first. Then the consumer leaves its
+/// group.
 pub async fn consume<H: RecordHandler>(
     name: &'static str,
     consumer: WalletConsumer,
+    handler: H,
+    dead_letters: DeadLetterPublisher,
+    retry: RetryPolicy,
+    stop: StopSignal,
+) {
+    tracing::info!(consumer = name, "consumer started");
+    consume_until_stopped(name, &consumer, handler, dead_letters, retry, stop).await;
+    if !consumer.close(CLOSE_WITHIN).await {
+        tracing::warn!(consumer = name, within = ?CLOSE_WITHIN, "the consumer did not leave its group in time");
+    }
+    tracing::info!(consumer = name, "consumer stopped");
+}
+
+async fn consume_until_stopped<H: RecordHandler>(
+    name: &'static str,
+    consumer: &WalletConsumer,
     handler: H,
     mut dead_letters: DeadLetterPublisher,
     retry: RetryPolicy,
     stop: StopSignal,
 ) {
-    tracing::info!(consumer = name, "consumer started");
     let mut batch: Vec<OwnedMessage> = Vec::new();
     loop {
         if batch.is_empty() {
@@ -128,7 +148,7 @@ pub async fn consume<H: RecordHandler>(
             if batch.len() > 1 {
                 match handler.handle_batch(&batch).await {
                     Some(Ok(())) => {
-                        commit_all(name, &consumer, &batch);
+                        commit_all(name, consumer, &batch);
                         for _ in 0..batch.len() {
                             metrics::consumer_record(name, "applied");
                         }
@@ -151,7 +171,7 @@ pub async fn consume<H: RecordHandler>(
                 // Stopped mid-retry: not committed, so it is redelivered.
                 break;
             }
-            commit(name, &consumer, &record);
+            commit(name, consumer, &record);
             metrics::consumer_record(name, "applied");
             continue;
         };
@@ -163,7 +183,7 @@ pub async fn consume<H: RecordHandler>(
                 Ok(()) => {
                     tracing::warn!(consumer = name, topic = record.topic(), offset = record.offset(),
                         error = %failure.message, "record sent to the dead-letter topic");
-                    commit(name, &consumer, &record);
+                    commit(name, consumer, &record);
                     metrics::consumer_record(name, "dead_lettered");
                     break;
                 }
@@ -178,7 +198,6 @@ pub async fn consume<H: RecordHandler>(
             }
         }
     }
-    tracing::info!(consumer = name, "consumer stopped");
 }
 
 struct DeadRecord {

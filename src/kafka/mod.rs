@@ -2,15 +2,18 @@
 //! creation. What runs on them lives in [`crate::outbox`], [`crate::consumers`] and
 //! [`crate::dlt`].
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientConfig, ClientContext, Statistics};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Statistics, TopicPartitionList};
+use tokio::sync::oneshot;
 
 use crate::configuration::KafkaSettings;
 
@@ -119,6 +122,38 @@ impl ClientContext for LagReporter {
 /// Reports the partitions each rebalance leaves the consumer (and logs them): a load run
 /// waits on it before it measures, and an operator sees a consumer without any.
 impl ConsumerContext for LagReporter {
+    /// The eager protocol's rebalance (the consumers keep librdkafka's default assignors,
+    /// range and round-robin, both eager), without rdkafka's default question to
+    /// librdkafka which protocol is in use, and no call at all once the group has
+    /// terminated. Both the question and an assignment are requests to the consumer
+    /// group that wait for an answer without a bound, and a group that terminates while
+    /// one waits (a consumer closing while a rebalance was under way) drops it
+    /// unanswered (confluentinc/librdkafka#4041, #4884). This takes away the question;
+    /// an assignment can still meet a group terminating at that moment, which is why a
+    /// consumer closes on a thread of its own ([`WalletConsumer`]).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        if !consumer.closed() {
+            let applied = match &rebalance {
+                Rebalance::Assign(partitions) => consumer.assign(partitions),
+                Rebalance::Revoke(_) | Rebalance::Error(_) => consumer.unassign(),
+            };
+            if let Err(e) = applied {
+                tracing::warn!(consumer = self.name, error = %e, "could not apply a rebalance");
+            }
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
@@ -137,11 +172,62 @@ impl ConsumerContext for LagReporter {
     }
 }
 
-/// The consumers the service runs.
-pub type WalletConsumer = StreamConsumer<LagReporter>;
+/// A consumer the service runs. Closing it (leaving its group, which librdkafka does
+/// when the consumer is dropped) happens on a thread of its own: it waits on the broker
+/// and on librdkafka, so it may take a while, and a close that never ends holds only
+/// that thread, never a runtime worker or the service's shutdown.
+pub struct WalletConsumer {
+    inner: Option<StreamConsumer<LagReporter>>,
+}
+
+impl WalletConsumer {
+    /// Leaves the group, so its other members take this consumer's partitions at once
+    /// rather than after the session timeout; waits at most `within` for it. False when
+    /// the close did not finish in time (it goes on in the background).
+    pub async fn close(mut self, within: Duration) -> bool {
+        let closed = self.close_in_background();
+        matches!(tokio::time::timeout(within, closed).await, Ok(Ok(())))
+    }
+
+    fn close_in_background(&mut self) -> oneshot::Receiver<()> {
+        let (done, closed) = oneshot::channel();
+        if let Some(consumer) = self.inner.take() {
+            let spawned = std::thread::Builder::new()
+                .name("kafka-close".into())
+                .spawn(move || {
+                    drop(consumer);
+                    let _ = done.send(());
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no thread to close a Kafka consumer on; closed in place");
+            }
+        }
+        closed
+    }
+}
+
+impl Deref for WalletConsumer {
+    type Target = StreamConsumer<LagReporter>;
+
+    fn deref(&self) -> &Self::Target {
+        self.inner
+            .as_ref()
+            .expect("a consumer is used only until it is closed")
+    }
+}
+
+impl Drop for WalletConsumer {
+    fn drop(&mut self) {
+        // Nobody waits for this close.
+        drop(self.close_in_background());
+    }
+}
 
 /// How often librdkafka reports statistics (consumer lag).
 const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// How often a consumer refreshes its topics' metadata.
+const TOPIC_REFRESH_MS: &str = "5000";
 
 /// A consumer in `group` with manual commits: an offset is committed only after the
 /// record's effect is durable. `name` labels its metrics; `fetch_wait` is its
@@ -153,18 +239,25 @@ pub fn consumer(
     topics: &[&str],
     fetch_wait: Duration,
 ) -> anyhow::Result<WalletConsumer> {
-    let consumer: WalletConsumer = client_config(settings)
+    let consumer: StreamConsumer<LagReporter> = client_config(settings)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // A subscribed topic that does not exist yet (the service creates its topics
+        // while its consumers start, or an operator creates them later) is looked up
+        // again only at this interval: librdkafka's 5 minutes would leave such a
+        // consumer idle that long.
+        .set("topic.metadata.refresh.interval.ms", TOPIC_REFRESH_MS)
         .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         .create_with_context(LagReporter { name })
         .context("creating a Kafka consumer")?;
     consumer.subscribe(topics).context("subscribing")?;
-    Ok(consumer)
+    Ok(WalletConsumer {
+        inner: Some(consumer),
+    })
 }
 
 /// Creates the events and requests topics and their dead-letter topics when missing.

@@ -154,7 +154,9 @@ async fn a_broker_killed_while_150_payers_pay_loses_and_duplicates_no_event() {
 /// such a producer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_publisher_whose_record_timed_out_publishes_after_the_outage() {
-    let (mut broker, settings) = own_broker(Duration::from_millis(500)).await;
+    // Long enough for a fresh producer's first record on a busy machine (with 500 ms
+    // it timed out again and again when both cores were loaded), short for the outage.
+    let (mut broker, settings) = own_broker(Duration::from_secs(2)).await;
     let kafka = settings.kafka.clone();
     wallet::kafka::ensure_topics(&kafka).await.unwrap();
     let producer = wallet::kafka::producer(&kafka).unwrap();

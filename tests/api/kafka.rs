@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -72,17 +72,12 @@ pub async fn read_topic(
     topic: &str,
     count: usize,
 ) -> Vec<(Vec<(String, Vec<u8>)>, Value)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set(
-            "group.id",
-            format!("reader-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    // The service's consumer (from the earliest offset, no commits), in a group of its
+    // own: its close can never hold the test up.
+    let group = format!("reader-{}", uuid::Uuid::new_v4().simple());
+    let kafka = &settings.kafka;
+    let consumer =
+        wallet::kafka::consumer(kafka, "reader", &group, &[topic], kafka.fetch_wait).unwrap();
     let mut records = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while records.len() < count {

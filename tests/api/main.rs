@@ -5,6 +5,7 @@ mod bad_input;
 mod batches;
 mod broker_faults;
 mod concurrency;
+mod consumers;
 mod dead_letters;
 mod events;
 mod faults;
