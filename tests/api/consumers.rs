@@ -38,7 +38,7 @@ async fn a_consumer_subscribed_before_its_topic_exists_reads_it_once_it_does() {
 
 /// A consumer closing with its assignment still waiting to be applied, its broker gone:
 /// librdkafka may terminate the group under a rebalance callback's request and leave the
-/// request unanswered for good (the close hung in about one run of six). Before, that
+/// request unanswered for good (the close hung in 2 of 8 runs). Before, that
 /// held the thread dropping the consumer, a runtime worker, and with it the end of the
 /// test or the service's shutdown, forever; now the close waits on a thread of its own
 /// and its caller waits no longer than it asked.
