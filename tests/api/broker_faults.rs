@@ -10,7 +10,6 @@ use rdkafka::Timestamp;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use tokio::task::JoinSet;
-use wallet::configuration::Settings;
 use wallet::consumers::consume;
 use wallet::consumers::points::PointsHandler;
 use wallet::consumers::RetryPolicy;
@@ -18,24 +17,16 @@ use wallet::dlt::publish::{DeadLetterPublisher, Failure};
 use wallet::support::tasks::StopSignal;
 
 use crate::helpers::{eventually, kafka_settings, spawn_app_with};
-use crate::kafka::{drained_with_points, points_consumer, produce, read_topic, records_on, WAIT};
-use crate::servers::OwnServer;
-
-/// A broker of the test's own, to kill and restart, and settings that point at it with
-/// `delivery_timeout` for the producers.
-async fn own_broker(delivery_timeout: Duration) -> (OwnServer, Settings) {
-    let broker = OwnServer::broker();
-    let mut settings = kafka_settings().await;
-    settings.kafka.brokers = broker.address();
-    settings.kafka.delivery_timeout = delivery_timeout;
-    (broker, settings)
-}
+use crate::kafka::{
+    drained_with_points, own_broker, points_consumer, produce, read_topic, records_on, WAIT,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debits_keep_succeeding_while_the_broker_is_down() {
     // Much shorter than the outage: the relay waits for the broker past it, its records
     // never time out, and they leave once the broker is back.
-    let (mut broker, mut settings) = own_broker(Duration::from_secs(1)).await;
+    let (mut broker, mut settings) = own_broker().await;
+    settings.kafka.delivery_timeout = Duration::from_secs(1);
     settings.kafka.outbox_stall_after = Duration::from_secs(2);
     let app = Arc::new(spawn_app_with(settings).await);
     app.funded_wallet("u1", 100_000).await;
@@ -93,7 +84,8 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_killed_while_150_payers_pay_loses_and_duplicates_no_event() {
     // As above: the relay waits out the outage with the records in flight.
-    let (mut broker, settings) = own_broker(Duration::from_secs(1)).await;
+    let (mut broker, mut settings) = own_broker().await;
+    settings.kafka.delivery_timeout = Duration::from_secs(1);
     let app = Arc::new(spawn_app_with(settings).await);
     app.funded_wallet("hot", 151_000).await;
     assert_eq!(
@@ -156,7 +148,8 @@ async fn a_broker_killed_while_150_payers_pay_loses_and_duplicates_no_event() {
 async fn a_dead_letter_publisher_whose_record_timed_out_publishes_after_the_outage() {
     // Long enough for a fresh producer's first record on a busy machine (with 500 ms
     // it timed out again and again when both cores were loaded), short for the outage.
-    let (mut broker, settings) = own_broker(Duration::from_secs(2)).await;
+    let (mut broker, mut settings) = own_broker().await;
+    settings.kafka.delivery_timeout = Duration::from_secs(2);
     let kafka = settings.kafka.clone();
     wallet::kafka::ensure_topics(&kafka).await.unwrap();
     let producer = wallet::kafka::producer(&kafka).unwrap();

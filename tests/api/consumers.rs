@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use rdkafka::message::Message;
 
 use crate::helpers::kafka_settings;
-use crate::kafka::{points_consumer, produce};
-use crate::servers::OwnServer;
+use crate::kafka::{own_broker, points_consumer, produce};
 
 /// The service creates its topics in the background while its consumers start, so a
 /// consumer may subscribe before its topic exists: it reads the topic's records within
@@ -15,8 +14,8 @@ use crate::servers::OwnServer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_subscribed_before_its_topic_exists_reads_it_once_it_does() {
     let settings = kafka_settings().await;
-    let kafka = settings.kafka.clone();
-    let consumer = points_consumer(&kafka);
+    let kafka = &settings.kafka;
+    let consumer = points_consumer(kafka);
     let first = tokio::spawn(async move {
         loop {
             // Errors ("subscribed topic not available") until the topic exists.
@@ -26,7 +25,7 @@ async fn a_consumer_subscribed_before_its_topic_exists_reads_it_once_it_does() {
         }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    wallet::kafka::ensure_topics(&kafka).await.unwrap();
+    wallet::kafka::ensure_topics(kafka).await.unwrap();
     produce(&settings, &kafka.events_topic, "u1", "{}", &[]).await;
     let read = tokio::time::timeout(Duration::from_secs(20), first).await;
     assert_eq!(
@@ -44,9 +43,7 @@ async fn a_consumer_subscribed_before_its_topic_exists_reads_it_once_it_does() {
 /// and its caller waits no longer than it asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_closing_mid_rebalance_with_its_broker_gone_never_holds_its_caller() {
-    let mut broker = OwnServer::broker();
-    let mut settings = kafka_settings().await;
-    settings.kafka.brokers = broker.address();
+    let (mut broker, settings) = own_broker().await;
     let kafka = &settings.kafka;
     wallet::kafka::ensure_topics(kafka).await.unwrap();
     let consumer = points_consumer(kafka);

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use wallet::configuration::{KafkaSettings, Settings};
 use wallet::kafka::WalletConsumer;
 
-use crate::helpers::{eventually, TestApp};
+use crate::helpers::{eventually, kafka_settings, TestApp};
+use crate::servers::OwnServer;
 
 /// How long a test waits for anything that crosses the broker.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -51,6 +52,14 @@ pub async fn produce(
         .await
         .map_err(|(e, _)| e)
         .expect("the broker takes the record");
+}
+
+/// A broker of the test's own, to kill and restart, and settings that point at it.
+pub async fn own_broker() -> (OwnServer, Settings) {
+    let broker = OwnServer::broker();
+    let mut settings = kafka_settings().await;
+    settings.kafka.brokers = broker.address();
+    (broker, settings)
 }
 
 /// A points consumer as the service builds it, for a test that runs the loop itself.
