@@ -28,6 +28,11 @@ if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   for _ in $(seq 1 100); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
 fi
 
+# Descriptors for the connection cap (WALLET_HTTP_MAX_CONNECTIONS) on top of the pools:
+# raise the soft open-files limit to the hard one where the shell allows it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+log "open-files limit $(ulimit -n)"
+
 if [ "${1:-}" = "--foreground" ]; then
   log "starting the service on $base (ctrl-c stops it)"
   exec "$binary"

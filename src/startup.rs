@@ -12,7 +12,7 @@ use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::configuration::{KafkaSettings, Settings};
+use crate::configuration::{ConnectionSettings, KafkaSettings, Settings};
 use crate::consumers::dead_letters::FailedEventCollector;
 use crate::consumers::payment_requests::PaymentRequestHandler;
 use crate::consumers::points::PointsHandler;
@@ -34,6 +34,7 @@ use crate::{http, kafka, store};
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    connections: ConnectionSettings,
     db: MySqlPool,
     producer: FutureProducer,
     tasks: Tasks,
@@ -156,6 +157,7 @@ impl Application {
                 &settings.api,
                 tasks.clone(),
             ),
+            connections: settings.connections.clone(),
             db,
             producer,
             tasks,
@@ -180,11 +182,16 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = ?self.listener.local_addr().ok(), "wallet service listening");
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP");
+        let limits = &self.connections;
+        tracing::info!(
+            addr = ?self.listener.local_addr().ok(),
+            open_files_limit = limits.open_files_limit,
+            max_connections = limits.max_connections,
+            header_timeout_ms = limits.header_timeout.as_millis() as u64,
+            keep_alive_timeout_ms = limits.keep_alive_timeout.as_millis() as u64,
+            "wallet service listening"
+        );
+        http::serve(self.listener, self.router, self.connections, shutdown).await;
         tracing::info!("in-flight requests done; stopping background tasks");
         let left = self.tasks.shutdown(TASK_DRAIN).await;
         if left > 0 {
@@ -198,7 +205,7 @@ impl Application {
         }
         self.db.close().await;
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 }
 

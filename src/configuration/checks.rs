@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 
-use super::Settings;
+use super::{ConnectionSettings, Settings};
 
 /// Shortest lease: renewal runs every third of it, and a shorter one would spin.
 const MIN_LEASE: Duration = Duration::from_millis(10);
@@ -124,6 +124,24 @@ impl Settings {
             self.api.max_in_flight >= 1,
             "WALLET_MAX_IN_FLIGHT must be at least 1".into(),
         );
+        let connections = &self.connections;
+        check(
+            positive(connections.header_timeout) && positive(connections.keep_alive_timeout),
+            "WALLET_HTTP_HEADER_TIMEOUT_MS and WALLET_HTTP_KEEP_ALIVE_TIMEOUT_MS must be greater than 0"
+                .into(),
+        );
+        let reserved = ConnectionSettings::reserved_descriptors(&self.database, &self.redis);
+        check(
+            connections.max_connections >= 1
+                && (connections.max_connections as u64).saturating_add(reserved)
+                    <= connections.open_files_limit,
+            format!(
+                "WALLET_HTTP_MAX_CONNECTIONS ({}) must be at least 1 and leave {reserved} of the \
+                 open-files limit ({}) for MariaDB, Redis and Kafka: raise the limit \
+                 (`ulimit -n`) or lower the cap",
+                connections.max_connections, connections.open_files_limit
+            ),
+        );
         check(
             self.kafka.relay_batch >= 1,
             "WALLET_OUTBOX_BATCH must be at least 1".into(),
@@ -185,10 +203,29 @@ mod tests {
             ("WALLET_OUTBOX_BATCH", "0"),
             ("WALLET_CONSUMER_ATTEMPTS", "0"),
             ("WALLET_IDEMPOTENCY_TTL_SECS", "1"),
+            ("WALLET_HTTP_HEADER_TIMEOUT_MS", "0"),
+            ("WALLET_HTTP_KEEP_ALIVE_TIMEOUT_MS", "0"),
+            ("WALLET_HTTP_MAX_CONNECTIONS", "0"),
         ] {
             let error = settings_with(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{var}={value}: {error}");
         }
+    }
+
+    #[test]
+    fn a_connection_cap_above_the_descriptor_limit_is_refused() {
+        let limit = crate::configuration::open_files_limit();
+        if limit == u64::MAX {
+            return;
+        }
+        let cap = limit.to_string();
+        let error = settings_with(&[("WALLET_HTTP_MAX_CONNECTIONS", &cap)])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("WALLET_HTTP_MAX_CONNECTIONS"), "{error}");
+        assert!(error.contains("open-files limit"), "{error}");
+        let default = settings_with(&[]).unwrap().connections;
+        assert!(default.max_connections as u64 + 176 <= limit, "{default:?}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     pub kafka: KafkaSettings,
     pub api: ApiSettings,
+    pub connections: ConnectionSettings,
     pub holds: HoldSettings,
     /// Points per unit of currency paid (0.01 = 1 %), rounded down per payment.
     pub points_rate: Decimal,
@@ -130,6 +131,49 @@ pub struct ApiSettings {
     /// Requests served at once; more are shed with 503 rather than queued.
     pub max_in_flight: usize,
 }
+
+/// How the HTTP server bounds its connections, so that clients that open many, or send
+/// slowly, cannot use up the descriptors or the memory the service needs.
+#[derive(Clone, Debug)]
+pub struct ConnectionSettings {
+    /// A request's head must arrive within this, from its first byte.
+    pub header_timeout: Duration,
+    /// A connection with no request in progress is closed after this.
+    pub keep_alive_timeout: Duration,
+    /// Connections open at once; at the cap a new one closes the idlest. By default
+    /// 4,096, or less where the descriptor limit asks for it.
+    pub max_connections: usize,
+    /// The process's open-files limit (`ulimit -n`), read at start-up.
+    pub open_files_limit: u64,
+}
+
+impl ConnectionSettings {
+    /// Descriptors kept apart from HTTP connections: the MySQL and Redis pools, and a
+    /// fixed allowance for the rest (Redis pub/sub, the Kafka clients' sockets and
+    /// librdkafka's internal pipes, the listener, the runtime, logs).
+    pub fn reserved_descriptors(database: &DatabaseSettings, redis: &RedisSettings) -> u64 {
+        u64::from(database.max_connections) + redis.pool_size as u64 + 128
+    }
+}
+
+/// The soft open-files limit of this process (`RLIMIT_NOFILE`); `u64::MAX` when unlimited
+/// or unknown.
+pub fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return u64::MAX;
+    }
+    limit.rlim_cur
+}
+
+/// The default connection cap when the descriptor limit allows it.
+const DEFAULT_MAX_CONNECTIONS: u64 = 4_096;
 
 /// What a key may do. Every key may create and read wallets, pay, cancel and read
 /// payments; two kinds of route need a scope of their own.
@@ -280,23 +324,37 @@ impl Settings {
     /// Reads each setting through `lookup`, falling back to its default.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let env = Env(lookup);
+        let database = DatabaseSettings {
+            url: env.get(
+                "WALLET_DATABASE_URL",
+                "mysql://wallet:wallet@127.0.0.1:3306/wallet".to_string(),
+            )?,
+            max_connections: env.get("WALLET_DB_MAX_CONNECTIONS", 32)?,
+            acquire_timeout: env.millis("WALLET_DB_ACQUIRE_TIMEOUT_MS", 5_000)?,
+            run_migrations: env.get("WALLET_RUN_MIGRATIONS", true)?,
+        };
+        let redis = RedisSettings {
+            url: env.get("WALLET_REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
+            key_prefix: env.get("WALLET_REDIS_KEY_PREFIX", "wallet".to_string())?,
+            pool_size: env.get("WALLET_REDIS_POOL_SIZE", 16)?,
+            command_timeout: env.millis("WALLET_REDIS_TIMEOUT_MS", 500)?,
+        };
+        let open_files_limit = open_files_limit();
+        let room = open_files_limit
+            .saturating_sub(ConnectionSettings::reserved_descriptors(&database, &redis));
+        let connections = ConnectionSettings {
+            header_timeout: env.millis("WALLET_HTTP_HEADER_TIMEOUT_MS", 10_000)?,
+            keep_alive_timeout: env.millis("WALLET_HTTP_KEEP_ALIVE_TIMEOUT_MS", 60_000)?,
+            max_connections: env.get(
+                "WALLET_HTTP_MAX_CONNECTIONS",
+                room.clamp(1, DEFAULT_MAX_CONNECTIONS) as usize,
+            )?,
+            open_files_limit,
+        };
         Ok(Self {
             http_addr: env.get("WALLET_HTTP_ADDR", "127.0.0.1:8080".to_string())?,
-            database: DatabaseSettings {
-                url: env.get(
-                    "WALLET_DATABASE_URL",
-                    "mysql://wallet:wallet@127.0.0.1:3306/wallet".to_string(),
-                )?,
-                max_connections: env.get("WALLET_DB_MAX_CONNECTIONS", 32)?,
-                acquire_timeout: env.millis("WALLET_DB_ACQUIRE_TIMEOUT_MS", 5_000)?,
-                run_migrations: env.get("WALLET_RUN_MIGRATIONS", true)?,
-            },
-            redis: RedisSettings {
-                url: env.get("WALLET_REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
-                key_prefix: env.get("WALLET_REDIS_KEY_PREFIX", "wallet".to_string())?,
-                pool_size: env.get("WALLET_REDIS_POOL_SIZE", 16)?,
-                command_timeout: env.millis("WALLET_REDIS_TIMEOUT_MS", 500)?,
-            },
+            database,
+            redis,
             lock: LockSettings {
                 mode: env.get("WALLET_LOCK_MODE", LockMode::Auto)?,
                 lease: env.millis("WALLET_LOCK_LEASE_MS", 3_000)?,
@@ -348,6 +406,7 @@ impl Settings {
                 request_timeout: env.millis("WALLET_REQUEST_TIMEOUT_MS", 10_000)?,
                 max_in_flight: env.get("WALLET_MAX_IN_FLIGHT", 1_024)?,
             },
+            connections,
             holds: HoldSettings {
                 default_ttl: Duration::from_secs(env.get("WALLET_HOLD_DEFAULT_TTL_SECS", 604_800)?),
                 max_ttl: Duration::from_secs(env.get("WALLET_HOLD_MAX_TTL_SECS", 2_592_000)?),

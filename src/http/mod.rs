@@ -1,6 +1,7 @@
 //! The HTTP API: routes (documented by OpenAPI), extractors, error mapping, and the
 //! layers every request passes: request id, tracing, metrics, load shedding, a
-//! whole-request timeout, body limit, API keys and rate limits.
+//! whole-request timeout, body limit, API keys and rate limits; [`serve`] bounds the
+//! connections underneath (header and keep-alive timeouts, a connection cap).
 
 mod auth;
 mod error;
@@ -10,6 +11,7 @@ mod health;
 mod holds;
 mod openapi;
 mod payments;
+mod serve;
 mod wallets;
 
 use std::future::Future;
@@ -34,6 +36,7 @@ use utoipa_axum::routes;
 pub use auth::Gatekeeper;
 pub use error::ApiError;
 pub use openapi::ApiDoc;
+pub use serve::serve;
 
 use crate::configuration::{ApiSettings, Scope};
 use crate::dlt::failed_events::DeadLetters;

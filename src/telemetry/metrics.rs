@@ -66,6 +66,18 @@ fn describe() {
         Unit::Seconds,
         "HTTP request latency by route, method and status"
     );
+    describe_gauge!(
+        "http_connections_open",
+        "HTTP connections open now (at most WALLET_HTTP_MAX_CONNECTIONS)"
+    );
+    describe_counter!(
+        "http_connections_closed_total",
+        "HTTP connections the server closed, by reason: header_timeout, idle_timeout, evicted (the idlest, at the cap)"
+    );
+    describe_counter!(
+        "http_connections_refused_total",
+        "Connections closed at once because the cap was reached and every open one was serving a request"
+    );
     describe_counter!(
         "wallet_lock_acquisitions_total",
         "Wallet lock acquisitions by outcome (acquired, passed, timeout, error)"
@@ -216,6 +228,18 @@ pub fn lock_acquired(outcome: &'static str, waited: Duration) {
 }
 
 /// A queued request gave up waiting for its wallet (503 `lock_timeout`).
+pub fn connections_open(open: usize) {
+    gauge!("http_connections_open").set(open as f64);
+}
+
+pub fn connection_closed(reason: &'static str) {
+    counter!("http_connections_closed_total", "reason" => reason).increment(1);
+}
+
+pub fn connection_refused() {
+    counter!("http_connections_refused_total").increment(1);
+}
+
 pub fn lock_timed_out() {
     counter!("wallet_lock_acquisitions_total", "outcome" => "timeout").increment(1);
 }

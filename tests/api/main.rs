@@ -5,6 +5,7 @@ mod bad_input;
 mod batches;
 mod broker_faults;
 mod concurrency;
+mod connections;
 mod consumers;
 mod dead_letters;
 mod events;
