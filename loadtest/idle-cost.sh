@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# What an idle instance costs the development broker: CPU of the broker and of every
+# process of its PostgreSQL over a window, read from /proc, while one release instance
+# with all its Kafka workers on has nothing to do (no requests, empty outbox). With
+# --instances 0 it measures the broker alone.
+#
+#   ./loadtest/idle-cost.sh [--window 20] [--settle 10] [--instances 1] [--runs 1]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+window=20 settle=10 instances=1 runs=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --window) window=$2; shift 2 ;;
+    --settle) settle=$2; shift 2 ;;
+    --instances) instances=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+log "building the release binary"
+cargo build --release --locked --quiet --bin wallet
+
+run_id="idle-$(date +%s)-$$"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  forget_run "$run_id"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+for i in $(seq 1 "$instances"); do
+  port=$(free_port)
+  (
+    export WALLET_HTTP_ADDR="127.0.0.1:$port" WALLET_DEVELOPMENT=true
+    export WALLET_REDIS_KEY_PREFIX="$run_id"
+    export WALLET_EVENTS_TOPIC="$run_id.payment-events" WALLET_REQUESTS_TOPIC="$run_id.payment-requests"
+    export WALLET_POINTS_GROUP="$run_id-points" WALLET_REQUESTS_GROUP="$run_id-requests" WALLET_DLT_GROUP="$run_id-dlt"
+    export RUST_LOG="${RUST_LOG:-warn}"
+    exec "$CARGO_TARGET_DIR/release/wallet" >"$WALLET_DATA_DIR/$run_id-$i.log" 2>&1
+  ) &
+  pids+=($!)
+  wait_for 60 "instance $i" curl -fsS "http://127.0.0.1:$port/readyz"
+done
+
+broker_pids() {
+  pgrep -f "tansu broker" || true
+  local postmaster
+  postmaster=$(head -n 1 "$tansu_pg/pgdata/postmaster.pid" 2>/dev/null || true)
+  if [ -n "$postmaster" ]; then echo "$postmaster"; pgrep -P "$postmaster" || true; fi
+}
+ticks() { # utime + stime of every broker process, in clock ticks
+  local total=0 pid fields
+  for pid in $(broker_pids); do
+    fields=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+    total=$((total + $(echo "$fields" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
+log "$instances idle instance(s); settling for ${settle}s"
+sleep "$settle"
+hz=$(getconf CLK_TCK)
+for run in $(seq 1 "$runs"); do
+  before=$(ticks)
+  sleep "$window"
+  after=$(ticks)
+  python3 -c "import sys; t=($after-$before)/$hz; print(f'broker and PostgreSQL CPU: {t:.2f} s in ${window} s ({100*t/$window:.1f} % of a core), $instances idle instance(s)')"
+done
