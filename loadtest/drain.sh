@@ -48,7 +48,6 @@ export WALLET_POINTS_GROUP="drain-$run_id-points" WALLET_REQUESTS_GROUP="drain-$
 export WALLET_DLT_GROUP="drain-$run_id-dlt"
 export WALLET_RATE_LIMIT_PER_SECOND=100000 WALLET_RATE_LIMIT_BURST=10001 RUST_LOG="${RUST_LOG:-warn}"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -34,7 +34,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 for i in $(seq 1 "$instances"); do
   port=$(free_port)
   (

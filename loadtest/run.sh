@@ -74,8 +74,6 @@ mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD"
   -e "DROP DATABASE IF EXISTS wallet_load; CREATE DATABASE wallet_load"
 export WALLET_DATABASE_URL="$db_url_base/wallet_load"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 pids=()
 # Stops the instances and deletes the run's Redis keys and topics.
 cleanup() {

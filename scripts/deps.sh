@@ -45,6 +45,9 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   return 1
 }
 
+# A free TCP port on 127.0.0.1 (for the instances the load scripts start).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 mariadb_alive() { mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" --connect-timeout=2 ping >/dev/null 2>&1; }
 wallet_user_works() {
   mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -e 'SELECT 1' >/dev/null 2>&1
