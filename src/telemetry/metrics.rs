@@ -227,19 +227,22 @@ pub fn lock_acquired(outcome: &'static str, waited: Duration) {
     histogram!("wallet_lock_wait_seconds").record(waited.as_secs_f64());
 }
 
-/// A queued request gave up waiting for its wallet (503 `lock_timeout`).
+/// HTTP connections open now.
 pub fn connections_open(open: usize) {
     gauge!("http_connections_open").set(open as f64);
 }
 
+/// The server closed a connection: `header_timeout`, `idle_timeout` or `evicted`.
 pub fn connection_closed(reason: &'static str) {
     counter!("http_connections_closed_total", "reason" => reason).increment(1);
 }
 
+/// A new connection was closed at once: at the cap, every open one was busy.
 pub fn connection_refused() {
     counter!("http_connections_refused_total").increment(1);
 }
 
+/// A queued request gave up waiting for its wallet (503 `lock_timeout`).
 pub fn lock_timed_out() {
     counter!("wallet_lock_acquisitions_total", "outcome" => "timeout").increment(1);
 }

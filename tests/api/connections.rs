@@ -81,17 +81,11 @@ async fn half_sent_requests_beyond_the_cap_leave_room_for_others_and_are_closed_
         .await
         .unwrap();
 
-    for _ in 0..3 {
+    for round in 0..3 {
         let started = Instant::now();
         let health = app.get("/healthz").await;
         assert_eq!(health.status, StatusCode::OK);
-        let paid = app
-            .pay(
-                &format!("slow-{}", started.elapsed().as_nanos()),
-                "slow-u1",
-                100,
-            )
-            .await;
+        let paid = app.pay(&format!("slow-{round}"), "slow-u1", 100).await;
         assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
         assert!(
             started.elapsed() < Duration::from_secs(1),
