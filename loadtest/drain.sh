@@ -42,10 +42,8 @@ mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD"
   -e "DROP DATABASE IF EXISTS wallet_drain; CREATE DATABASE wallet_drain"
 export WALLET_DATABASE_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/wallet_drain"
 export WALLET_API_KEYS="checkout:$api_key,funding:$api_key-funding"
-export WALLET_REDIS_KEY_PREFIX="drain-$run_id" WALLET_KAFKA_BROKERS="$brokers"
-export WALLET_EVENTS_TOPIC="drain-$run_id.payment-events" WALLET_REQUESTS_TOPIC="drain-$run_id.payment-requests"
-export WALLET_POINTS_GROUP="drain-$run_id-points" WALLET_REQUESTS_GROUP="drain-$run_id-requests"
-export WALLET_DLT_GROUP="drain-$run_id-dlt"
+export WALLET_KAFKA_BROKERS="$brokers"
+run_scope "drain-$run_id"
 export WALLET_RATE_LIMIT_PER_SECOND=100000 WALLET_RATE_LIMIT_BURST=10001 RUST_LOG="${RUST_LOG:-warn}"
 
 pids=()

@@ -38,9 +38,7 @@ for i in $(seq 1 "$instances"); do
   port=$(free_port)
   (
     export WALLET_HTTP_ADDR="127.0.0.1:$port" WALLET_DEVELOPMENT=true
-    export WALLET_REDIS_KEY_PREFIX="$run_id"
-    export WALLET_EVENTS_TOPIC="$run_id.payment-events" WALLET_REQUESTS_TOPIC="$run_id.payment-requests"
-    export WALLET_POINTS_GROUP="$run_id-points" WALLET_REQUESTS_GROUP="$run_id-requests" WALLET_DLT_GROUP="$run_id-dlt"
+    run_scope "$run_id"
     export RUST_LOG="${RUST_LOG:-warn}"
     exec "$CARGO_TARGET_DIR/release/wallet" >"$WALLET_DATA_DIR/$run_id-$i.log" 2>&1
   ) &

@@ -94,10 +94,7 @@ for i in $(seq 1 "$instances"); do
     if [ -n "$rate" ]; then
       export WALLET_RATE_LIMIT_PER_SECOND="$rate" WALLET_RATE_LIMIT_BURST=$((rate / 10 + 1))
     fi
-    export WALLET_REDIS_KEY_PREFIX="load-$run_id"
-    export WALLET_EVENTS_TOPIC="load-$run_id.payment-events"
-    export WALLET_REQUESTS_TOPIC="load-$run_id.payment-requests"
-    export WALLET_POINTS_GROUP="load-$run_id-points" WALLET_REQUESTS_GROUP="load-$run_id-requests" WALLET_DLT_GROUP="load-$run_id-dlt"
+    run_scope "load-$run_id"
     if [ "$kafka" = 0 ]; then
       export WALLET_KAFKA_CREATE_TOPICS=false WALLET_OUTBOX_RELAY=false WALLET_POINTS_CONSUMER=false
       export WALLET_REQUESTS_CONSUMER=false WALLET_DLT_CONSUMER=false

@@ -151,6 +151,14 @@ tansu_forget_topics() {
   tansu_psql -d tansu -c "DELETE FROM topic WHERE name ~ '$1'" >/dev/null 2>&1 || true
 }
 
+# Scopes the instances this shell starts to a load run named $1: their Redis keys
+# (`$1:*`), topics (`$1.*`) and consumer groups (`$1-*`), which forget_run deletes.
+run_scope() {
+  export WALLET_REDIS_KEY_PREFIX="$1"
+  export WALLET_EVENTS_TOPIC="$1.payment-events" WALLET_REQUESTS_TOPIC="$1.payment-requests"
+  export WALLET_POINTS_GROUP="$1-points" WALLET_REQUESTS_GROUP="$1-requests" WALLET_DLT_GROUP="$1-dlt"
+}
+
 # Deletes what a load run named $1 left behind: its Redis keys (`$1:*`; a benchmark
 # leaves millions of cached replies with a 24 h TTL otherwise) and its topics (`$1.*`).
 forget_run() {
