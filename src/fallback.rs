@@ -1,8 +1,8 @@
 //! The fallback: while Redis is unavailable, wallet writes are serialised by MySQL row
 //! locks alone (`SELECT … FOR UPDATE`) plus the database's unique keys, and the service
-//! keeps serving. The same transactions run either way (`wallet::executor` for one
-//! request, `wallet::batch::run` for a batch); the fallback only leaves out the Redis
-//! claim, lock and cache around them, so money never depends on which path ran.
+//! keeps serving. The same batches run either way (`wallet::engine`); the fallback
+//! only leaves out the Redis claims, locks and cache around them, so money never
+//! depends on which path ran.
 //!
 //! The circuit breaker here decides which path a request takes. Closed: requests use
 //! Redis. After `threshold` consecutive Redis failures it opens and requests take the

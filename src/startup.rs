@@ -88,15 +88,12 @@ impl Application {
         let keys = KeySpace::new(&redis_settings.key_prefix);
         let shared_redis = SharedRedis::new(redis_pool.clone(), redis_settings.command_timeout);
         let (lock, lock_upkeep) = WalletLock::new(
-            shared_redis.clone(),
             redis_client,
             keys.clone(),
             settings.lock.clone(),
             redis_settings.command_timeout,
         );
-        let (listen, release_orphans) = lock_upkeep.tasks();
-        tasks.spawn_until_stopped(listen);
-        tasks.spawn_until_stopped(release_orphans);
+        tasks.spawn_until_stopped(lock_upkeep.listen());
         let idempotency = IdempotencyCache::new(
             keys,
             settings.idempotency.reply_ttl,
@@ -113,26 +110,26 @@ impl Application {
         tasks.spawn_until_stopped(breaker.clone().probe());
         let producer = kafka::producer(&settings.kafka)?;
         let outbox_wake = Arc::new(Notify::new());
-        let (service, dispatcher) = WalletService::new(WalletCore {
-            db: db.clone(),
-            redis: shared_redis,
-            lock,
-            idempotency,
-            breaker,
-            currency: settings.currency,
-            lock_wait: settings.lock.wait,
-            request_timeout: settings.api.request_timeout,
-            points_rate: settings.points_rate,
-            outbox_wake: outbox_wake.clone(),
-            lock_poll: settings.lock.poll_interval,
-            outbox_stall_after: settings.kafka.outbox_stall_after,
-            holds: settings.holds,
-        })
-        .with_batches(settings.lock.batch_max);
-        if let Some(dispatcher) = dispatcher {
-            tasks.spawn(dispatcher);
-        }
-        tasks.spawn(crate::wallet::holds::sweep(
+        let (service, dispatcher) = WalletService::new(
+            WalletCore {
+                db: db.clone(),
+                redis: shared_redis,
+                lock,
+                idempotency,
+                breaker,
+                currency: settings.currency,
+                lock_wait: settings.lock.wait,
+                request_timeout: settings.api.request_timeout,
+                points_rate: settings.points_rate,
+                outbox_wake: outbox_wake.clone(),
+                lock_poll: settings.lock.poll_interval,
+                outbox_stall_after: settings.kafka.outbox_stall_after,
+                holds: settings.holds,
+            },
+            settings.lock.batch_max,
+        );
+        tasks.spawn(dispatcher);
+        tasks.spawn(crate::wallet::sweep(
             service.clone(),
             settings.holds.sweep_interval,
             tasks.stop_signal(),

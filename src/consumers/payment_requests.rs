@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::consumers::{decode_json, HandlerError, RecordHandler};
 use crate::domain::{Amount, Identifier, RawAmount};
-use crate::wallet::holds::{HoldRefusal, PlaceHold, Settlement};
+use crate::wallet::{HoldRefusal, PlaceHold, Settlement};
 use crate::wallet::{Refusal, ServiceError, WalletService};
 
 /// What kind of request a record is; a record without `type` is a payment.

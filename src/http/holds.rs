@@ -12,9 +12,9 @@ use super::error::{CommonProblems, WriteProblems};
 use super::extract::{optional_json, ApiJson, ApiPath};
 use super::{idempotent, ApiError, Detach};
 use crate::domain::{Amount, Identifier, RawAmount};
-use crate::wallet::holds::{PlaceHold, Settlement};
 use crate::wallet::views::HoldView;
 use crate::wallet::WalletService;
+use crate::wallet::{PlaceHold, Settlement};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -34,21 +34,19 @@ pub struct PaymentRow {
 }
 
 /// Inserts a completed payment; fails with a unique violation when the order has one.
-pub async fn insert(conn: &mut MySqlConnection, p: &PaymentRow) -> Result<(), sqlx::Error> {
-    insert_many(conn, std::slice::from_ref(p)).await
-}
-
-/// Inserts payments in one statement; fails as a whole with a unique violation when one
-/// of the orders has one.
+/// Inserts payments in one statement, each as the batch leaves it (a payment cancelled
+/// in the batch that made it is inserted cancelled); fails as a whole with a unique
+/// violation when one of the orders has one.
 pub async fn insert_many(
     conn: &mut MySqlConnection,
-    rows: &[PaymentRow],
+    rows: &[&PaymentRow],
 ) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let mut query = QueryBuilder::new(
-        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at, points) ",
+        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at, \
+         cancelled_at, cancel_reason, refund_balance_after, points) ",
     );
     query.push_values(rows, |mut values, p| {
         values
@@ -60,6 +58,9 @@ pub async fn insert_many(
             .push_bind(p.status)
             .push_bind(p.balance_after)
             .push_bind(p.created_at)
+            .push_bind(p.cancelled_at)
+            .push_bind(&p.cancel_reason)
+            .push_bind(p.refund_balance_after)
             .push_bind(p.points);
     });
     query.build().execute(conn).await?;
@@ -88,36 +89,29 @@ pub async fn find(pool: &MySqlPool, order_id: &str) -> Result<Option<PaymentRow>
         .await
 }
 
-/// Reads the payment and locks its row until the transaction ends.
-pub async fn lock(
+/// Writes the cancellation of payments that were completed, one statement each
+/// (cancels are few). Returns false (and the caller rolls back) when one was no longer
+/// `COMPLETED`.
+pub async fn cancel_many(
     conn: &mut MySqlConnection,
-    order_id: &str,
-) -> Result<Option<PaymentRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM payments WHERE order_id = ? FOR UPDATE")
-        .bind(order_id)
-        .fetch_optional(conn)
-        .await
-}
-
-/// Marks a completed payment cancelled. Returns false when it was not `COMPLETED`.
-pub async fn mark_cancelled(
-    conn: &mut MySqlConnection,
-    order_id: &str,
-    reason: Option<&str>,
-    refund_balance_after: Decimal,
-    now: DateTime<Utc>,
+    rows: &[&PaymentRow],
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE payments SET status = ?, cancelled_at = ?, cancel_reason = ?, refund_balance_after = ? \
-         WHERE order_id = ? AND status = ?",
-    )
-    .bind(PaymentStatus::Cancelled)
-    .bind(now)
-    .bind(reason)
-    .bind(refund_balance_after)
-    .bind(order_id)
-    .bind(PaymentStatus::Completed)
-    .execute(conn)
-    .await?;
-    Ok(updated.rows_affected() == 1)
+    for row in rows {
+        let updated = sqlx::query(
+            "UPDATE payments SET status = ?, cancelled_at = ?, cancel_reason = ?, refund_balance_after = ? \
+             WHERE order_id = ? AND status = ?",
+        )
+        .bind(row.status)
+        .bind(row.cancelled_at)
+        .bind(&row.cancel_reason)
+        .bind(row.refund_balance_after)
+        .bind(&row.order_id)
+        .bind(PaymentStatus::Completed)
+        .execute(&mut *conn)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -17,14 +17,12 @@ pub struct TopUpRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Inserts a top-up; fails with a unique violation when the id was used before.
-pub async fn insert(conn: &mut MySqlConnection, t: &TopUpRow) -> Result<(), sqlx::Error> {
-    insert_many(conn, std::slice::from_ref(t)).await
-}
-
 /// Inserts top-ups in one statement; fails as a whole with a unique violation when one
 /// of the ids was used before.
-pub async fn insert_many(conn: &mut MySqlConnection, rows: &[TopUpRow]) -> Result<(), sqlx::Error> {
+pub async fn insert_many(
+    conn: &mut MySqlConnection,
+    rows: &[&TopUpRow],
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }

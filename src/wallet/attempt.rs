@@ -1,5 +1,5 @@
-//! One transaction attempt's failure, and the retry rule every transaction loop follows
-//! ([`retrying`]): one request's under its lock, the fallback's, and a batch's.
+//! One transaction attempt's failure, and the retry rule a batch's transaction follows
+//! ([`retrying`]), under Redis locks or on the fallback.
 
 use std::future::Future;
 

@@ -1,16 +1,17 @@
-//! The wallet use cases: create, top up, pay, cancel, read.
+//! The wallet use cases: create, top up, pay, cancel, hold, capture, void, read.
 //!
-//! Every money movement is a [`commands::Command`] run by [`executor`]: Redis
-//! idempotency claim, Redis wallet lock with a fencing token, one MySQL transaction,
-//! release, cached reply; or, while Redis is unavailable, the same transaction guarded
-//! by `SELECT … FOR UPDATE` alone.
+//! Every money movement is a request ([`requests`]) that the engine ([`engine`])
+//! applies in a batch: Redis idempotency claims, Redis wallet locks with fencing
+//! tokens, one MySQL transaction in which the money rules ([`rules`]) decide each
+//! request, release, cached replies; or, while Redis is unavailable, the same batch
+//! guarded by `SELECT … FOR UPDATE` alone.
 
 mod attempt;
-mod batch;
-mod commands;
-mod executor;
-pub mod holds;
+mod engine;
+mod holds;
 mod replay;
+pub mod requests;
+mod rules;
 pub mod views;
 
 use std::sync::Arc;
@@ -25,7 +26,9 @@ use crate::idempotency::IdempotencyCache;
 use crate::lock::WalletLock;
 use crate::redis_support::{RedisFault, SharedRedis};
 use crate::store;
-use commands::{CancelPayment, Debit, TopUp};
+pub use holds::{sweep, HoldRefusal};
+use requests::{CancelPayment, Debit, TopUp};
+pub use requests::{PlaceHold, Settlement};
 use views::{LedgerEntryView, LedgerPage, PaymentView, TopUpView, WalletView};
 
 /// Why a use case did not succeed. Every variant leaves the ledger untouched.
@@ -86,14 +89,13 @@ pub struct Outcome<T> {
     pub replayed: bool,
 }
 
-/// The use cases; cheap to clone (one reference count and the batch queue's sender),
+/// The use cases; cheap to clone (one reference count and the engine queue's sender),
 /// which matters: every request clones it. Built once in `startup`.
 #[derive(Clone)]
 pub struct WalletService {
     core: Arc<WalletCore>,
-    /// The group-commit queue for debits and top-ups; `None` runs each in its own
-    /// transaction (`WALLET_BATCH_MAX=1`).
-    pub(crate) batcher: Option<batch::Batcher>,
+    /// The group-commit queue every money movement goes through.
+    engine: engine::Engine,
 }
 
 /// What the use cases share: pools, the lock, the cache, the breaker and settings.
@@ -126,25 +128,16 @@ impl std::ops::Deref for WalletService {
     }
 }
 
-/// The largest balance a top-up may bring a wallet to.
-fn balance_limit() -> rust_decimal::Decimal {
-    rust_decimal::Decimal::from(100_000_000_000_000_u64)
-}
-
-/// The largest balance the column holds (`DECIMAL(19, 4)`). A refund gives back what
-/// was paid, so it may take a wallet past [`balance_limit`], but never past this.
-fn balance_capacity() -> rust_decimal::Decimal {
-    rust_decimal::Decimal::from_i128_with_scale(9_999_999_999_999_999_999, 4)
-}
-
 impl WalletService {
-    /// The use cases over `core`, each debit and top-up in a transaction of its own
-    /// until [`WalletService::with_batches`].
-    pub fn new(core: WalletCore) -> Self {
-        Self {
-            core: Arc::new(core),
-            batcher: None,
-        }
+    /// The use cases over `core`, and the engine's dispatcher, which the application
+    /// runs as a task: money movements go in batches of at most `batch_max`.
+    pub fn new(
+        core: WalletCore,
+        batch_max: usize,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let core = Arc::new(core);
+        let (engine, dispatcher) = engine::Engine::new(core.clone(), batch_max);
+        (Self { core, engine }, dispatcher)
     }
 
     pub fn currency(&self) -> Currency {
@@ -193,18 +186,7 @@ impl WalletService {
             user_id,
             amount,
         };
-        match &self.batcher {
-            None => self.execute(&top_up).await,
-            Some(batcher) => match self.submit(batcher, batch::Request::TopUp(top_up)).await? {
-                Outcome {
-                    value: batch::Reply::TopUp(value),
-                    replayed,
-                } => Ok(Outcome { value, replayed }),
-                _ => Err(unavailable(anyhow::anyhow!(
-                    "a top-up answered as a payment"
-                ))),
-            },
-        }
+        self.submit(top_up, engine::Request::TopUp).await
     }
 
     /// Debits a wallet once per `order_id`.
@@ -220,43 +202,19 @@ impl WalletService {
             user_id,
             amount,
         };
-        match &self.batcher {
-            None => self.execute(&debit).await,
-            Some(batcher) => match self.submit(batcher, batch::Request::Debit(debit)).await? {
-                Outcome {
-                    value: batch::Reply::Payment(value),
-                    replayed,
-                } => Ok(Outcome { value, replayed }),
-                _ => Err(unavailable(anyhow::anyhow!(
-                    "a payment answered as a top-up"
-                ))),
-            },
-        }
+        self.submit(debit, engine::Request::Debit).await
     }
 
-    /// Queues a debit or top-up for the next batch and waits for its answer.
-    async fn submit(&self, batcher: &batch::Batcher, request: batch::Request) -> batch::Answer {
+    /// Queues `request` for the next batch and waits for its answer.
+    async fn submit<R: requests::Keyed, T>(
+        &self,
+        request: R,
+        kind: fn(engine::Ticket<R, T>) -> engine::Request,
+    ) -> Result<Outcome<T>, ServiceError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        batcher.submit(request, deadline, self.lock_wait).await
-    }
-
-    /// Group commit: debits and top-ups queue for batches of at most `max`, which the
-    /// returned dispatcher runs (the application spawns it). With `max` 1 each runs in
-    /// its own transaction, and there is no dispatcher.
-    pub fn with_batches(
-        mut self,
-        max: usize,
-    ) -> (
-        Self,
-        Option<impl std::future::Future<Output = ()> + Send + 'static>,
-    ) {
-        self.batcher = None;
-        if max <= 1 {
-            return (self, None);
-        }
-        let (batcher, dispatcher) = batch::Batcher::new(self.clone(), max);
-        self.batcher = Some(batcher);
-        (self, Some(dispatcher))
+        self.engine
+            .submit(request, kind, deadline, self.lock_wait)
+            .await
     }
 
     /// Cancels a payment and credits its amount back, once.
@@ -272,12 +230,12 @@ impl WalletService {
             .ok_or(ServiceError::PaymentNotFound)?;
         let user_id = Identifier::parse("userId", payment.user_id).map_err(unavailable)?;
         tracing::Span::current().record("user_id", tracing::field::display(&user_id));
-        self.execute(&CancelPayment {
+        let cancel = CancelPayment {
             order_id,
             user_id,
             reason,
-        })
-        .await
+        };
+        self.submit(cancel, engine::Request::Cancel).await
     }
 
     pub async fn payment(&self, order_id: &Identifier) -> Result<PaymentView, ServiceError> {
@@ -390,7 +348,7 @@ pub struct Readiness {
     pub outbox: Option<crate::outbox::Backlog>,
 }
 
-impl WalletService {
+impl WalletCore {
     /// Counts a Redis failure against the breaker and drops the shared connection.
     fn redis_failed(&self, fault: &RedisFault) {
         self.redis.reset();

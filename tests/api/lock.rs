@@ -1,5 +1,5 @@
-//! The wallet lock on its own: fencing tokens across a Redis data loss, and the local
-//! hand-off of a held lock under churn. Each `WalletLock` built here stands for one
+//! The wallet lock on its own: fencing tokens across a Redis data loss, and locks that
+//! are always released under churn. Each `WalletLock` built here stands for one
 //! instance of the service; two of them on the same key prefix are two instances.
 
 use std::time::Duration;
@@ -11,8 +11,8 @@ use serde_json::json;
 use tokio::time::Instant;
 use wallet::configuration::Settings;
 use wallet::domain::Identifier;
-use wallet::lock::{LockError, WalletLock, REFENCE_MARGIN};
-use wallet::redis_support::{KeySpace, SharedRedis};
+use wallet::lock::{BatchLocks, WalletLock, REFENCE_MARGIN};
+use wallet::redis_support::KeySpace;
 use wallet::store::wallets::apply_delta;
 
 use crate::helpers::{eventually, spawn_app, spawn_app_with, test_settings};
@@ -22,20 +22,46 @@ use crate::servers::OwnServer;
 /// running for the rest of the test.
 fn wallet_lock(settings: &Settings) -> WalletLock {
     let redis = &settings.redis;
-    let pool = deadpool_redis::Config::from_url(&redis.url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .unwrap();
     let (lock, upkeep) = WalletLock::new(
-        SharedRedis::new(pool, redis.command_timeout),
         redis::Client::open(redis.url.as_str()).unwrap(),
         KeySpace::new(&redis.key_prefix),
         settings.lock.clone(),
         redis.command_timeout,
     );
-    let (listen, release_orphans) = upkeep.tasks();
-    tokio::spawn(listen);
-    tokio::spawn(release_orphans);
+    tokio::spawn(upkeep.listen());
     lock
+}
+
+/// Takes `user_id`'s lock as a batch of one would; `None` while someone else holds it.
+async fn take(
+    lock: &WalletLock,
+    conn: &mut redis::aio::MultiplexedConnection,
+    user_id: &Identifier,
+) -> Option<(BatchLocks, u64)> {
+    let (locks, _) = lock
+        .acquire_batch(conn, std::slice::from_ref(user_id))
+        .await
+        .unwrap();
+    let fence = locks.fence(user_id.as_str())?;
+    Some((locks, fence))
+}
+
+/// [`take`], waiting for the lock while it is held elsewhere, at most until `deadline`.
+async fn take_by(
+    lock: &WalletLock,
+    conn: &mut redis::aio::MultiplexedConnection,
+    user_id: &Identifier,
+    deadline: Instant,
+) -> Option<(BatchLocks, u64)> {
+    loop {
+        if let Some(taken) = take(lock, conn, user_id).await {
+            return Some(taken);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 async fn connection(settings: &Settings) -> redis::aio::MultiplexedConnection {
@@ -48,10 +74,6 @@ async fn connection(settings: &Settings) -> redis::aio::MultiplexedConnection {
 
 fn user(id: &str) -> Identifier {
     Identifier::parse("userId", id.to_owned()).unwrap()
-}
-
-fn soon() -> Instant {
-    Instant::now() + Duration::from_secs(2)
 }
 
 async fn fence_of(app: &crate::helpers::TestApp, user_id: &str) -> u64 {
@@ -76,41 +98,39 @@ async fn a_token_issued_after_redis_lost_its_data_is_above_every_earlier_one() {
     // Acquisitions that write nothing (a refused payment, a replay) move the counter
     // past the database's token.
     for _ in 0..3 {
-        let guard = lock.acquire(&mut conn, &u1, soon()).await.unwrap();
-        lock.release(&mut conn, guard).await.unwrap();
+        let (locks, _) = take(&lock, &mut conn, &u1).await.unwrap();
+        lock.release_batch(&mut conn, locks).await.unwrap();
     }
-    let stale = lock.acquire(&mut conn, &u1, soon()).await.unwrap();
-    assert!(stale.fence() > fence_of(&app, "u1").await);
+    let (stale, stale_fence) = take(&lock, &mut conn, &u1).await.unwrap();
+    assert!(stale_fence > fence_of(&app, "u1").await);
 
     // Redis loses everything while `stale` holds a token it has not written yet.
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
-    let fresh = twin.acquire(&mut conn, &u1, soon()).await.unwrap();
+    let (fresh, fresh_fence) = take(&twin, &mut conn, &u1).await.unwrap();
     assert!(
-        fresh.fence() > stale.fence(),
-        "token {} issued after the loss is above {} issued before it",
-        fresh.fence(),
-        stale.fence()
+        fresh_fence > stale_fence,
+        "token {fresh_fence} issued after the loss is above {stale_fence} issued before it",
     );
 
     // Raw writes, as each holder's transaction would make them (no ledger entry).
     let mut db = app.db.acquire().await.unwrap();
     let now = chrono::Utc::now();
     assert!(
-        apply_delta(&mut db, "u1", Decimal::from(-10), Some(fresh.fence()), now)
+        apply_delta(&mut db, "u1", Decimal::from(-10), Some(fresh_fence), now)
             .await
             .unwrap(),
         "the new holder writes"
     );
     assert!(
-        !apply_delta(&mut db, "u1", Decimal::from(-10), Some(stale.fence()), now)
+        !apply_delta(&mut db, "u1", Decimal::from(-10), Some(stale_fence), now)
             .await
             .unwrap(),
         "the holder from before the loss is refused"
     );
-    assert_eq!(fence_of(&app, "u1").await, fresh.fence());
+    assert_eq!(fence_of(&app, "u1").await, fresh_fence);
     assert_eq!(app.balance("u1").await, Decimal::from(990));
-    twin.release(&mut conn, fresh).await.unwrap();
-    lock.release(&mut conn, stale).await.unwrap();
+    twin.release_batch(&mut conn, fresh).await.unwrap();
+    lock.release_batch(&mut conn, stale).await.unwrap();
 
     // The service itself goes on debiting after the loss.
     let paid = app.pay("after-loss", "u1", 5).await;
@@ -131,10 +151,10 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
     let mut conn = connection(&settings).await;
     let u2 = user("u2");
     for _ in 0..3 {
-        let guard = lock.acquire(&mut conn, &u2, soon()).await.unwrap();
-        lock.release(&mut conn, guard).await.unwrap();
+        let (locks, _) = take(&lock, &mut conn, &u2).await.unwrap();
+        lock.release_batch(&mut conn, locks).await.unwrap();
     }
-    let stale = lock.acquire(&mut conn, &u2, soon()).await.unwrap();
+    let (stale, stale_fence) = take(&lock, &mut conn, &u2).await.unwrap();
 
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     // Another instance tops the wallet up after the loss.
@@ -147,9 +167,8 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
     assert_eq!(top_up.status, StatusCode::CREATED, "{}", top_up.text);
     let written = fence_of(&app, "u2").await;
     assert!(
-        written > stale.fence(),
-        "the row's token {written} is above the earlier holder's {}",
-        stale.fence()
+        written > stale_fence,
+        "the row's token {written} is above the earlier holder's {stale_fence}",
     );
 
     let mut db = app.db.acquire().await.unwrap();
@@ -158,7 +177,7 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
             &mut db,
             "u2",
             Decimal::from(-40),
-            Some(stale.fence()),
+            Some(stale_fence),
             chrono::Utc::now()
         )
         .await
@@ -166,7 +185,7 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
         "the holder from before the loss is refused"
     );
     assert_eq!(app.balance("u2").await, Decimal::from(100));
-    lock.release(&mut conn, stale).await.unwrap();
+    lock.release_batch(&mut conn, stale).await.unwrap();
 }
 
 #[tokio::test]
@@ -182,18 +201,18 @@ async fn a_counter_found_behind_the_database_jumps_well_past_it() {
         .unwrap();
     let lock = wallet_lock(&app.settings);
     let mut conn = connection(&app.settings).await;
-    let mut guard = lock.acquire(&mut conn, &user("u3"), soon()).await.unwrap();
-    assert!(guard.fence() < seen);
-    assert!(lock.refence(&mut conn, &mut guard, seen).await.unwrap());
+    let (mut locks, fence) = take(&lock, &mut conn, &user("u3")).await.unwrap();
+    assert!(fence < seen);
+    assert!(lock
+        .refence_batch(&mut conn, &mut locks, "u3", seen)
+        .await
+        .unwrap());
     // Holders from before the loss may hold tokens above the row's: the counter leaves
     // a margin's worth of them behind.
     let margin = REFENCE_MARGIN.as_micros() as u64;
-    assert!(
-        guard.fence() > seen + margin,
-        "{} is well above {seen}",
-        guard.fence()
-    );
-    lock.release(&mut conn, guard).await.unwrap();
+    let fence = locks.fence("u3").unwrap();
+    assert!(fence > seen + margin, "{fence} is well above {seen}");
+    lock.release_batch(&mut conn, locks).await.unwrap();
 
     // The service takes the same path on its own and debits.
     sqlx::query("UPDATE wallets SET fence_token = fence_token + ? WHERE user_id = 'u3'")
@@ -206,19 +225,17 @@ async fn a_counter_found_behind_the_database_jumps_well_past_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lock_passed_on_under_churn_is_always_taken_or_released() {
+async fn a_lock_taken_under_churn_is_always_released() {
     let mut settings = test_settings().await;
     // Longer than the checks below wait: a lock left behind cannot expire in time.
     settings.lock.lease = Duration::from_secs(5);
-    settings.lock.poll_interval = Duration::from_millis(2);
     let lock = wallet_lock(&settings);
     let churn = user("churn");
     let keys = KeySpace::new(&settings.redis.key_prefix);
     let lock_key = keys.lock(&churn);
     let stop = Instant::now() + Duration::from_secs(6);
 
-    // Release announcements for the wallet, again and again: each one wakes the head of
-    // the local queue.
+    // Release announcements for the wallet, again and again, as other holders make them.
     let waker = tokio::spawn({
         let mut conn = connection(&settings).await;
         let channel = keys.release_channel();
@@ -238,8 +255,7 @@ async fn a_lock_passed_on_under_churn_is_always_taken_or_released() {
     }
     let mut check = connection(&settings).await;
     let (mut rounds, mut held, mut timed_out) = (0, 0, 0);
-    // Rounds of a burst and a quiet moment: once a burst is over nobody is left to take
-    // a lock passed on, so it must have been released.
+    // Rounds of a burst and a quiet moment: once a burst is over nobody holds the lock.
     while Instant::now() < stop {
         rounds += 1;
         let mut tasks = tokio::task::JoinSet::new();
@@ -247,10 +263,10 @@ async fn a_lock_passed_on_under_churn_is_always_taken_or_released() {
             let (lock, churn, mut conn) = (lock.clone(), churn.clone(), conn.clone());
             tasks.spawn(async move {
                 let wait = Duration::from_micros(rand::rng().random_range(100..4_000));
-                let guard = match lock.acquire(&mut conn, &churn, Instant::now() + wait).await {
-                    Ok(guard) => guard,
-                    Err(LockError::Timeout) => return false,
-                    Err(e) => panic!("{e}"),
+                let Some((locks, _)) =
+                    take_by(&lock, &mut conn, &churn, Instant::now() + wait).await
+                else {
+                    return false;
                 };
                 let work = rand::rng().random_range(0..1_500);
                 if work < 500 {
@@ -258,7 +274,7 @@ async fn a_lock_passed_on_under_churn_is_always_taken_or_released() {
                 } else {
                     tokio::time::sleep(Duration::from_micros(work)).await;
                 }
-                lock.release(&mut conn, guard).await.unwrap();
+                lock.release_batch(&mut conn, locks).await.unwrap();
                 true
             });
         }
@@ -292,13 +308,13 @@ async fn a_lock_passed_on_under_churn_is_always_taken_or_released() {
 
     // Another instance takes it at once.
     let other = wallet_lock(&settings);
-    let guard = other
-        .acquire(
-            &mut check,
-            &churn,
-            Instant::now() + Duration::from_millis(500),
-        )
-        .await
-        .expect("another instance acquires promptly");
-    other.release(&mut check, guard).await.unwrap();
+    let (locks, _) = take_by(
+        &other,
+        &mut check,
+        &churn,
+        Instant::now() + Duration::from_millis(500),
+    )
+    .await
+    .expect("another instance acquires promptly");
+    other.release_batch(&mut check, locks).await.unwrap();
 }

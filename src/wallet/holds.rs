@@ -1,12 +1,14 @@
 //! The hold use cases as the API and the consumers call them, the refusal published for
-//! a hold requested by event, and the expiry sweeper.
+//! a hold requested by event, and the expiry sweeper. What a hold does to a wallet is
+//! decided by the hold rules (`rules/holds.rs`).
 
-use super::{HoldEvent, HoldStatus, PlaceHold, SettleHold, Settlement};
+use super::engine::Request;
+use super::requests::{PlaceHold, SettleHold, Settlement};
+use crate::domain::events::HoldEvent;
 use crate::domain::Identifier;
-use crate::store::holds::{self, HoldRow};
+use crate::store::holds::{self, HoldRow, HoldStatus};
 use crate::support::tasks::StopSignal;
 use crate::telemetry::metrics;
-use crate::wallet::batch::{Answer, Reply, Request};
 use crate::wallet::views::HoldView;
 use crate::wallet::{unavailable, Outcome, ServiceError, WalletService};
 
@@ -30,10 +32,7 @@ impl WalletService {
     /// Reserves funds once per `hold_id`.
     #[tracing::instrument(skip_all, fields(hold_id = %hold.hold_id, user_id = %hold.user_id))]
     pub async fn place_hold(&self, hold: PlaceHold) -> Result<Outcome<HoldView>, ServiceError> {
-        match &self.batcher {
-            None => self.execute(&hold).await,
-            Some(batcher) => hold_reply(self.submit(batcher, Request::Hold(hold)).await),
-        }
+        self.submit(hold, Request::Hold).await
     }
 
     /// Captures, voids or expires the hold `hold_id`, once.
@@ -51,13 +50,7 @@ impl WalletService {
             user_id,
             how,
         };
-        let outcome = match &self.batcher {
-            None => self.execute(&settle).await?,
-            Some(batcher) => {
-                let answer = self.submit(batcher, Request::Settle(settle.clone())).await;
-                hold_reply(answer)?
-            }
-        };
+        let outcome = self.submit(settle.clone(), Request::Settle).await?;
         settle.answer(outcome)
     }
 
@@ -76,23 +69,29 @@ impl WalletService {
 
     /// Releases the holds past their deadline, at most [`SWEEP_BATCH`]; returns how many
     /// this call expired. Safe beside other instances doing the same: each hold is
-    /// settled under its wallet's lock, once.
+    /// settled under its wallet's lock, once. The expiries go to the engine together,
+    /// so they are batched like every other movement.
     pub async fn expire_due_holds(&self) -> Result<usize, ServiceError> {
         let due = holds::expired(&self.db, crate::support::clock::now(), SWEEP_BATCH)
             .await
             .map_err(unavailable)?;
-        let mut expired = 0;
+        let mut expiries = Vec::with_capacity(due.len());
         for (hold_id, user_id) in due {
-            // Its owner came with it, and expiries are few: no second read, no batch.
-            let expire = SettleHold {
+            // Its owner came with it: no second read.
+            expiries.push(SettleHold {
                 hold_id: Identifier::parse("holdId", hold_id).map_err(unavailable)?,
                 user_id: Identifier::parse("userId", user_id).map_err(unavailable)?,
                 how: Settlement::Expire,
-            };
-            let answer = self
-                .execute(&expire)
-                .await
-                .and_then(|outcome| expire.answer(outcome));
+            });
+        }
+        let answers =
+            futures_util::future::join_all(expiries.into_iter().map(|expire| async move {
+                let outcome = self.submit(expire.clone(), Request::Settle).await?;
+                expire.answer(outcome)
+            }))
+            .await;
+        let mut expired = 0;
+        for answer in answers {
             match answer {
                 Ok(outcome) if !outcome.replayed => expired += 1,
                 // Settled otherwise meanwhile, or being expired by another instance.
@@ -168,19 +167,6 @@ impl WalletService {
             self.outbox_wake.notify_one();
         }
         Ok(())
-    }
-}
-
-/// A batch's answer to a hold request.
-fn hold_reply(answer: Answer) -> Result<Outcome<HoldView>, ServiceError> {
-    match answer? {
-        Outcome {
-            value: Reply::Hold(value),
-            replayed,
-        } => Ok(Outcome { value, replayed }),
-        _ => Err(unavailable(anyhow::anyhow!(
-            "a hold request answered as another"
-        ))),
     }
 }
 

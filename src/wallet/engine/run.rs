@@ -2,12 +2,13 @@
 //! cached replies, release) or, while Redis is unavailable, on row locks alone.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use super::apply::Held;
-use super::{Answer, Finished, Job};
+use super::transaction::Held;
+use super::{Finished, Job};
 use crate::configuration::LockMode;
 use crate::domain::Identifier;
 use crate::fallback::ActiveMode;
@@ -15,23 +16,36 @@ use crate::idempotency::{ClaimRequest, Settle, Settlement};
 use crate::redis_support::RedisFault;
 use crate::telemetry::metrics;
 use crate::wallet::attempt::{retrying, Attempts, Failure, MAX_ATTEMPTS};
-use crate::wallet::replay::{self, Claimed};
-use crate::wallet::{unavailable, ServiceError, WalletService};
+use crate::wallet::{unavailable, ServiceError, WalletCore};
 
-/// What became of one job of a transaction. Short-lived, one per job of a batch: its
-/// size does not matter.
-#[allow(clippy::large_enum_variant)]
-enum Verdict {
-    Answer(Answer),
-    /// Its wallet's lock was lost: queue it again, claim kept.
-    Requeue,
+/// Runs one batch; returns what must wait for a later one.
+pub(super) async fn run(core: Arc<WalletCore>, jobs: Vec<Job>) -> Finished {
+    Batch { core: &core }.run(jobs).await
 }
 
-impl WalletService {
-    /// Runs one batch; returns what must wait for a later one.
-    pub(super) async fn run(self, jobs: Vec<Job>) -> Finished {
+/// Answers jobs that waited for their wallet longer than the lock wait.
+pub(super) async fn expire(core: Arc<WalletCore>, jobs: Vec<Job>) {
+    Batch { core: &core }.expire(jobs).await
+}
+
+/// One batch's run, on the shared pools and lock.
+pub(super) struct Batch<'a> {
+    pub core: &'a WalletCore,
+}
+
+impl std::ops::Deref for Batch<'_> {
+    type Target = WalletCore;
+
+    fn deref(&self) -> &WalletCore {
+        self.core
+    }
+}
+
+impl Batch<'_> {
+    async fn run(&self, mut jobs: Vec<Job>) -> Finished {
         let mut finished = Finished::default();
-        let jobs = if self.breaker.mode() == ActiveMode::Redis {
+        jobs.iter_mut().for_each(|job| job.requeue = false);
+        let mut jobs = if self.breaker.mode() == ActiveMode::Redis {
             match self.run_on_redis(jobs, &mut finished).await {
                 Ok(()) => return finished,
                 Err((fault, jobs)) => {
@@ -39,7 +53,7 @@ impl WalletService {
                     if self.breaker.configured() != LockMode::Auto {
                         let reason = format!("{fault:#}");
                         for job in jobs {
-                            job.answer(Err(unavailable(anyhow::anyhow!(reason.clone()))));
+                            job.refuse(unavailable(anyhow::anyhow!(reason.clone())));
                         }
                         return finished;
                     }
@@ -51,12 +65,13 @@ impl WalletService {
             jobs
         };
         metrics::mysql_fallback();
-        let verdicts = self.transact_batch(&jobs, None).await;
-        for (job, verdict) in jobs.into_iter().zip(verdicts) {
-            match verdict {
-                Verdict::Answer(answer) => job.answer(answer),
+        self.transact_batch(&mut jobs, None).await;
+        for job in jobs {
+            if job.requeue {
                 // Without Redis locks there is no lease to lose.
-                Verdict::Requeue => finished.retry.push(job),
+                finished.retry.push(job);
+            } else {
+                job.request.send();
             }
         }
         finished
@@ -84,7 +99,7 @@ impl WalletService {
             Ok(taken) => taken,
             Err(fault) => return Err((fault, jobs)),
         };
-        let (ready, held): (Vec<Job>, Vec<Job>) = jobs
+        let (mut ready, held): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .partition(|job| locks.fence(job.user_id()).is_some());
         for mut job in held {
@@ -98,33 +113,26 @@ impl WalletService {
             finished.retry.push(job);
         }
         let mut held = Held { locks, conn };
-        let verdicts = self.transact_batch(&ready, Some(&mut held)).await;
+        self.transact_batch(&mut ready, Some(&mut held)).await;
         let Held { locks, mut conn } = held;
 
         let mut release_conn = conn.clone();
         let released = self.lock.release_batch(&mut release_conn, locks);
-        let replies: Vec<Option<String>> = verdicts
-            .iter()
-            .map(|verdict| match verdict {
-                Verdict::Answer(Ok(outcome)) => outcome.value.to_json().ok(),
-                _ => None,
-            })
-            .collect();
+        let replies: Vec<Option<String>> = ready.iter().map(|job| job.request.reply()).collect();
         let settles: Vec<Settle<'_>> = ready
             .iter()
-            .zip(&verdicts)
             .zip(&replies)
-            .filter_map(|((job, verdict), reply)| {
+            .filter_map(|(job, reply)| {
                 let token = job.claim.as_ref()?;
-                let how = match (verdict, reply) {
-                    (Verdict::Requeue, _) => return None,
-                    (Verdict::Answer(Ok(_)), Some(reply)) => Settlement::Done {
+                let how = match reply {
+                    _ if job.requeue => return None,
+                    Some(reply) => Settlement::Done {
                         fingerprint: &job.fingerprint,
                         reply,
                     },
                     // Nothing was applied (or the reply could not be stored): free the
                     // key; the database replays an applied one.
-                    _ => Settlement::Abandon,
+                    None => Settlement::Abandon,
                 };
                 Some(Settle {
                     scope: job.request.scope(),
@@ -150,18 +158,17 @@ impl WalletService {
             tracing::warn!(error = %fault, "could not update the idempotency cache");
             self.redis_failed(&fault);
         }
-        for (mut job, verdict) in ready.into_iter().zip(verdicts) {
-            match verdict {
-                Verdict::Answer(answer) => job.answer(answer),
-                Verdict::Requeue if job.lost_leases + 1 >= MAX_ATTEMPTS => {
-                    metrics::lock_timed_out();
-                    self.abandon_claims(std::slice::from_ref(&job)).await;
-                    job.answer(Err(ServiceError::LockTimeout));
-                }
-                Verdict::Requeue => {
-                    job.lost_leases += 1;
-                    finished.retry.push(job);
-                }
+        for mut job in ready {
+            if !job.requeue {
+                job.request.send();
+            } else if job.lost_leases + 1 >= MAX_ATTEMPTS {
+                metrics::lock_timed_out();
+                self.abandon_claims(std::slice::from_ref(&job)).await;
+                job.refuse(ServiceError::LockTimeout);
+            } else {
+                job.lost_leases += 1;
+                job.requeue = false;
+                finished.retry.push(job);
             }
         }
         Ok(())
@@ -211,53 +218,53 @@ impl WalletService {
                 kept.push(job);
                 continue;
             };
-            let request = &job.request;
-            match replay::claimed(request.scope(), claim, |reply| request.cached(reply)) {
-                Claimed::Ours(token) => {
+            match job.request.claimed(claim) {
+                Some(token) => {
                     job.claim = Some(token);
                     kept.push(job);
                 }
-                Claimed::Answered(answer) => job.answer(answer),
+                None => job.request.send(),
             }
         }
         Ok(kept)
     }
 
-    /// Runs the batch's transaction, retrying what may be retried ([`retrying`]). One
-    /// verdict per job.
-    async fn transact_batch(&self, jobs: &[Job], held: Option<&mut Held>) -> Vec<Verdict> {
+    /// Runs the batch's transaction, retrying what may be retried ([`retrying`]).
+    /// Every job ends answered, or marked to queue again.
+    async fn transact_batch(&self, jobs: &mut [Job], held: Option<&mut Held>) {
         let mut progress = Progress {
-            service: self,
-            jobs,
+            batch: self,
+            jobs: &mut *jobs,
             held,
-            verdicts: jobs.iter().map(|_| None).collect(),
         };
         let result = retrying(&mut progress).await;
-        let mut verdicts = progress.verdicts;
-        let open = verdicts.iter_mut().filter(|verdict| verdict.is_none());
+        let open = jobs
+            .iter_mut()
+            .filter(|job| !job.requeue && !job.request.is_answered());
         match result {
             Ok(()) => {}
             Err(Failure::Stale { .. } | Failure::LeaseLost) => {
                 metrics::lease_lost();
                 tracing::info!("batch lease lost before commit; its requests queue again");
-                open.for_each(|verdict| *verdict = Some(Verdict::Requeue));
+                open.for_each(|job| job.requeue = true);
             }
             Err(failure) => {
                 let reason = format!("{:#}", anyhow::Error::from(failure.into_service_error()));
-                for verdict in open {
+                for job in open {
                     let e = anyhow::anyhow!(reason.clone()).context("the batch did not commit");
-                    *verdict = Some(Verdict::Answer(Err(unavailable(e))));
+                    job.request.fail(unavailable(e));
                 }
             }
         }
-        verdicts
-            .into_iter()
-            .map(|verdict| verdict.unwrap_or(Verdict::Requeue))
-            .collect()
+        for job in jobs.iter_mut() {
+            if !job.request.is_answered() {
+                job.requeue = true;
+            }
+        }
     }
 
     /// Answers jobs that waited for their wallet longer than the lock wait.
-    pub(super) async fn expire(self, jobs: Vec<Job>) {
+    async fn expire(&self, jobs: Vec<Job>) {
         self.abandon_claims(&jobs).await;
         let now = Instant::now();
         for job in jobs {
@@ -267,7 +274,7 @@ impl WalletService {
                 metrics::lock_timed_out();
                 ServiceError::LockTimeout
             };
-            job.answer(Err(error));
+            job.refuse(error);
         }
     }
 
@@ -299,42 +306,43 @@ impl WalletService {
     }
 }
 
-/// A batch's transaction as it is tried: the locks held, and a verdict for each job
-/// once it has one.
-struct Progress<'a> {
-    service: &'a WalletService,
-    jobs: &'a [Job],
+/// A batch's transaction as it is tried: the locks held, and the jobs, each answered
+/// or marked to queue again once it is decided.
+struct Progress<'a, 'b> {
+    batch: &'a Batch<'b>,
+    jobs: &'a mut [Job],
     held: Option<&'a mut Held>,
-    verdicts: Vec<Option<Verdict>>,
 }
 
-impl Attempts for Progress<'_> {
+impl Attempts for Progress<'_, '_> {
     type Output = ();
 
-    /// Applies the jobs that have no verdict yet; those past their deadline get one
+    /// Applies the jobs that are still open; those past their deadline are answered
     /// first.
     async fn attempt(&mut self) -> Result<(), Failure> {
         let now = Instant::now();
-        for (job, verdict) in self.jobs.iter().zip(self.verdicts.iter_mut()) {
-            if verdict.is_none() && job.deadline <= now {
-                *verdict = Some(Verdict::Answer(Err(ServiceError::Timeout)));
+        for job in self.jobs.iter_mut() {
+            if !job.requeue && !job.request.is_answered() && job.deadline <= now {
+                job.request.fail(ServiceError::Timeout);
             }
         }
-        let open: Vec<usize> = (0..self.jobs.len())
-            .filter(|&i| self.verdicts[i].is_none())
+        let mut open: Vec<&mut Job> = self
+            .jobs
+            .iter_mut()
+            .filter(|job| !job.requeue && !job.request.is_answered())
             .collect();
         if open.is_empty() {
             return Ok(());
         }
-        let batch: Vec<&Job> = open.iter().map(|&i| &self.jobs[i]).collect();
-        let answers = self
-            .service
-            .apply_batch(&batch, self.held.as_deref_mut())
-            .await?;
-        for (i, answer) in open.into_iter().zip(answers) {
-            self.verdicts[i] = Some(Verdict::Answer(answer));
+        let result = self
+            .batch
+            .apply_batch(&mut open, self.held.as_deref_mut())
+            .await;
+        if result.is_err() {
+            // Nothing was committed: what the rules decided does not stand.
+            open.iter_mut().for_each(|job| job.request.undecide());
         }
-        Ok(())
+        result
     }
 
     /// Moves the token forward; if that wallet's lease passed to someone else, its
@@ -344,14 +352,14 @@ impl Attempts for Progress<'_> {
             return Ok(());
         };
         let refenced = self
-            .service
+            .batch
             .lock
             .refence_batch(&mut held.conn, &mut held.locks, user_id, seen)
             .await;
         if !matches!(refenced, Ok(true)) {
-            for (job, verdict) in self.jobs.iter().zip(self.verdicts.iter_mut()) {
-                if verdict.is_none() && job.user_id() == user_id {
-                    *verdict = Some(Verdict::Requeue);
+            for job in self.jobs.iter_mut() {
+                if !job.request.is_answered() && job.user_id() == user_id {
+                    job.requeue = true;
                 }
             }
         }

@@ -1,0 +1,63 @@
+//! Lock releases announced by other holders, heard on one pub/sub channel per process.
+//!
+//! A batch that found a wallet held elsewhere queues its jobs until the holder
+//! announces the release (`lua/lock_release.lua` publishes it when someone waited), or
+//! a short jittered poll interval passes: the safety net for a lost message or an
+//! expired lease.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+/// What the listener tells the engine.
+#[derive(Default)]
+pub struct Releases {
+    /// Notified at every release announced, whatever the wallet.
+    any: Notify,
+    /// How many releases were announced so far: a job that read it before trying
+    /// Redis knows whether one came while it was not listening.
+    count: AtomicU64,
+}
+
+impl Releases {
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves at the next release announced. One announced before it is awaited
+    /// leaves a permit (`notify_one`), so none is missed.
+    pub fn any(&self) -> tokio::sync::futures::Notified<'_> {
+        self.any.notified()
+    }
+}
+
+/// Listens on the release channel for as long as `releases` is alive. One subscriber
+/// connection per process; it reconnects by itself.
+pub async fn listen(releases: Weak<Releases>, client: redis::Client, channel: String) {
+    loop {
+        let connected = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        if let Ok(Ok(mut pubsub)) = connected {
+            tracing::debug!(%channel, "listening for lock releases");
+            let mut messages = pubsub.on_message();
+            while messages.next().await.is_some() {
+                let Some(releases) = releases.upgrade() else {
+                    return;
+                };
+                releases.count.fetch_add(1, Ordering::AcqRel);
+                releases.any.notify_one();
+            }
+        }
+        if releases.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
