@@ -12,14 +12,14 @@ use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::breaker::RedisBreaker;
 use crate::configuration::{ConnectionSettings, KafkaSettings, Settings};
-use crate::consumers::dead_letters::FailedEventCollector;
+use crate::consumers::dead_letters::DeadLetterCollector;
 use crate::consumers::payment_requests::PaymentRequestHandler;
 use crate::consumers::points::PointsHandler;
 use crate::consumers::{consume, RetryPolicy};
-use crate::dlt::failed_events::DeadLetters;
-use crate::dlt::publish::DeadLetterPublisher;
-use crate::fallback::RedisBreaker;
+use crate::dead_letters::publish::DeadLetterPublisher;
+use crate::dead_letters::store::DeadLetters;
 use crate::idempotency::IdempotencyCache;
 use crate::lock::WalletLock;
 use crate::outbox::relay::Relay;
@@ -320,7 +320,7 @@ fn spawn_workers(
                 &[&events_dlt, &requests_dlt],
                 DEAD_LETTER_FETCH_WAIT,
             )?,
-            FailedEventCollector { db: db.clone() },
+            DeadLetterCollector { db: db.clone() },
             dead_letters(&kafka.dlt_group),
             patient,
             tasks.stop_signal(),

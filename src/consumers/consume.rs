@@ -18,7 +18,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
-use crate::dlt::publish::{DeadLetterPublisher, Failure};
+use crate::dead_letters::publish::{DeadLetterPublisher, Failure};
 use crate::kafka::WalletConsumer;
 use crate::support::backoff::backoff;
 use crate::support::tasks::StopSignal;

@@ -7,19 +7,19 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use sqlx::MySqlPool;
 
 use crate::consumers::{HandlerError, RecordHandler};
-use crate::dlt::failed_events::FailedEventStatus;
-use crate::dlt::publish::{
+use crate::dead_letters::publish::{
     header_int, header_text, DELIVERY_ATTEMPT, EXCEPTION_MESSAGE, ORIGINAL_OFFSET,
     ORIGINAL_PARTITION, ORIGINAL_TIMESTAMP, ORIGINAL_TOPIC,
 };
+use crate::dead_letters::store::DeadLetterStatus;
 use crate::support::clock::now;
 
 /// Stores dead letters.
-pub struct FailedEventCollector {
+pub struct DeadLetterCollector {
     pub db: MySqlPool,
 }
 
-impl RecordHandler for FailedEventCollector {
+impl RecordHandler for DeadLetterCollector {
     async fn handle(&self, record: &OwnedMessage) -> Result<(), HandlerError> {
         let source_topic = header_text(record, ORIGINAL_TOPIC)
             .unwrap_or_else(|| record.topic().trim_end_matches(".DLT").to_owned());
@@ -52,7 +52,7 @@ impl RecordHandler for FailedEventCollector {
         .bind(headers)
         .bind(error)
         .bind(attempts)
-        .bind(FailedEventStatus::Pending)
+        .bind(DeadLetterStatus::Pending)
         .bind(at)
         .bind(at)
         .bind(at)

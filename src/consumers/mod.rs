@@ -1,6 +1,6 @@
 //! The Kafka consumers, side by side, and the loop they share ([`consume`]): handle a
 //! record (or what is already waiting, as one batch), retry transient failures with
-//! backoff, send what keeps failing to the dead-letter topic ([`crate::dlt`]), commit.
+//! backoff, send what keeps failing to the dead-letter topic ([`crate::dead_letters`]), commit.
 //!
 //! - [`points`]: credits points for completed payments, takes them back for cancelled
 //!   ones, exactly once in effect;

@@ -4,9 +4,9 @@
 //! connections underneath (header and keep-alive timeouts, a connection cap).
 
 mod auth;
+mod dead_letters;
 mod error;
 mod extract;
-mod failed_events;
 mod health;
 mod holds;
 mod openapi;
@@ -39,7 +39,7 @@ pub use openapi::ApiDoc;
 pub use serve::serve;
 
 use crate::configuration::{ApiSettings, Scope};
-use crate::dlt::failed_events::DeadLetters;
+use crate::dead_letters::store::DeadLetters;
 use crate::support::tasks::Tasks;
 use crate::telemetry::metrics::{label_route, track_http};
 use crate::wallet::{Outcome, ServiceError, WalletService};
@@ -100,10 +100,10 @@ fn routes(gatekeeper: Gatekeeper) -> OpenApiRouter<AppState> {
         .routes(routes!(wallets::top_up))
         .route_layer(only(Scope::Funding));
     let admin = OpenApiRouter::new()
-        .routes(routes!(failed_events::list))
-        .routes(routes!(failed_events::retry_all))
-        .routes(routes!(failed_events::retry))
-        .routes(routes!(failed_events::ignore))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::retry_all))
+        .routes(routes!(dead_letters::retry))
+        .routes(routes!(dead_letters::ignore))
         .route_layer(only(Scope::Admin));
     let api = OpenApiRouter::new()
         .routes(routes!(wallets::create))

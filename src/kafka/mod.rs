@@ -1,6 +1,6 @@
 //! Kafka clients (rdkafka, its bundled librdkafka): the producer, consumers and topic
 //! creation. What runs on them lives in [`crate::outbox`], [`crate::consumers`] and
-//! [`crate::dlt`].
+//! [`crate::dead_letters`].
 
 use std::ops::Deref;
 use std::time::Duration;

@@ -20,8 +20,8 @@ use std::time::Duration;
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 
+use crate::breaker::RedisBreaker;
 use crate::domain::{Amount, Currency, Identifier};
-use crate::fallback::RedisBreaker;
 use crate::idempotency::IdempotencyCache;
 use crate::lock::WalletLock;
 use crate::redis_support::{RedisFault, SharedRedis};
@@ -62,7 +62,7 @@ pub enum ServiceError {
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
     /// Redis failed before anything was applied: the request may go on without it, on
-    /// the MySQL path ([`crate::fallback`]), or answer like [`ServiceError::Unavailable`].
+    /// the MySQL path ([`crate::breaker`]), or answer like [`ServiceError::Unavailable`].
     #[error(transparent)]
     Redis(#[from] RedisFault),
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use wallet::consumers::consume;
 use wallet::consumers::points::PointsHandler;
 use wallet::consumers::RetryPolicy;
-use wallet::dlt::publish::{DeadLetterPublisher, Failure};
+use wallet::dead_letters::publish::{DeadLetterPublisher, Failure};
 use wallet::support::tasks::StopSignal;
 
 use crate::helpers::{eventually, kafka_settings, spawn_app_with};

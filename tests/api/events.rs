@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use wallet::consumers::points::PointsHandler;
 use wallet::consumers::{consume, HandlerError, RecordHandler, RetryPolicy};
-use wallet::dlt::publish::DeadLetterPublisher;
+use wallet::dead_letters::publish::DeadLetterPublisher;
 use wallet::support::tasks::StopSignal;
 
 use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};

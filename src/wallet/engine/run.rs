@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use super::transaction::Held;
 use super::{Finished, Job};
+use crate::breaker::ActiveMode;
 use crate::configuration::LockMode;
 use crate::domain::Identifier;
-use crate::fallback::ActiveMode;
 use crate::idempotency::{ClaimRequest, Settle, Settlement};
 use crate::redis_support::RedisFault;
 use crate::telemetry::metrics;

@@ -17,7 +17,7 @@ use crate::support::pagination::paginate;
 
 crate::support::text_enum::text_enum! {
     /// Where a dead letter stands.
-    pub enum FailedEventStatus {
+    pub enum DeadLetterStatus {
         /// Stored, waiting for an operator.
         Pending = "PENDING",
         /// Re-published to its original topic.
@@ -29,7 +29,7 @@ crate::support::text_enum::text_enum! {
 
 /// A stored dead letter.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct FailedEventRow {
+pub struct DeadLetterRow {
     pub id: u64,
     pub source_topic: String,
     pub source_partition: i32,
@@ -41,7 +41,7 @@ pub struct FailedEventRow {
     pub headers: String,
     pub error: String,
     pub attempts: i32,
-    pub status: FailedEventStatus,
+    pub status: DeadLetterStatus,
     pub first_seen_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -49,7 +49,7 @@ pub struct FailedEventRow {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct FailedEventView {
+pub struct DeadLetterView {
     pub id: String,
     pub source_topic: String,
     pub source_partition: i32,
@@ -60,14 +60,14 @@ pub struct FailedEventView {
     pub headers: BTreeMap<String, String>,
     pub error: String,
     pub attempts: i32,
-    pub status: FailedEventStatus,
+    pub status: DeadLetterStatus,
     pub first_seen_at: String,
     pub last_seen_at: String,
     pub updated_at: String,
 }
 
-impl From<&FailedEventRow> for FailedEventView {
-    fn from(row: &FailedEventRow) -> Self {
+impl From<&DeadLetterRow> for DeadLetterView {
+    fn from(row: &DeadLetterRow) -> Self {
         Self {
             id: row.id.to_string(),
             source_topic: row.source_topic.clone(),
@@ -89,8 +89,8 @@ impl From<&FailedEventRow> for FailedEventView {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct FailedEventPage {
-    pub items: Vec<FailedEventView>,
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetterView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
@@ -125,11 +125,11 @@ impl DeadLetters {
     /// Dead letters, newest first, optionally of one status.
     pub async fn list(
         &self,
-        status: Option<FailedEventStatus>,
+        status: Option<DeadLetterStatus>,
         limit: u32,
         before: Option<u64>,
-    ) -> Result<FailedEventPage, Error> {
-        let rows: Vec<FailedEventRow> = sqlx::query_as(
+    ) -> Result<DeadLetterPage, Error> {
+        let rows: Vec<DeadLetterRow> = sqlx::query_as(
             "SELECT * FROM failed_events WHERE (? IS NULL OR status = ?) AND id < ? ORDER BY id DESC LIMIT ?",
         )
         .bind(status)
@@ -142,21 +142,21 @@ impl DeadLetters {
         let (items, next_cursor) = paginate(
             &rows,
             limit,
-            |row| FailedEventView::from(row),
+            |row| DeadLetterView::from(row),
             |event| &event.id,
         );
-        Ok(FailedEventPage { items, next_cursor })
+        Ok(DeadLetterPage { items, next_cursor })
     }
 
     /// Re-publishes one dead letter to its original topic and marks it `RETRIED`.
-    pub async fn retry(&self, id: u64) -> Result<FailedEventView, Error> {
+    pub async fn retry(&self, id: u64) -> Result<DeadLetterView, Error> {
         let mut tx = self.db.begin().await.map_err(unavailable)?;
         let row = lock(&mut tx, id).await?;
-        if row.status == FailedEventStatus::Ignored {
+        if row.status == DeadLetterStatus::Ignored {
             return Err(Error::Ignored);
         }
         self.republish(&row).await.map_err(unavailable)?;
-        let row = mark(&mut tx, row, FailedEventStatus::Retried).await?;
+        let row = mark(&mut tx, row, DeadLetterStatus::Retried).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok((&row).into())
     }
@@ -178,11 +178,11 @@ impl DeadLetters {
         let mut retried = 0;
         loop {
             let mut tx = self.db.begin().await.map_err(unavailable)?;
-            let rows: Vec<FailedEventRow> = sqlx::query_as(
+            let rows: Vec<DeadLetterRow> = sqlx::query_as(
                 "SELECT * FROM failed_events WHERE status = ? AND id <= ? \
                  ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
             )
-            .bind(FailedEventStatus::Pending)
+            .bind(DeadLetterStatus::Pending)
             .bind(last)
             .bind(RETRY_BATCH)
             .fetch_all(&mut *tx)
@@ -194,7 +194,7 @@ impl DeadLetters {
             let count = rows.len();
             for row in rows {
                 self.republish(&row).await.map_err(unavailable)?;
-                mark(&mut tx, row, FailedEventStatus::Retried).await?;
+                mark(&mut tx, row, DeadLetterStatus::Retried).await?;
             }
             tx.commit().await.map_err(unavailable)?;
             retried += count as u64;
@@ -202,15 +202,15 @@ impl DeadLetters {
     }
 
     /// Marks a dead letter `IGNORED`: kept for the record, never applied.
-    pub async fn ignore(&self, id: u64) -> Result<FailedEventView, Error> {
+    pub async fn ignore(&self, id: u64) -> Result<DeadLetterView, Error> {
         let mut tx = self.db.begin().await.map_err(unavailable)?;
         let row = lock(&mut tx, id).await?;
-        let row = mark(&mut tx, row, FailedEventStatus::Ignored).await?;
+        let row = mark(&mut tx, row, DeadLetterStatus::Ignored).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok((&row).into())
     }
 
-    async fn republish(&self, row: &FailedEventRow) -> anyhow::Result<()> {
+    async fn republish(&self, row: &DeadLetterRow) -> anyhow::Result<()> {
         let stored: BTreeMap<String, String> =
             serde_json::from_str(&row.headers).unwrap_or_default();
         let mut headers = OwnedHeaders::new();
@@ -241,7 +241,7 @@ impl DeadLetters {
     }
 }
 
-async fn lock(conn: &mut MySqlConnection, id: u64) -> Result<FailedEventRow, Error> {
+async fn lock(conn: &mut MySqlConnection, id: u64) -> Result<DeadLetterRow, Error> {
     sqlx::query_as("SELECT * FROM failed_events WHERE id = ? FOR UPDATE")
         .bind(id)
         .fetch_optional(conn)
@@ -252,9 +252,9 @@ async fn lock(conn: &mut MySqlConnection, id: u64) -> Result<FailedEventRow, Err
 
 async fn mark(
     conn: &mut MySqlConnection,
-    mut row: FailedEventRow,
-    status: FailedEventStatus,
-) -> Result<FailedEventRow, Error> {
+    mut row: DeadLetterRow,
+    status: DeadLetterStatus,
+) -> Result<DeadLetterRow, Error> {
     let at = now();
     sqlx::query("UPDATE failed_events SET status = ?, updated_at = ? WHERE id = ?")
         .bind(status)
@@ -285,11 +285,11 @@ pub enum Error {
 
 #[cfg(test)]
 mod tests {
-    use super::FailedEventStatus;
+    use super::DeadLetterStatus;
     use crate::support::text_enum::assert_same_text_everywhere;
 
     #[test]
     fn statuses_read_and_write_their_column_text() {
-        assert_same_text_everywhere(FailedEventStatus::ALL, |s| s.as_str());
+        assert_same_text_everywhere(DeadLetterStatus::ALL, |s| s.as_str());
     }
 }

@@ -8,8 +8,8 @@ use utoipa::IntoParams;
 use super::error::{CommonProblems, WriteProblems};
 use super::extract::{ApiPath, ApiQuery};
 use super::{ApiError, Detach};
-use crate::dlt::failed_events::{
-    DeadLetters, FailedEventPage, FailedEventStatus, FailedEventView, RetryAllReport,
+use crate::dead_letters::store::{
+    DeadLetterPage, DeadLetterStatus, DeadLetterView, DeadLetters, RetryAllReport,
 };
 
 #[derive(Deserialize, IntoParams)]
@@ -27,14 +27,14 @@ pub struct ListQuery {
 
 /// `GET /api/v1/admin/failed-events?status&limit&cursor`: newest first.
 #[utoipa::path(get, path = "/api/v1/admin/failed-events", tag = "admin", params(ListQuery),
-    responses((status = 200, description = "Dead letters, newest first", body = FailedEventPage), CommonProblems))]
+    responses((status = 200, description = "Dead letters, newest first", body = DeadLetterPage), CommonProblems))]
 pub async fn list(
     State(dead_letters): State<DeadLetters>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<FailedEventPage>, ApiError> {
+) -> Result<Json<DeadLetterPage>, ApiError> {
     let status = query
         .status
-        .map(|s| s.to_ascii_uppercase().parse::<FailedEventStatus>())
+        .map(|s| s.to_ascii_uppercase().parse::<DeadLetterStatus>())
         .transpose()
         .map_err(|_| ApiError::Validation("status must be PENDING, RETRIED or IGNORED".into()))?;
     let limit = super::page_limit(query.limit)?;
@@ -45,12 +45,12 @@ pub async fn list(
 /// `POST /api/v1/admin/failed-events/{id}/retry`: re-publish to the original topic.
 #[utoipa::path(post, path = "/api/v1/admin/failed-events/{id}/retry", tag = "admin",
     params(("id" = String, Path, description = "The failed event's id")),
-    responses((status = 200, description = "Re-published, now RETRIED", body = FailedEventView), CommonProblems, WriteProblems))]
+    responses((status = 200, description = "Re-published, now RETRIED", body = DeadLetterView), CommonProblems, WriteProblems))]
 pub async fn retry(
     State(detach): State<Detach>,
     State(dead_letters): State<DeadLetters>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<FailedEventView>, ApiError> {
+) -> Result<Json<DeadLetterView>, ApiError> {
     let id = failed_event_id(&id)?;
     Ok(Json(
         detach
@@ -80,12 +80,12 @@ pub async fn retry_all(
 /// `POST /api/v1/admin/failed-events/{id}/ignore`: keep it, never apply it.
 #[utoipa::path(post, path = "/api/v1/admin/failed-events/{id}/ignore", tag = "admin",
     params(("id" = String, Path, description = "The failed event's id")),
-    responses((status = 200, description = "Now IGNORED", body = FailedEventView), CommonProblems))]
+    responses((status = 200, description = "Now IGNORED", body = DeadLetterView), CommonProblems))]
 pub async fn ignore(
     State(detach): State<Detach>,
     State(dead_letters): State<DeadLetters>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<FailedEventView>, ApiError> {
+) -> Result<Json<DeadLetterView>, ApiError> {
     let id = failed_event_id(&id)?;
     Ok(Json(
         detach

@@ -1,10 +1,10 @@
-//! The fallback: while Redis is unavailable, wallet writes are serialised by MySQL row
-//! locks alone (`SELECT … FOR UPDATE`) plus the database's unique keys, and the service
+//! The breaker that chooses the fallback: while Redis is unavailable, wallet writes
+//! are serialised by MySQL row locks alone (`SELECT … FOR UPDATE`) plus the database's unique keys, and the service
 //! keeps serving. The same batches run either way (`wallet::engine`); the fallback
 //! only leaves out the Redis claims, locks and cache around them, so money never
 //! depends on which path ran.
 //!
-//! The circuit breaker here decides which path a request takes. Closed: requests use
+//! The circuit breaker decides which path a batch takes. Closed: requests use
 //! Redis. After `threshold` consecutive Redis failures it opens and requests take the
 //! MySQL path. While open, its probe ([`RedisBreaker::probe`]) pings Redis every
 //! `probe_interval` (the half-open check); the first answer closes it again.
