@@ -80,7 +80,7 @@ fn describe() {
     );
     describe_counter!(
         "wallet_lock_acquisitions_total",
-        "Wallet lock acquisitions by outcome (acquired, passed, timeout, error)"
+        "Wallet lock acquisitions by outcome (acquired; busy: held by another process; timeout: a request gave up waiting)"
     );
     describe_histogram!(
         "wallet_lock_wait_seconds",
