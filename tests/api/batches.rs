@@ -9,9 +9,11 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use tokio::task::JoinSet;
 use wallet::configuration::LockMode;
+use wallet::domain::Identifier;
+use wallet::redis_support::KeySpace;
 
-use crate::helpers::{
-    hold_wallet, pay_in_background, spawn_app_with, test_settings, Reply, TestApp,
+use crate::support::{
+    eventually, hold_wallet, pay_in_background, spawn_app_with, test_settings, Reply, TestApp,
 };
 
 /// When each order's payment was written: one batch writes all its rows at one instant.
@@ -23,7 +25,9 @@ async fn written_at(app: &TestApp, order_id: &str) -> chrono::DateTime<chrono::U
         .unwrap()
 }
 
-/// Gives requests sent in the background the time to reach their queue.
+/// Gives requests sent in the background the time to reach the engine's queue. The
+/// queue is in memory and a queued request has no claim yet (its key is claimed when
+/// its batch starts), so nothing outside shows it has arrived: a fixed wait.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
@@ -51,7 +55,10 @@ async fn one_batch_mixes_fresh_debits_replays_a_duplicate_and_an_overdraw() {
     // and go together in the next batch.
     let held = hold_wallet(&app, "u1").await;
     let first = pay_in_background(&app, "o-first", "u1", 1_000);
-    settle().await;
+    assert!(
+        app.claim_pending("o-first").await,
+        "the first batch waits on the row"
+    );
     let sent = [
         ("o-fresh", 1_000),
         ("o-earlier", 500),
@@ -131,9 +138,39 @@ async fn a_lease_lost_in_the_middle_of_a_batch_commits_nothing_of_it() {
     // takes the expired lock meanwhile and waits on the same row.
     let held = hold_wallet(&app, "u1").await;
     let stalled = pay_in_background(&app, "o-stalled", "u1", 1_000);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(app.claim_pending("o-stalled").await);
+    let lock_key = KeySpace::new(&app.settings.redis.key_prefix)
+        .lock(&Identifier::parse("userId", "u1".into()).unwrap());
+    let redis = redis::Client::open(app.settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let expired = eventually(Duration::from_secs(5), || {
+        let (mut redis, key) = (redis.clone(), lock_key.clone());
+        async move {
+            let held: bool = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            !held
+        }
+    })
+    .await;
+    assert!(
+        expired,
+        "the batch's lease ran out while it waited on the row"
+    );
     let successor = pay_in_background(&twin, "o-successor", "u1", 1_500);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let both_wait = eventually(Duration::from_secs(5), || async {
+        app.lock_waits().await >= 2
+    })
+    .await;
+    assert!(
+        both_wait,
+        "the twin's batch took the lock and waits on the row too"
+    );
     held.rollback().await.unwrap();
 
     let stalled = stalled.await.unwrap();

@@ -16,10 +16,10 @@ use wallet::consumers::RetryPolicy;
 use wallet::dead_letters::publish::{DeadLetterPublisher, Failure};
 use wallet::support::tasks::StopSignal;
 
-use crate::helpers::{eventually, kafka_settings, spawn_app_with};
-use crate::kafka::{
+use crate::support::kafka::{
     drained_with_points, own_broker, points_consumer, produce, read_topic, records_on, WAIT,
 };
+use crate::support::{eventually, kafka_settings, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debits_keep_succeeding_while_the_broker_is_down() {

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use tokio::task::JoinSet;
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings};
+use crate::support::{spawn_app, spawn_app_with, test_settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_hundred_fifty_concurrent_payers_spend_exactly_the_balance() {

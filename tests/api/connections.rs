@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{spawn_app_with, test_settings, TestApp};
+use crate::support::{spawn_app_with, test_settings, TestApp};
 
 /// The app's `host:port`.
 fn socket(app: &TestApp) -> String {

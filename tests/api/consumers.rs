@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
 
-use crate::helpers::kafka_settings;
-use crate::kafka::{own_broker, points_consumer, produce};
+use crate::support::kafka::{own_broker, points_consumer, produce};
+use crate::support::kafka_settings;
 
 /// The service creates its topics in the background while its consumers start, so a
 /// consumer may subscribe before its topic exists: it reads the topic's records within
@@ -16,15 +16,26 @@ async fn a_consumer_subscribed_before_its_topic_exists_reads_it_once_it_does() {
     let settings = kafka_settings().await;
     let kafka = &settings.kafka;
     let consumer = points_consumer(kafka);
+    let (missing, found_missing) = tokio::sync::oneshot::channel();
     let first = tokio::spawn(async move {
+        let mut missing = Some(missing);
         loop {
             // Errors ("subscribed topic not available") until the topic exists.
-            if let Ok(record) = consumer.recv().await {
-                return record.key().map(<[u8]>::to_vec);
+            match consumer.recv().await {
+                Ok(record) => return record.key().map(<[u8]>::to_vec),
+                Err(_) => {
+                    if let Some(missing) = missing.take() {
+                        let _ = missing.send(());
+                    }
+                }
             }
         }
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The topic is created once the consumer has asked for it and found none.
+    tokio::time::timeout(Duration::from_secs(5), found_missing)
+        .await
+        .expect("the consumer reports the missing topic")
+        .unwrap();
     wallet::kafka::ensure_topics(kafka).await.unwrap();
     produce(&settings, &kafka.events_topic, "u1", "{}", &[]).await;
     let read = tokio::time::timeout(Duration::from_secs(20), first).await;

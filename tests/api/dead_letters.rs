@@ -7,8 +7,10 @@ use rdkafka::producer::FutureRecord;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
-use crate::kafka::{producer, WAIT};
+use wallet::configuration::KafkaSettings;
+
+use crate::support::kafka::{group_caught_up, producer, WAIT};
+use crate::support::{eventually, kafka_settings, spawn_app_with, TestApp};
 
 async fn with_status(app: &TestApp, status: &str) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM failed_events WHERE status = ?")
@@ -68,7 +70,12 @@ async fn retry_all_retries_only_what_was_pending_when_it_started() {
         .await,
         "the echoes are pending"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every record handled: the echoes dead-lettered by the points consumer and stored
+    // by the collector, nothing more on its way.
+    let kafka = &settings.kafka;
+    assert!(group_caught_up(&settings, &kafka.points_group, &kafka.events_topic).await);
+    let dlt = KafkaSettings::dlt(&kafka.events_topic);
+    assert!(group_caught_up(&settings, &kafka.dlt_group, &dlt).await);
     assert_eq!(with_status(&app, "RETRIED").await, POISON);
     assert_eq!(
         app.count("SELECT COUNT(*) FROM failed_events").await,

@@ -15,8 +15,10 @@ use wallet::consumers::{consume, HandlerError, RecordHandler, RetryPolicy};
 use wallet::dead_letters::publish::DeadLetterPublisher;
 use wallet::support::tasks::StopSignal;
 
-use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
-use crate::kafka::{drained_with_points, failed_event, points_consumer, produce, read_topic, WAIT};
+use crate::support::kafka::{
+    drained_with_points, failed_event, points_caught_up, points_consumer, produce, read_topic, WAIT,
+};
+use crate::support::{eventually, kafka_settings, spawn_app_with, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payments_publish_one_event_each_and_earn_points_once() {
@@ -118,7 +120,7 @@ async fn a_duplicate_delivery_changes_points_once() {
     // A later event of the same key is applied after the duplicates.
     assert_eq!(app.pay("o2", "u1", 1_000).await.status, StatusCode::CREATED);
     assert!(drained_with_points(&app, "u1", 60).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(points_caught_up(&app).await, "every record handled");
     assert_eq!(app.points("u1").await, 60, "the duplicates changed nothing");
 }
 
@@ -237,7 +239,7 @@ async fn a_backlog_is_applied_in_batches_and_a_poison_record_goes_alone_to_the_d
     assert!(applied, "u1 has {} points", app.points("u1").await);
     let dead = pending_dead_letters(&app, 1).await;
     assert!(dead, "the ghost's event alone is dead-lettered");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(points_caught_up(&app).await, "every record handled");
     assert_eq!(app.points("u1").await, 28 * 7, "nothing applied twice");
     assert_eq!(app.count("SELECT COUNT(*) FROM processed_events").await, 28);
 }
@@ -439,7 +441,7 @@ async fn a_consumer_killed_before_its_commit_does_not_apply_twice() {
         StatusCode::CREATED
     );
     assert!(drained_with_points(&restarted, "u1", 40).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(points_caught_up(&restarted).await, "every record handled");
     assert_eq!(
         restarted.points("u1").await,
         40,

@@ -11,9 +11,9 @@ use rust_decimal::Decimal;
 use tokio::task::JoinSet;
 use wallet::configuration::LockMode;
 
-use crate::helpers::{redis_url, spawn_app, spawn_app_with, test_settings, Reply, TestApp};
-use crate::proxy::DatabaseProxy;
-use crate::servers::OwnServer;
+use crate::support::proxy::DatabaseProxy;
+use crate::support::servers::OwnServer;
+use crate::support::{redis_url, spawn_app, spawn_app_with, test_settings, Reply, TestApp};
 
 /// Every reply a debit may give under faults, and what each means for the ledger.
 fn check_reply(order_id: &str, reply: &Reply) {

@@ -12,10 +12,10 @@ use tokio::task::JoinSet;
 use wallet::configuration::ApiKeys;
 use wallet::startup::Application;
 
-use crate::helpers::{
+use crate::support::proxy::DatabaseProxy;
+use crate::support::{
     spawn_app, spawn_app_with, test_settings, ADMIN_KEY, CHECKOUT_KEY, FUNDING_KEY,
 };
-use crate::proxy::DatabaseProxy;
 
 #[tokio::test]
 async fn requests_without_a_valid_key_are_refused_with_401() {
@@ -324,7 +324,7 @@ async fn the_openapi_document_lists_every_route() {
             .client
             .request(method.parse().unwrap(), url)
             .bearer_auth(ADMIN_KEY);
-        let reply = crate::helpers::Reply::read(request.send().await.unwrap()).await;
+        let reply = crate::support::Reply::read(request.send().await.unwrap()).await;
         assert_ne!(reply.code(), "not_found", "{method} {path} is not routed");
         assert_ne!(
             reply.status,

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use wallet::configuration::{LockMode, Settings};
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, test_settings, Reply, TestApp};
+use crate::support::{eventually, spawn_app, spawn_app_with, test_settings, Reply, TestApp};
 
 impl TestApp {
     pub async fn hold(&self, hold_id: &str, user_id: &str, amount: u64) -> Reply {

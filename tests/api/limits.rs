@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::support::{spawn_app, TestApp};
 
 /// 10^14, the most a top-up may bring a balance to.
 const CAP: u64 = 100_000_000_000_000;

@@ -15,8 +15,8 @@ use wallet::lock::{BatchLocks, WalletLock, REFENCE_MARGIN};
 use wallet::redis_support::KeySpace;
 use wallet::store::wallets::apply_delta;
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, test_settings};
-use crate::servers::OwnServer;
+use crate::support::servers::OwnServer;
+use crate::support::{eventually, spawn_app, spawn_app_with, test_settings};
 
 /// One more instance's lock on the Redis and key prefix of `settings`, its upkeep
 /// running for the rest of the test.
@@ -76,7 +76,7 @@ fn user(id: &str) -> Identifier {
     Identifier::parse("userId", id.to_owned()).unwrap()
 }
 
-async fn fence_of(app: &crate::helpers::TestApp, user_id: &str) -> u64 {
+async fn fence_of(app: &crate::support::TestApp, user_id: &str) -> u64 {
     sqlx::query_scalar("SELECT fence_token FROM wallets WHERE user_id = ?")
         .bind(user_id)
         .fetch_one(&app.db)

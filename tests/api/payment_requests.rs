@@ -8,10 +8,10 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use wallet::configuration::Settings;
 
-use crate::helpers::{
-    eventually, hold_wallet, kafka_settings, pay_in_background, redis_url, spawn_app_with, TestApp,
+use crate::support::kafka::{points_caught_up, produce, read_topic, WAIT};
+use crate::support::{
+    eventually, hold_wallet, kafka_settings, pay_in_background, spawn_app_with, TestApp,
 };
-use crate::kafka::{produce, read_topic, WAIT};
 
 /// Settings whose debits wait long enough on a wallet row the test holds.
 async fn settings() -> Settings {
@@ -55,25 +55,6 @@ async fn types_of(app: &TestApp, order_id: &str) -> Vec<String> {
         .collect()
 }
 
-async fn claim_pending(settings: &Settings, order_id: &str) -> bool {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let conn = client.get_multiplexed_async_connection().await.unwrap();
-    let key = format!("{}:idem:payment:{{{order_id}}}", settings.redis.key_prefix);
-    eventually(Duration::from_secs(5), || {
-        let (mut conn, key) = (conn.clone(), key.clone());
-        async move {
-            let state: Option<String> = redis::cmd("HGET")
-                .arg(&key)
-                .arg("state")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            state.as_deref() == Some("pending")
-        }
-    })
-    .await
-}
-
 /// Sends a request of `user_id` and waits until it is paid: the consumer runs, and
 /// has handled every earlier request of that user (same key, same partition).
 async fn paid_by_event(app: &TestApp, order_id: &str, user_id: &str) {
@@ -97,7 +78,7 @@ async fn a_request_for_an_order_paid_over_rest_at_that_moment_gets_the_real_outc
     let held = hold_wallet(&app, "u1").await;
     let paid = pay_in_background(&app, "o-paid", "u1", 2_000);
     // Sent once the first holds its claim, so the first is the one whose batch waits.
-    assert!(claim_pending(&settings, "o-paid").await);
+    assert!(app.claim_pending("o-paid").await);
     let refused = pay_in_background(&app, "o-refused", "u1", 9_000);
     // The second queues behind the wallet's running batch; its key is claimed when its
     // own batch starts, so the event's request for it queues beside it.
@@ -176,7 +157,7 @@ async fn a_request_reusing_a_paid_order_is_rejected_never_declined() {
     // request waits for it instead of declining an order about to be paid.
     let held = hold_wallet(&app, "u1").await;
     let in_flight = pay_in_background(&app, "o2", "u1", 2_000);
-    assert!(claim_pending(&settings, "o2").await);
+    assert!(app.claim_pending("o2").await);
     request(&settings, "o2", "u1", 5_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     held.rollback().await.unwrap();
@@ -201,7 +182,7 @@ async fn a_request_reusing_a_paid_order_is_rejected_never_declined() {
         .any(|(k, v)| k == "event-type" && v == b"payment.request.rejected"));
     assert!(eventually(WAIT, || async { app.unsent_events().await == 0 }).await);
     assert!(eventually(WAIT, || async { app.points("u1").await == 20 }).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(points_caught_up(&app).await, "every record handled");
     assert_eq!(
         app.points("u1").await,
         20,

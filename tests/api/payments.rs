@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::support::spawn_app;
 
 #[tokio::test]
 async fn a_wallet_is_created_once() {

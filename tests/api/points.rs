@@ -2,8 +2,8 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{kafka_settings, spawn_app_with};
-use crate::kafka::{drained_with_points, group_caught_up};
+use crate::support::kafka::{drained_with_points, group_caught_up};
+use crate::support::{kafka_settings, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_points_group_does_not_credit_points_again() {

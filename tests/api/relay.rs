@@ -14,8 +14,8 @@ use wallet::configuration::Settings;
 use wallet::outbox::relay::Relay;
 use wallet::support::tasks::StopSignal;
 
-use crate::helpers::{eventually, kafka_settings, spawn_app_with, TestApp};
-use crate::kafka::{read_topic, WAIT};
+use crate::support::kafka::{read_topic, WAIT};
+use crate::support::{eventually, kafka_settings, spawn_app_with, TestApp};
 
 /// Writes, in this order: u1's payment o1, its cancel, u2's payment o2. Returns the
 /// outbox ids of the three events.

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, ADMIN_KEY, CHECKOUT_KEY, FUNDING_KEY};
+use crate::support::{spawn_app, ADMIN_KEY, CHECKOUT_KEY, FUNDING_KEY};
 
 #[tokio::test]
 async fn only_a_funding_key_may_top_up() {
@@ -52,7 +52,7 @@ async fn only_an_admin_key_may_use_the_failed_events_routes() {
             .await
             .unwrap();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{key}");
-        let refused = crate::helpers::Reply::read(refused).await;
+        let refused = crate::support::Reply::read(refused).await;
         assert_eq!(refused.code(), "forbidden");
     }
     assert_eq!(

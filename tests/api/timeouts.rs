@@ -7,8 +7,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 
-use crate::helpers::{eventually, spawn_app_with, test_settings};
-use crate::proxy::DatabaseProxy;
+use crate::support::proxy::DatabaseProxy;
+use crate::support::{eventually, spawn_app_with, test_settings};
 
 #[tokio::test]
 async fn a_request_past_its_timeout_rolls_back_and_answers_503() {

@@ -46,6 +46,10 @@ pub struct TestApp {
     /// A pool on the app's database, to check invariants directly.
     pub db: MySqlPool,
     pub settings: Settings,
+    /// Stops the app as SIGTERM would ([`TestApp::stop`]); until then it runs for the
+    /// rest of the test.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// Settings for a fresh app: own database, own key prefix, short timeouts.
@@ -133,7 +137,10 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         .await
         .expect("build the app");
     let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until(std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
     let db = MySqlPoolOptions::new()
         .max_connections(4)
         .connect(&settings.database.url)
@@ -149,6 +156,8 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         client,
         db,
         settings,
+        stop: Some(stop),
+        running: Some(running),
     }
 }
 
@@ -315,6 +324,40 @@ impl TestApp {
             .unwrap();
     }
 
+    /// Waits (at most 5 s) until the payment `order_id` holds its idempotency claim in
+    /// Redis: its request reached a batch, which waits on the wallet.
+    pub async fn claim_pending(&self, order_id: &str) -> bool {
+        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let key = format!(
+            "{}:idem:payment:{{{order_id}}}",
+            self.settings.redis.key_prefix
+        );
+        crate::support::eventually(Duration::from_secs(5), || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move {
+                let state: Option<String> = redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("state")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                state.as_deref() == Some("pending")
+            }
+        })
+        .await
+    }
+
+    /// How many transactions on this app's database wait for a row lock now.
+    pub async fn lock_waits(&self) -> i64 {
+        self.count(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
+             JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+             WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()",
+        )
+        .await
+    }
+
     /// Waits (bounded) until `/readyz` reports `mode`.
     pub async fn wait_for_lock_mode(&self, mode: &str, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
@@ -328,25 +371,20 @@ impl TestApp {
     }
 }
 
-/// Polls `check` every 100 ms until it is true or `within` passed.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 impl TestApp {
+    /// Stops the app as SIGTERM would and waits for it to finish, at most `within`;
+    /// the app's own answer (a clean stop or why not).
+    pub async fn stop(&mut self, within: Duration) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let running = self.running.take().expect("the app was stopped once");
+        tokio::time::timeout(within, running)
+            .await
+            .map_err(|_| anyhow::anyhow!("the app did not stop within {within:?}"))?
+            .map_err(anyhow::Error::from)?
+    }
+
     /// Points of a wallet, as the API reports them.
     pub async fn points(&self, user_id: &str) -> i64 {
         self.get(&format!("/api/v1/wallets/{user_id}")).await.json()["points"]

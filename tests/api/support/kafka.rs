@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use wallet::configuration::{KafkaSettings, Settings};
 use wallet::kafka::WalletConsumer;
 
-use crate::helpers::{eventually, kafka_settings, TestApp};
-use crate::servers::OwnServer;
+use crate::support::servers::OwnServer;
+use crate::support::{eventually, kafka_settings, TestApp};
 
 /// How long a test waits for anything that crosses the broker.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -109,7 +109,7 @@ pub async fn read_topic(
 }
 
 /// `POST /api/v1/admin/failed-events/{id}/{action}` for a listed failed event.
-pub async fn failed_event(app: &TestApp, event: &Value, action: &str) -> crate::helpers::Reply {
+pub async fn failed_event(app: &TestApp, event: &Value, action: &str) -> crate::support::Reply {
     let id = event["id"].as_str().unwrap();
     app.post(
         &format!("/api/v1/admin/failed-events/{id}/{action}"),
@@ -161,6 +161,13 @@ pub async fn group_caught_up(settings: &Settings, group: &str, topic: &str) -> b
     })
     .await
     .unwrap()
+}
+
+/// Waits until `app`'s points consumer has handled every record now on the events
+/// topic: what it has not done by then, it will not do.
+pub async fn points_caught_up(app: &TestApp) -> bool {
+    let kafka = &app.settings.kafka;
+    group_caught_up(&app.settings, &kafka.points_group, &kafka.events_topic).await
 }
 
 /// How many records `topic` holds now, over all its partitions.
