@@ -35,53 +35,41 @@ run_id="$(date +%s)-$$"
 api_key="drain-$run_id"
 results="loadtest/results/drain-$run_id"
 mkdir -p "$results"
-sql() {
-  mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -N wallet_drain -e "$1"
-}
-mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" \
-  -e "DROP DATABASE IF EXISTS wallet_drain; CREATE DATABASE wallet_drain"
+drain_sql() { sql wallet_drain -e "$1"; }
+fresh_database wallet_drain
 export WALLET_DATABASE_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/wallet_drain"
 export WALLET_API_KEYS="checkout:$api_key,funding:$api_key-funding"
 export WALLET_KAFKA_BROKERS="$brokers"
 run_scope "drain-$run_id"
 export WALLET_RATE_LIMIT_PER_SECOND=100000 WALLET_RATE_LIMIT_BURST=10001 RUST_LOG="${RUST_LOG:-warn}"
 
-pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_instances
   forget_run "drain-$run_id"
 }
 trap cleanup EXIT
 
 # start NAME [VAR=VALUE…]: one instance in the background, its URL in $url.
 start() {
-  local name=$1 port
+  local name=$1
   shift
-  port=$(free_port)
-  env WALLET_HTTP_ADDR="127.0.0.1:$port" "$@" "$bin/wallet" >"$results/$name.log" 2>&1 &
-  pids+=($!)
-  url="http://127.0.0.1:$port"
-  wait_for 60 "$name" curl -fsS "$url/readyz"
+  start_instance "$bin/wallet" "$results/$name.log" "$@"
+  url=$instance_url
 }
 
 # 1. The backlog: payments with every Kafka worker off.
-quiet=(WALLET_KAFKA_CREATE_TOPICS=false WALLET_OUTBOX_RELAY=false WALLET_POINTS_CONSUMER=false
-  WALLET_REQUESTS_CONSUMER=false WALLET_DLT_CONSUMER=false)
-start writer-1 "${quiet[@]}"; urls=$url
-start writer-2 "${quiet[@]}"; urls="$urls,$url"
-writers=("${pids[@]}")
+start writer-1 "${no_kafka[@]}"; urls=$url
+start writer-2 "${no_kafka[@]}"; urls="$urls,$url"
 log "building a backlog of at least $events events (relay off)"
 round=0
-while [ "$(sql 'SELECT COUNT(*) FROM outbox_events')" -lt "$events" ]; do
+while [ "$(drain_sql 'SELECT COUNT(*) FROM outbox_events')" -lt "$events" ]; do
   round=$((round + 1))
   "$bin/load-client" --urls "$urls" --api-key "$api_key" --funding-key "$api_key-funding" \
     --run "$run_id" --scenario spread --wallets 10000 --vus 150 --seconds 10 --warmup 0 \
     >"$results/writer-$round.json" 2>>"$results/writer.log"
 done
-for pid in "${writers[@]}"; do kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; done
-pids=()
-backlog=$(sql 'SELECT COUNT(*) FROM outbox_events WHERE sent_at IS NULL')
+stop_instances
+backlog=$(drain_sql 'SELECT COUNT(*) FROM outbox_events WHERE sent_at IS NULL')
 log "backlog: $backlog events; starting the relay and the points consumer against $brokers"
 
 # 2. The drain: one instance with the relay and the points consumer.

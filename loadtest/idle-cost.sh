@@ -26,24 +26,16 @@ log "building the release binary"
 cargo build --release --locked --quiet --bin wallet
 
 run_id="idle-$(date +%s)-$$"
-pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_instances
   forget_run "$run_id"
 }
 trap cleanup EXIT
 
+run_scope "$run_id"
 for i in $(seq 1 "$instances"); do
-  port=$(free_port)
-  (
-    export WALLET_HTTP_ADDR="127.0.0.1:$port" WALLET_DEVELOPMENT=true
-    run_scope "$run_id"
-    export RUST_LOG="${RUST_LOG:-warn}"
-    exec "$CARGO_TARGET_DIR/release/wallet" >"$WALLET_DATA_DIR/$run_id-$i.log" 2>&1
-  ) &
-  pids+=($!)
-  wait_for 60 "instance $i" curl -fsS "http://127.0.0.1:$port/readyz"
+  start_instance "$CARGO_TARGET_DIR/release/wallet" "$WALLET_DATA_DIR/$run_id-$i.log" \
+    WALLET_DEVELOPMENT=true RUST_LOG="${RUST_LOG:-warn}"
 done
 
 broker_pids() {

@@ -70,41 +70,30 @@ api_key="load-$run_id"
 results="loadtest/results/$run_id"
 mkdir -p "$results"
 db_url_base="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT"
-mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" \
-  -e "DROP DATABASE IF EXISTS wallet_load; CREATE DATABASE wallet_load"
+fresh_database wallet_load
 export WALLET_DATABASE_URL="$db_url_base/wallet_load"
 
-pids=()
 # Stops the instances and deletes the run's Redis keys and topics.
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  kill "${sampler:-}" 2>/dev/null || true
+  stop_instances
   forget_run "load-$run_id"
 }
 trap cleanup EXIT
 
+# What every instance of the run gets.
+run_scope "load-$run_id"
+settings=(WALLET_LOCK_MODE="$lock_mode" WALLET_API_KEYS="checkout:$api_key,funding:$api_key-funding"
+  RUST_LOG="${RUST_LOG:-warn}")
+if [ -n "$batch_max" ]; then settings+=(WALLET_BATCH_MAX="$batch_max"); fi
+if [ -n "$rate" ]; then
+  settings+=(WALLET_RATE_LIMIT_PER_SECOND="$rate" WALLET_RATE_LIMIT_BURST=$((rate / 10 + 1)))
+fi
+if [ "$kafka" = 0 ]; then settings+=("${no_kafka[@]}"); fi
 urls=()
 for i in $(seq 1 "$instances"); do
-  port=$(free_port)
-  (
-    export WALLET_HTTP_ADDR="127.0.0.1:$port"
-    export WALLET_LOCK_MODE="$lock_mode"
-    export WALLET_API_KEYS="checkout:$api_key,funding:$api_key-funding"
-    if [ -n "$batch_max" ]; then export WALLET_BATCH_MAX="$batch_max"; fi
-    if [ -n "$rate" ]; then
-      export WALLET_RATE_LIMIT_PER_SECOND="$rate" WALLET_RATE_LIMIT_BURST=$((rate / 10 + 1))
-    fi
-    run_scope "load-$run_id"
-    if [ "$kafka" = 0 ]; then
-      export WALLET_KAFKA_CREATE_TOPICS=false WALLET_OUTBOX_RELAY=false WALLET_POINTS_CONSUMER=false
-      export WALLET_REQUESTS_CONSUMER=false WALLET_DLT_CONSUMER=false
-    fi
-    export RUST_LOG="${RUST_LOG:-warn}"
-    exec "$bin/wallet" >"$results/instance-$i.log" 2>&1
-  ) &
-  pids+=($!)
-  wait_for 60 "instance $i" curl -fsS "http://127.0.0.1:$port/readyz"
-  urls+=("http://127.0.0.1:$port")
+  start_instance "$bin/wallet" "$results/instance-$i.log" "${settings[@]}"
+  urls+=("$instance_url")
 done
 base_urls=$(IFS=,; echo "${urls[*]}")
 # With Kafka on, measure a settled points group: every instance's consumer has had its
@@ -125,9 +114,8 @@ log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && e
 db_pid=$(pgrep -f -- "--port=$DB_PORT" | head -n 1 || true)
 [ -n "$db_pid" ] || db_pid=$(pgrep -xo mariadbd || pgrep -xo mysqld || true)
 python3 loadtest/cpu.py sample "$results/cpu.tsv" --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" \
-  -u "$DB_USER" -p"$DB_PASSWORD" wallet_load -- "$(IFS=,; echo "${pids[*]}")" "${db_pid:-0}" &
+  -u "$DB_USER" -p"$DB_PASSWORD" wallet_load -- "$(IFS=,; echo "${instance_pids[*]}")" "${db_pid:-0}" &
 sampler=$!
-pids+=("$sampler")
 
 secs() { python3 -c "import re,sys; print(sum(int(n)*{'s':1,'m':60,'h':3600}[u] for n,u in re.findall(r'(\d+)([smh])', sys.argv[1])))" "$1"; }
 set +e

@@ -5,9 +5,11 @@
 # and stop again. Run by scripts/test.sh after the dependencies are up.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 data_dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 base="http://127.0.0.1:$port"
 stop() {
   if [ -f "$data_dir/wallet.pid" ]; then kill -TERM "$(cat "$data_dir/wallet.pid")" 2>/dev/null || true; fi

@@ -4,8 +4,14 @@
 # on 9092, its storage in a PostgreSQL cluster of its own on 5433. Safe to run any
 # number of times: servers that already answer are reused.
 #
-# Sourced by scripts/run.sh and scripts/test.sh; can also be run on its own.
+# Sourced by scripts/run.sh, scripts/test.sh and the load scripts; can also be run on
+# its own. WALLET_DEPS_BROKER=later leaves the broker out (scripts/run.sh sets it up
+# in the background once the service is up: see start_broker_in_background);
+# WALLET_DEPS_BROKER=only sets up the broker alone.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+deps_script="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/deps.sh"
 
 WALLET_DATA_DIR="${WALLET_DATA_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.data}"
 # Created whether or not a server is started here: the service writes its pid and log
@@ -21,8 +27,6 @@ DB_NAME="${WALLET_DB_NAME:-wallet}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-log() { printf '\033[1;34m[wallet]\033[0m %s\n' "$*"; }
-
 apt_updated=0
 apt_install() {
   if [ "$apt_updated" -eq 0 ]; then
@@ -35,22 +39,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-  local seconds=$1 what=$2; shift 2
-  for _ in $(seq 1 $((seconds * 4))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.25
-  done
-  log "$what did not come up within ${seconds}s"
-  return 1
-}
-
-# A free TCP port on 127.0.0.1 (for the instances the load scripts start).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 mariadb_alive() { mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" --connect-timeout=2 ping >/dev/null 2>&1; }
 wallet_user_works() {
-  mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -e 'SELECT 1' >/dev/null 2>&1
+  sql -e 'SELECT 1' >/dev/null 2>&1
 }
 
 ensure_mariadb() {
@@ -83,8 +74,7 @@ SQL
   fi
   # A server someone else started may use the stock limit of 151; parallel tests need more.
   $SUDO mariadb -uroot -e "SET GLOBAL max_connections = GREATEST(@@max_connections, 1000)" 2>/dev/null || true
-  mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" \
-    -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\`"
+  sql -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\`"
 }
 
 redis_alive() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
@@ -167,9 +157,22 @@ forget_run() {
   tansu_forget_topics "^$1\\."
 }
 
+# Sets the broker up, one set-up at a time: a test run waits for the one run.sh started
+# in the background. The set-up runs in a process of its own that holds the lock; the
+# servers it starts do not inherit it (`flock -o`).
 ensure_broker() {
+  mkdir -p "$TANSU_ROOT"
+  local lock="$TANSU_ROOT/.setup.lock"
+  if ! flock -n -o "$lock" true; then
+    log "waiting for the broker's set-up under way (log: $broker_log)"
+  fi
+  flock -o "$lock" env WALLET_DEPS_BROKER=set-up bash "$deps_script"
+}
+
+
+set_up_broker() {
   if [ ! -x "$WALLET_TANSU" ]; then
-    log "installing the Tansu broker with PostgreSQL storage into $TANSU_ROOT (about 20 minutes on 2 cores, once)"
+    log "installing the Tansu broker with PostgreSQL storage into $TANSU_ROOT (about 11 minutes on 2 cores, once)"
     (unset CARGO_TARGET_DIR; export PATH="$HOME/.cargo/bin:$PATH"; cargo install tansu --version 0.6.0 --locked --features postgres,libsql \
       --root "$TANSU_ROOT" --quiet)
   fi
@@ -192,7 +195,7 @@ ensure_broker() {
   fi
   tansu_pg_settings
   local schema
-  schema="$(dirname "${BASH_SOURCE[0]}")/tansu-pg-schema.sql"
+  schema="$(dirname "$deps_script")/tansu-pg-schema.sql"
   tansu_database tansu "$schema"
   tansu_database tansu_template "$schema"
   if broker_alive; then return; fi
@@ -203,10 +206,36 @@ ensure_broker() {
   wait_for 30 "the Kafka broker" broker_alive
 }
 
-ensure_mariadb
-ensure_redis
-ensure_broker
+# Where start_broker_in_background writes what it does.
+broker_log="$WALLET_DATA_DIR/broker-setup.log"
+
+# Sets the broker up (build, PostgreSQL, start) in a process of its own, which outlives
+# this shell: the service takes payments meanwhile, and its relay publishes the waiting
+# events once the broker answers. Does nothing when the broker already answers.
+start_broker_in_background() {
+  if broker_alive; then return; fi
+  log "setting up the Kafka-protocol broker in the background (log: $broker_log)"
+  WALLET_DEPS_BROKER=only setsid nohup bash "$deps_script" >>"$broker_log" 2>&1 </dev/null &
+}
+
 export WALLET_DATABASE_URL="${WALLET_DATABASE_URL:-mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/$DB_NAME}"
 export WALLET_REDIS_URL="${WALLET_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
 export WALLET_KAFKA_BROKERS="${WALLET_KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
-log "MariaDB, Redis and the broker are up ($WALLET_DATABASE_URL, $WALLET_REDIS_URL, $WALLET_KAFKA_BROKERS)"
+case "${WALLET_DEPS_BROKER:-now}" in
+  set-up) set_up_broker ;;
+  only)
+    ensure_broker
+    log "the broker is up ($WALLET_KAFKA_BROKERS)"
+    ;;
+  later)
+    ensure_mariadb
+    ensure_redis
+    log "MariaDB and Redis are up ($WALLET_DATABASE_URL, $WALLET_REDIS_URL)"
+    ;;
+  *)
+    ensure_mariadb
+    ensure_redis
+    ensure_broker
+    log "MariaDB, Redis and the broker are up ($WALLET_DATABASE_URL, $WALLET_REDIS_URL, $WALLET_KAFKA_BROKERS)"
+    ;;
+esac

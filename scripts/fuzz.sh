@@ -23,20 +23,14 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   "$venv/bin/pip" install --quiet schemathesis
 fi
 
-mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" \
-  -e "DROP DATABASE IF EXISTS wallet_fuzz; CREATE DATABASE wallet_fuzz"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-base="http://127.0.0.1:$port"
+fresh_database wallet_fuzz
 key="fuzz-checkout-$$"
 export WALLET_DATABASE_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/wallet_fuzz"
-WALLET_HTTP_ADDR="127.0.0.1:$port" WALLET_API_KEYS="checkout:$key,funding:$key-funding" \
-  WALLET_REDIS_KEY_PREFIX="fuzz-$$" WALLET_RATE_LIMIT_PER_SECOND=100000 WALLET_RATE_LIMIT_BURST=10000 \
-  WALLET_KAFKA_CREATE_TOPICS=false WALLET_OUTBOX_RELAY=false WALLET_POINTS_CONSUMER=false \
-  WALLET_REQUESTS_CONSUMER=false WALLET_DLT_CONSUMER=false RUST_LOG=warn \
-  "$bin/wallet" >"$WALLET_DATA_DIR/fuzz-instance.log" 2>&1 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
-wait_for 60 "the fuzzed instance" curl -fsS "$base/readyz"
+trap stop_instances EXIT
+start_instance "$bin/wallet" "$WALLET_DATA_DIR/fuzz-instance.log" \
+  WALLET_API_KEYS="checkout:$key,funding:$key-funding" WALLET_REDIS_KEY_PREFIX="fuzz-$$" \
+  WALLET_RATE_LIMIT_PER_SECOND=100000 WALLET_RATE_LIMIT_BURST=10000 RUST_LOG=warn "${no_kafka[@]}"
+base=$instance_url
 
 # A funded wallet under the id the schema's examples use, so some cases go all the way.
 auth=(-H "Authorization: Bearer $key" -H 'content-type: application/json')

@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # Starts the wallet service on 127.0.0.1:8080 with everything it needs: installs and
-# starts MariaDB and Redis when missing, builds a release binary, applies the
-# migrations (at start-up) and prints how to call it. Safe to run twice: dependencies
+# starts MariaDB and Redis when missing while it builds a release binary, applies the
+# migrations (at start-up) and prints how to call it. The Kafka-protocol broker is set
+# up afterwards in the background when it is not running yet (its first build takes
+# about 11 minutes): payments are taken meanwhile, their events wait in the outbox, and
+# the relay publishes them once the broker answers. Safe to run twice: dependencies
 # that run are reused, and a service started by an earlier run is replaced.
 #
 #   ./scripts/run.sh               # in the background, logs in .data/wallet.log
 #   ./scripts/run.sh --foreground  # in this terminal, ctrl-c stops it
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# shellcheck source=scripts/deps.sh
-source scripts/deps.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-log "building the service (release)"
-cargo build --release --locked --quiet
+# The build needs no server: it runs while MariaDB and Redis are installed and started.
+build_log=$(mktemp)
+cargo build --release --locked --quiet >"$build_log" 2>&1 &
+build=$!
+export WALLET_DEPS_BROKER=later
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+log "building the service (release; a first build takes a few minutes)"
+if ! wait "$build"; then
+  cat "$build_log"
+  exit 1
+fi
+rm -f "$build_log"
 binary="$CARGO_TARGET_DIR/release/wallet"
 
 export WALLET_HTTP_ADDR="${WALLET_HTTP_ADDR:-127.0.0.1:8080}"
@@ -34,6 +46,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log "open-files limit $(ulimit -n)"
 
 if [ "${1:-}" = "--foreground" ]; then
+  start_broker_in_background
   log "starting the service on $base (ctrl-c stops it)"
   exec "$binary"
 fi
@@ -45,11 +58,21 @@ if ! wait_for 60 "the wallet service" curl -fsS "$base/readyz"; then
   tail -n 20 "$WALLET_DATA_DIR/wallet.log"
   exit 1
 fi
+# Only now, so that its build does not slow the service's.
+start_broker_in_background
+if broker_alive; then
+  broker="The broker is up on $WALLET_KAFKA_BROKERS: events are published and points credited."
+else
+  broker="The broker is being set up in the background (log: $broker_log; its first build
+takes about 11 minutes). Payments work meanwhile; their events wait in the outbox
+(\"outbox\" in /readyz) and are published, and points credited, once it is up."
+fi
 
 cat <<EOT
 
 The wallet service is up on $base (pid $(cat "$pidfile"), logs: $WALLET_DATA_DIR/wallet.log).
 Readiness: $(curl -fsS "$base/readyz")
+$broker
 
 Development API keys: checkout scope 'dev-checkout-key', funding scope (top-ups)
 'dev-funding-key', admin scope 'dev-admin-key' (set WALLET_API_KEYS to use others).

@@ -7,17 +7,25 @@
 # `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The broker last: its first build runs in the background while the tests build.
+export WALLET_DEPS_BROKER=later
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
+start_broker_in_background
 
-# Every test creates its own database; drop those of earlier runs,
-stale=$(mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -N -e \
-  "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'wallet\\_test\\_%'")
+# Every test creates its own database; drop those of earlier runs.
+stale=$(sql -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'wallet\\_test\\_%'")
 for db in $stale; do
-  mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -e "DROP DATABASE \`$db\`"
+  sql -e "DROP DATABASE \`$db\`"
 done
 
-# the topics they made on the shared broker,
+log "checking the alert rules and the dashboard"
+./scripts/check-alerts.sh
+log "building the tests"
+cargo test --locked --no-run "$@"
+ensure_broker
+
+# The topics the tests made on the shared broker,
 tansu_forget_topics '^t[0-9a-f]{32}\.'
 # and the databases of the brokers the tests started themselves.
 for db in $(tansu_psql -d postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tansu\_test\_%'"); do
@@ -29,10 +37,7 @@ export WALLET_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export WALLET_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 # The tests that kill a broker start their own Tansu, on a database of their own.
 export WALLET_TEST_TANSU="$WALLET_TANSU" WALLET_TEST_TANSU_STORAGE="$WALLET_TANSU_STORAGE"
-log "checking the alert rules and the dashboard"
-./scripts/check-alerts.sh
 log "running the test suite"
-cargo test --locked --no-run "$@"
 # A test that hangs fails the run at this bound (the suite takes a minute or two)
 # instead of holding it; `timeout` stops the test processes too.
 timeout --kill-after=10s "${WALLET_TEST_TIMEOUT:-15m}" cargo test --locked "$@"

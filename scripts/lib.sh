@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# What the scripts share, sourced by scripts/deps.sh (and so by every script that
+# sources it): logging, waiting for a condition, a free port, SQL as the wallet user,
+# the environment of an instance without Kafka workers, and starting instances.
+
+log() { printf '\033[1;34m[wallet]\033[0m %s\n' "$*"; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local seconds=$1 what=$2
+  shift 2
+  for _ in $(seq 1 $((seconds * 4))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.25
+  done
+  log "$what did not come up within ${seconds}s"
+  return 1
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# sql [ARGS...]: the mariadb client as the wallet user, without column names, e.g.
+# `sql wallet_load -e 'SELECT COUNT(*) FROM payments'`.
+sql() { mariadb --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" -u "$DB_USER" -p"$DB_PASSWORD" -N "$@"; }
+
+# fresh_database NAME: an empty database NAME, dropped first if it exists.
+fresh_database() { sql -e "DROP DATABASE IF EXISTS \`$1\`; CREATE DATABASE \`$1\`"; }
+
+# The environment of an instance with every Kafka worker off: it takes payments, and its
+# events wait in the outbox.
+no_kafka=(WALLET_KAFKA_CREATE_TOPICS=false WALLET_OUTBOX_RELAY=false WALLET_POINTS_CONSUMER=false
+  WALLET_REQUESTS_CONSUMER=false WALLET_DLT_CONSUMER=false)
+
+# start_instance BINARY LOG [VAR=VALUE...]: one instance of the service on a free port in
+# the background, with the given variables on top of this shell's; waits until it is
+# ready. Its URL is left in $instance_url and its pid added to instance_pids.
+instance_pids=()
+start_instance() {
+  local binary=$1 logfile=$2 port
+  shift 2
+  port=$(free_port)
+  env WALLET_HTTP_ADDR="127.0.0.1:$port" "$@" "$binary" >"$logfile" 2>&1 </dev/null &
+  instance_pids+=($!)
+  instance_url="http://127.0.0.1:$port"
+  if ! wait_for 60 "the instance logging to $logfile" curl -fsS "$instance_url/readyz"; then
+    tail -n 20 "$logfile" >&2
+    return 1
+  fi
+}
+
+# Stops every instance start_instance started and waits for them.
+stop_instances() {
+  local pid
+  for pid in "${instance_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${instance_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  instance_pids=()
+}
