@@ -1,7 +1,7 @@
 //! The database floor of a debit: a bare autocommit
 //! `UPDATE … SET balance = balance - ? WHERE user_id = ? AND balance >= ?` at a given
 //! concurrency, on a scratch table, with no lock, no ledger and no HTTP. What the
-//! service achieves is compared with this in BENCHMARKS.md.
+//! service achieves is compared with this in docs/benchmarks.md.
 //!
 //! ```text
 //! db-floor [--concurrency 150] [--connections 64] [--seconds 30] [--warmup 5] [--wallets 1]

@@ -1,6 +1,6 @@
 //! Settings, read from `WALLET_*` environment variables with local defaults.
 //!
-//! Every variable is listed in the README. Tests build [`Settings`] directly.
+//! Every variable is listed in `docs/operations.md`. Tests build [`Settings`] directly.
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -115,6 +115,44 @@ pub async fn consume<H: RecordHandler>(
     tracing::info!(consumer = name, "consumer stopped");
 }
 
+/// Receive errors, logged at most once a second per consumer with the count of those
+/// left out since: a broker outage queues one per failed connection attempt.
+#[derive(Default)]
+struct ReceiveErrors {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl ReceiveErrors {
+    fn seen(&mut self, name: &'static str, error: &rdkafka::error::KafkaError) {
+        let due = self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if !due {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(consumer = name, error = %error, more = self.unlogged, "kafka receive failed");
+        self.last_logged = Some(std::time::Instant::now());
+        self.unlogged = 0;
+    }
+}
+
+/// Takes the receive errors already queued, without waiting; the first record found
+/// behind them, if any.
+fn drain_errors(
+    name: &'static str,
+    consumer: &WalletConsumer,
+    errors: &mut ReceiveErrors,
+) -> Option<OwnedMessage> {
+    loop {
+        match consumer.recv().now_or_never()? {
+            Ok(message) => return Some(message.detach()),
+            Err(e) => errors.seen(name, &e),
+        }
+    }
+}
+
 async fn consume_until_stopped<H: RecordHandler>(
     name: &'static str,
     consumer: &WalletConsumer,
@@ -124,6 +162,7 @@ async fn consume_until_stopped<H: RecordHandler>(
     stop: StopSignal,
 ) {
     let mut batch: Vec<OwnedMessage> = Vec::new();
+    let mut errors = ReceiveErrors::default();
     loop {
         if batch.is_empty() {
             let record = tokio::select! {
@@ -131,9 +170,20 @@ async fn consume_until_stopped<H: RecordHandler>(
                 received = consumer.recv() => match received {
                     Ok(message) => message.detach(),
                     Err(e) => {
-                        tracing::warn!(consumer = name, error = %e, "kafka receive failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
+                        errors.seen(name, &e);
+                        // librdkafka queues an error event at every failed connection
+                        // attempt, and a consumer gets them one per receive: after a
+                        // long outage thousands wait ahead of the first record. Those
+                        // already queued are taken at once; the pause comes only when
+                        // none is left, so the consumer resumes as soon as the broker
+                        // answers.
+                        match drain_errors(name, consumer, &mut errors) {
+                            Some(message) => message,
+                            None => {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                continue;
+                            }
+                        }
                     }
                 },
             };

@@ -2,8 +2,8 @@
 //! `code`. Internal causes are logged here, once, and never shown to the client.
 //!
 //! Each kind of problem is one row of [`PROBLEMS`]: status, code, title, detail,
-//! `Retry-After` and when it is answered. The OpenAPI document and the README's table
-//! are made from it (a test holds the README to it).
+//! `Retry-After` and when it is answered. The OpenAPI document and the table of errors
+//! in `docs/api.md` are made from it (a test holds the document to it).
 
 use std::time::Duration;
 
@@ -103,7 +103,7 @@ pub struct ProblemKind {
     /// stands for it.
     pub detail: Option<&'static str>,
     pub retry: Retry,
-    /// When it is answered, for the API's documentation (README and OpenAPI).
+    /// When it is answered, for the API's documentation (`docs/api.md` and OpenAPI).
     pub when: &'static str,
     pub answered: Answered,
 }
@@ -358,7 +358,7 @@ pub fn retry_note(kind: &ProblemKind) -> &'static str {
 mod tests {
     use super::*;
 
-    /// The README's table of problems, as [`PROBLEMS`] writes it.
+    /// The table of errors in `docs/api.md`, as [`PROBLEMS`] writes it.
     fn table() -> String {
         let mut rows = vec![
             "| status | `code` | when |".to_owned(),
@@ -377,11 +377,11 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_lists_every_problem_as_the_table_says() {
-        let readme = include_str!("../../README.md");
+    fn the_api_document_lists_every_problem_as_the_table_says() {
+        let api = include_str!("../../docs/api.md");
         assert!(
-            readme.contains(&table()),
-            "README.md's table of problems must read:\n{}",
+            api.contains(&table()),
+            "docs/api.md's table of errors must read:\n{}",
             table()
         );
     }

@@ -81,6 +81,38 @@ async fn debits_keep_succeeding_while_the_broker_is_down() {
     assert_eq!(ready["outbox"]["status"], "ok", "{ready}");
 }
 
+/// An instance started while its broker is away (`./scripts/run.sh` on a first run sets
+/// the broker up after the service): its consumers queue a receive error at every failed
+/// connection attempt, and must not make the first record wait behind them once the
+/// broker answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_started_before_its_broker_credits_points_soon_after_the_broker_is_up() {
+    let (mut broker, settings) = own_broker().await;
+    broker.kill();
+    let app = spawn_app_with(settings).await;
+    app.funded_wallet("u1", 10_000).await;
+    assert_eq!(app.pay("o1", "u1", 1_000).await.status, StatusCode::CREATED);
+    // The outage is the subject: long enough for the consumers' errors to pile up.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+
+    broker.restart();
+    let back = std::time::Instant::now();
+    let credited = eventually(Duration::from_secs(25), || async {
+        app.points("u1").await == 10
+    })
+    .await;
+    assert!(
+        credited,
+        "points credited within 25 s of the broker's return (points {} after {:?})",
+        app.points("u1").await,
+        back.elapsed()
+    );
+    println!(
+        "points credited {:?} after the broker's return",
+        back.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_killed_while_150_payers_pay_loses_and_duplicates_no_event() {
     // As above: the relay waits out the outage with the records in flight.

@@ -189,7 +189,7 @@ fn offsets_reader(settings: &Settings, group: &str) -> BaseConsumer {
         .set("enable.auto.commit", "false")
         // The relay's producer is not transactional, so the last stable offset is the
         // high watermark. Tansu's PostgreSQL engine answers the read_committed offset
-        // query with SQL PostgreSQL 15 refuses (README, "The broker").
+        // query with SQL PostgreSQL 15 refuses (docs/design.md, "The development broker").
         .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap()
