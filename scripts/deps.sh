@@ -95,7 +95,7 @@ if ! command -v curl >/dev/null 2>&1; then apt_install curl; fi
 # The Kafka-protocol broker: Tansu with its PostgreSQL storage engine, over a PostgreSQL
 # cluster of its own on 127.0.0.1:$TANSU_PG_PORT (data in $WALLET_DATA_DIR/tansu-pg).
 # Its SQLite storage does not hold the load: under a few hundred events/s it panics and
-# answers Storage(UnableToSend) until restarted (README, "The broker"). Tansu 0.6.0 does
+# answers Storage(UnableToSend) until restarted (docs/design.md, "The development broker"). Tansu 0.6.0 does
 # not ship the PostgreSQL schema it expects: scripts/tansu-pg-schema.sql, written by
 # scripts/tansu-pg-schema.py from the crate's SQLite schema. The tests that kill a
 # broker start their own Tansu on a database of their own, copied from the
