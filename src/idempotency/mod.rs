@@ -86,23 +86,6 @@ impl IdempotencyCache {
         }
     }
 
-    /// Claims `scope:id` for a request described by `fingerprint`.
-    pub async fn claim<C: redis::aio::ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-        scope: &'static str,
-        id: &Identifier,
-        fingerprint: &str,
-    ) -> Result<Claim, RedisFault> {
-        let request = ClaimRequest {
-            scope,
-            id,
-            fingerprint,
-        };
-        let mut claims = self.claim_all(conn, &[request]).await?;
-        Ok(claims.pop().unwrap_or(Claim::Mismatch))
-    }
-
     /// Claims every key of a batch in one round trip; one [`Claim`] per request, in order.
     pub async fn claim_all<C: redis::aio::ConnectionLike + Send>(
         &self,
@@ -131,24 +114,6 @@ impl IdempotencyCache {
             .zip(tokens)
             .map(|(reply, token)| parse_claim(&reply, token))
             .collect())
-    }
-
-    /// Completes or abandons one claim: [`Self::settle_all`] for a batch of one.
-    pub async fn settle<C: redis::aio::ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-        scope: &'static str,
-        id: &Identifier,
-        token: &ClaimToken,
-        how: Settlement<'_>,
-    ) -> Result<(), RedisFault> {
-        let claim = Settle {
-            scope,
-            id,
-            token,
-            how,
-        };
-        self.settle_all(conn, &[claim]).await
     }
 
     /// Completes or abandons every claim of a batch in one round trip.

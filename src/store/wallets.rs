@@ -52,17 +52,6 @@ pub async fn find(pool: &MySqlPool, user_id: &str) -> Result<Option<WalletRow>, 
     .await
 }
 
-/// Reads the wallet and locks its row until the transaction ends.
-pub async fn lock(
-    conn: &mut MySqlConnection,
-    user_id: &str,
-) -> Result<Option<WalletRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM wallets WHERE user_id = ? FOR UPDATE")
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await
-}
-
 /// Adds `delta` (negative for a debit) to the balance, only if the balance still covers
 /// what is held and no newer fencing token has written the row. Records `fence` as the
 /// newest token. Returns false when a condition failed and nothing was written.

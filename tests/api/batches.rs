@@ -13,7 +13,8 @@ use wallet::domain::Identifier;
 use wallet::redis_support::KeySpace;
 
 use crate::support::{
-    eventually, hold_wallet, pay_in_background, spawn_app_with, test_settings, Reply, TestApp,
+    eventually, hold_wallet, key_gone, pay_in_background, spawn_app_with, test_settings, Reply,
+    TestApp,
 };
 
 /// When each order's payment was written: one batch writes all its rows at one instant.
@@ -146,18 +147,7 @@ async fn a_lease_lost_in_the_middle_of_a_batch_commits_nothing_of_it() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let expired = eventually(Duration::from_secs(5), || {
-        let (mut redis, key) = (redis.clone(), lock_key.clone());
-        async move {
-            let held: bool = redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            !held
-        }
-    })
-    .await;
+    let expired = key_gone(&redis, &lock_key, Duration::from_secs(5)).await;
     assert!(
         expired,
         "the batch's lease ran out while it waited on the row"

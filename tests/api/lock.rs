@@ -16,7 +16,7 @@ use wallet::redis_support::KeySpace;
 use wallet::store::wallets::apply_delta;
 
 use crate::support::servers::OwnServer;
-use crate::support::{eventually, spawn_app, spawn_app_with, test_settings};
+use crate::support::{key_gone, spawn_app, spawn_app_with, test_settings};
 
 /// One more instance's lock on the Redis and key prefix of `settings`, its upkeep
 /// running for the rest of the test.
@@ -285,18 +285,7 @@ async fn a_lock_taken_under_churn_is_always_released() {
                 timed_out += 1;
             }
         }
-        let released = eventually(Duration::from_millis(300), || {
-            let (mut conn, key) = (check.clone(), lock_key.clone());
-            async move {
-                let exists: bool = redis::cmd("EXISTS")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                !exists
-            }
-        })
-        .await;
+        let released = key_gone(&check, &lock_key, Duration::from_millis(300)).await;
         assert!(
             released,
             "round {rounds}: nobody holds the wallet's lock once everyone left"

@@ -21,3 +21,24 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Polls Redis (on `conn`) until `key` is gone or `within` passed: a lock released or
+/// its lease run out.
+pub async fn key_gone(
+    conn: &redis::aio::MultiplexedConnection,
+    key: &str,
+    within: Duration,
+) -> bool {
+    eventually(within, || {
+        let mut conn = conn.clone();
+        async move {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            !exists
+        }
+    })
+    .await
+}
