@@ -16,6 +16,7 @@ pub struct AuditReport {
     pub payments: i64,
     pub top_ups: Decimal,
     pub paid: Decimal,
+    /// What refunds and cancels gave back.
     pub refunded: Decimal,
     /// What captured holds debited.
     pub captured: Decimal,
@@ -25,8 +26,12 @@ pub struct AuditReport {
     pub held: Decimal,
     /// Outbox rows not yet acknowledged by the broker.
     pub outbox_pending: i64,
-    /// Wallets whose applied points differ from what their completed payments earned.
+    /// Wallets whose applied points differ from what their payments earned, less what
+    /// refunds and cancels took back.
     pub points_mismatches: i64,
+    /// Orders charged twice under one id, by a payment and a hold (possible only in
+    /// data written before one charge per order was enforced).
+    pub orders_charged_twice: i64,
     /// From an event's outbox row to its application by the points consumer, over every
     /// applied event; only with [`event_latency`] (`ledger-audit --events`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,10 +77,16 @@ pub async fn event_latency(db: &MySqlPool) -> Result<Option<Percentiles>, sqlx::
 /// - every balance equals the sum of its wallet's ledger entries and is never negative;
 /// - every wallet's `held` equals the sum of its entries' `held_delta` and the sum of
 ///   its open holds, and lies between 0 and the balance;
-/// - every payment has exactly one PAYMENT entry, and one REFUND entry iff cancelled;
+/// - every payment has exactly one PAYMENT entry (a captured hold's payment: none, its
+///   hold has the CAPTURE entry), one PARTIAL_REFUND entry per refund, and one REFUND
+///   entry iff cancelled; what they gave back is its `refunded_amount`, at most its
+///   amount (Σ refunds ≤ payment, per order);
+/// - every refund matches its entry;
+/// - no order id names both a payment and a hold, but a captured hold's own payment;
 /// - every hold has one HOLD entry, and one entry of its settlement iff settled;
 /// - no PAYMENT entry lacks its payment;
-/// - top-ups − payments + refunds − captures = Σ balances (no money created or lost).
+/// - top-ups − payments + refunds − captures = Σ balances (no money created or lost),
+///   where payments are those made by debits (a capture's is counted as the capture).
 ///
 /// Unique keys make a second payment per order impossible; the audit reports the counts.
 pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
@@ -109,9 +120,18 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
     let unmatched = count(
         "SELECT COUNT(*) FROM payments p WHERE \
          (SELECT COUNT(*) FROM ledger_entries l WHERE l.entry_type = 'PAYMENT' \
-            AND l.reference = p.order_id AND l.amount = -p.amount) <> 1 \
+            AND l.reference = p.order_id AND l.amount = -p.amount) <> (p.source = 'DEBIT') \
          OR (SELECT COUNT(*) FROM ledger_entries l WHERE l.entry_type = 'REFUND' \
-            AND l.reference = p.order_id) <> (p.status = 'CANCELLED')",
+            AND l.reference = p.order_id) <> (p.status = 'CANCELLED') \
+         OR p.refunded_amount > p.amount \
+         OR p.refunded_amount <> \
+            (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r WHERE r.order_id = p.order_id) \
+            + (SELECT COALESCE(SUM(l.amount), 0) FROM ledger_entries l \
+               WHERE l.entry_type = 'REFUND' AND l.reference = p.order_id) \
+         OR p.points_refunded <> \
+            (SELECT COALESCE(SUM(r.points), 0) FROM refunds r WHERE r.order_id = p.order_id) \
+            + IF(p.status = 'CANCELLED', p.points - \
+                (SELECT COALESCE(SUM(r.points), 0) FROM refunds r WHERE r.order_id = p.order_id), 0)",
     )
     .await?;
     if unmatched > 0 {
@@ -136,6 +156,28 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
             "{unbooked_holds} holds without exactly their ledger entries"
         ));
     }
+    let unbooked_refunds = count(
+        "SELECT COUNT(*) FROM refunds r WHERE \
+         (SELECT COUNT(*) FROM ledger_entries l WHERE l.entry_type = 'PARTIAL_REFUND' \
+            AND l.reference = r.refund_id AND l.amount = r.amount AND l.user_id = r.user_id) <> 1 \
+         OR NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = r.order_id)",
+    )
+    .await?;
+    if unbooked_refunds > 0 {
+        violations.push(format!(
+            "{unbooked_refunds} refunds without exactly their ledger entry or payment"
+        ));
+    }
+    let orders_charged_twice = count(
+        "SELECT COUNT(*) FROM payments p JOIN holds h ON h.hold_id = p.order_id \
+         WHERE p.source = 'DEBIT'",
+    )
+    .await?;
+    if orders_charged_twice > 0 {
+        violations.push(format!(
+            "{orders_charged_twice} orders charged by both a payment and a hold under one id"
+        ));
+    }
     let orphans = count(
         "SELECT COUNT(*) FROM ledger_entries l WHERE l.entry_type = 'PAYMENT' \
          AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = l.reference)",
@@ -151,8 +193,8 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
             .map(Option::unwrap_or_default)
     };
     let top_ups = sum("SELECT SUM(amount) FROM top_ups").await?;
-    let paid = sum("SELECT SUM(amount) FROM payments").await?;
-    let refunded = sum("SELECT SUM(amount) FROM payments WHERE status = 'CANCELLED'").await?;
+    let paid = sum("SELECT SUM(amount) FROM payments WHERE source = 'DEBIT'").await?;
+    let refunded = sum("SELECT SUM(refunded_amount) FROM payments").await?;
     let captured = sum("SELECT SUM(captured_amount) FROM holds").await?;
     let balances = sum("SELECT SUM(balance) FROM wallets").await?;
     if top_ups - paid + refunded - captured != balances {
@@ -174,12 +216,15 @@ pub async fn audit(db: &MySqlPool) -> Result<AuditReport, sqlx::Error> {
         outbox_pending: count("SELECT COUNT(*) FROM outbox_events WHERE sent_at IS NULL").await?,
         points_mismatches: count(
             "SELECT COUNT(*) FROM (SELECT user_id, SUM(earned) AS earned FROM ( \
-               SELECT user_id, IF(status = 'COMPLETED', points, 0) AS earned FROM payments \
-               UNION ALL SELECT user_id, points FROM holds WHERE status = 'CAPTURED') x \
+               SELECT user_id, points - points_refunded AS earned FROM payments \
+               UNION ALL SELECT h.user_id, h.points FROM holds h WHERE h.status = 'CAPTURED' \
+                 AND NOT EXISTS (SELECT 1 FROM payments p \
+                   WHERE p.order_id = h.hold_id AND p.source = 'CAPTURE')) x \
              GROUP BY user_id) e LEFT JOIN wallet_points w ON w.user_id = e.user_id \
              WHERE COALESCE(w.points, 0) <> e.earned",
         )
         .await?,
+        orders_charged_twice,
         event_latency_ms: None,
         violations,
     })

@@ -1,5 +1,5 @@
 //! The points consumer: credits points for completed payments and captured holds and
-//! takes them back for cancelled payments, exactly once in effect.
+//! takes them back for refunds and cancels, exactly once in effect.
 //!
 //! The event id goes into `processed_events` in the same transaction as the points
 //! change, so a redelivered event (a crash before the offset commit, a relay that
@@ -15,7 +15,7 @@ use sqlx::{MySqlPool, QueryBuilder};
 use crate::consumers::{decode_json, HandlerError, RecordHandler};
 use crate::domain::events::{
     HOLD_CAPTURED, HOLD_CREATED, HOLD_DECLINED, HOLD_EXPIRED, HOLD_VOIDED, PAYMENT_CANCELLED,
-    PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REQUEST_REJECTED,
+    PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REFUNDED, PAYMENT_REQUEST_REJECTED,
 };
 use crate::support::clock::now;
 
@@ -59,7 +59,7 @@ impl RecordHandler for PointsHandler {
 fn points_delta(event: &PointsEvent) -> Result<Option<i64>, HandlerError> {
     match event.event_type.as_str() {
         PAYMENT_COMPLETED | HOLD_CAPTURED => Ok(Some(event.points)),
-        PAYMENT_CANCELLED => Ok(Some(-event.points)),
+        PAYMENT_REFUNDED | PAYMENT_CANCELLED => Ok(Some(-event.points)),
         // Refused requests move no money and earn nothing; a hold earns only when it is
         // captured.
         PAYMENT_DECLINED

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 pub const PAYMENT_COMPLETED: &str = "payment.completed";
 pub const PAYMENT_CANCELLED: &str = "payment.cancelled";
+/// Part or all of a payment was refunded: `amount` is the refund's, `refundId` names it
+/// and `points` are the points taken back with it.
+pub const PAYMENT_REFUNDED: &str = "payment.refunded";
 /// A payment requested by event was refused and the order is not paid.
 pub const PAYMENT_DECLINED: &str = "payment.declined";
 /// A payment requested by event was refused because its order already has a payment
@@ -41,16 +44,20 @@ pub struct PaymentEvent {
     pub payment_id: Option<String>,
     pub amount: String,
     pub currency: String,
-    /// Points earned (completed) or taken back (cancelled); 0 for a decline.
+    /// Points earned (completed) or taken back (refunded, cancelled); 0 for a decline.
     #[serde(default)]
     pub points: i64,
-    /// Why a requested payment was declined or rejected: the problem `code`.
+    /// Why a requested payment was declined or rejected: the problem `code`; on
+    /// `payment.refunded`, the refund's reason when it was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// On a rejected request: the status of the order's existing payment,
     /// `COMPLETED` or `CANCELLED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_status: Option<String>,
+    /// On `payment.refunded`: the refund's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<String>,
     pub occurred_at: String,
 }
 

@@ -157,10 +157,13 @@ problems! {
         None, No, ByWrites, "body not sent as `application/json`");
     IDEMPOTENCY_KEY_REUSED = (UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The idempotency key was used for a different request",
         Some("This key was already used with another user or amount; use a new key."), No, ByWrites,
-        "the `orderId` (or `topUpId`, `holdId`) was used with another user or amount");
+        "the `orderId` (or `topUpId`, `holdId`, `refundId`) was used with another user or amount, or an order id for both a payment and a hold");
     CAPTURE_EXCEEDS_HOLD = (UNPROCESSABLE_ENTITY, "capture_exceeds_hold", "The capture is larger than the hold",
         Some("A capture may take at most the amount held; nothing was captured."), No, ByWrites,
         "a capture larger than the amount held; nothing captured");
+    REFUND_EXCEEDS_PAYMENT = (UNPROCESSABLE_ENTITY, "refund_exceeds_payment", "The refund is larger than what remains of the payment",
+        Some("A payment's refunds may give back at most what was paid; nothing was refunded."), No, ByWrites,
+        "a refund larger than what remains of the payment (nothing remains of a cancelled or fully refunded one); nothing refunded");
     BALANCE_LIMIT_EXCEEDED = (UNPROCESSABLE_ENTITY, "balance_limit_exceeded", "The balance would exceed its limit", None, No, ByWrites,
         "a top-up would take the balance over 10^14 (a refund may pass it: it gives back what was paid; a repeat of an applied top-up replays first)");
     RATE_LIMITED = (TOO_MANY_REQUESTS, "rate_limited", "Too many requests",
@@ -212,6 +215,7 @@ impl ApiError {
             Self::Service(S::BalanceLimit) => &BALANCE_LIMIT_EXCEEDED,
             Self::Service(S::InProgress { .. }) => &REQUEST_IN_PROGRESS,
             Self::Service(S::KeyReused) => &IDEMPOTENCY_KEY_REUSED,
+            Self::Service(S::RefundExceedsPayment) => &REFUND_EXCEEDS_PAYMENT,
             Self::Service(S::LockTimeout) => &LOCK_TIMEOUT,
             Self::Service(S::Unavailable(_) | S::Redis(_)) => &UNAVAILABLE,
             Self::DeadLetter(DeadLetterError::NotFound) => &FAILED_EVENT_NOT_FOUND,

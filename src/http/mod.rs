@@ -112,6 +112,7 @@ fn routes(gatekeeper: Gatekeeper) -> OpenApiRouter<AppState> {
         .routes(routes!(payments::pay))
         .routes(routes!(payments::show))
         .routes(routes!(payments::cancel))
+        .routes(routes!(payments::refund))
         .routes(routes!(holds::place))
         .routes(routes!(holds::show))
         .routes(routes!(holds::capture))

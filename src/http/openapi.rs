@@ -20,7 +20,7 @@ use super::error::Problem;
     components(schemas(Problem)),
     tags(
         (name = "wallets", description = "Wallets, top-ups and the ledger"),
-        (name = "payments", description = "Debits and cancels"),
+        (name = "payments", description = "Debits, refunds and cancels"),
         (name = "holds", description = "Reserve funds, then capture (in full or in part) or void them; open holds expire at their deadline"),
         (name = "admin", description = "Dead letters (admin scope)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),

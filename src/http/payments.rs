@@ -12,7 +12,7 @@ use super::error::{CommonProblems, WriteProblems};
 use super::extract::{optional_json, ApiJson, ApiPath};
 use super::{idempotent, ApiError, Detach};
 use crate::domain::{Amount, Identifier, RawAmount};
-use crate::wallet::views::PaymentView;
+use crate::wallet::views::{PaymentView, RefundView};
 use crate::wallet::WalletService;
 
 #[derive(Deserialize, ToSchema)]
@@ -62,8 +62,68 @@ pub async fn show(
     Ok(Json(service.payment(&order_id).await?))
 }
 
-/// Longest cancel reason kept.
+/// Longest cancel or refund reason kept.
 const MAX_REASON: usize = 255;
+
+fn check_reason(reason: &Option<String>) -> Result<(), ApiError> {
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON)
+    {
+        return Err(ApiError::Validation(format!(
+            "reason must be at most {MAX_REASON} characters"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RefundRequest {
+    /// The idempotency key: one refund id gives back at most once.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,64}$", example = "refund-1")]
+    refund_id: String,
+    /// A decimal string (or a JSON integer), > 0, at most what remains of the payment;
+    /// all that remains when absent.
+    #[schema(value_type = Option<String>, example = "300")]
+    amount: Option<RawAmount>,
+    #[schema(max_length = 255)]
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/payments/{orderId}/refunds`: 201, or 200 with the identical body for a
+/// repeat.
+#[utoipa::path(post, path = "/api/v1/payments/{order_id}/refunds", tag = "payments",
+    params(("order_id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
+    request_body = RefundRequest,
+    responses(
+        (status = 201, description = "Refunded", body = RefundView),
+        (status = 200, description = "A repeat: the identical body, refunded once", body = RefundView,
+            headers(("Idempotent-Replayed" = String, description = "true"))),
+        CommonProblems, WriteProblems,
+    ))]
+pub async fn refund(
+    State(detach): State<Detach>,
+    State(service): State<WalletService>,
+    ApiPath(order_id): ApiPath<String>,
+    ApiJson(body): ApiJson<RefundRequest>,
+) -> Result<Response, ApiError> {
+    let order_id = Identifier::parse("orderId", order_id)?;
+    let refund_id = Identifier::parse("refundId", body.refund_id)?;
+    let amount = body
+        .amount
+        .map(|raw| Amount::parse("amount", raw, service.currency()))
+        .transpose()?;
+    check_reason(&body.reason)?;
+    let outcome = detach
+        .run(async move {
+            service
+                .refund(refund_id, order_id, amount, body.reason)
+                .await
+        })
+        .await?;
+    Ok(idempotent(outcome, StatusCode::CREATED))
+}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -89,14 +149,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let order_id = Identifier::parse("orderId", order_id)?;
     let reason = optional_json::<CancelRequest>(&body)?.and_then(|r| r.reason);
-    if reason
-        .as_ref()
-        .is_some_and(|r| r.chars().count() > MAX_REASON)
-    {
-        return Err(ApiError::Validation(format!(
-            "reason must be at most {MAX_REASON} characters"
-        )));
-    }
+    check_reason(&reason)?;
     let outcome = detach
         .run(async move { service.cancel(order_id, reason).await })
         .await?;

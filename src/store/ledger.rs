@@ -11,8 +11,11 @@ crate::support::text_enum::text_enum! {
         TopUp = "TOP_UP",
         /// Debit; the reference is the order id.
         Payment = "PAYMENT",
-        /// Credit of a cancelled payment; the reference is the order id.
+        /// Credit of what remained of a cancelled payment; the reference is the order id.
         Refund = "REFUND",
+        /// Credit of a refund (of part or all of a payment); the reference is the
+        /// refund id.
+        PartialRefund = "PARTIAL_REFUND",
         /// Funds reserved (`heldDelta` > 0, amount 0); the reference is the hold id.
         Hold = "HOLD",
         /// A hold debited (amount < 0) and released (`heldDelta` < 0).

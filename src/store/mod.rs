@@ -2,7 +2,9 @@
 
 pub mod holds;
 pub mod ledger;
+pub mod orders;
 pub mod payments;
+pub mod refunds;
 pub mod top_ups;
 pub mod wallets;
 

@@ -5,10 +5,22 @@ use rust_decimal::Decimal;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 crate::support::text_enum::text_enum! {
+    /// How an order was charged.
+    pub enum PaymentSource {
+        /// A payment (`POST /payments`).
+        Debit = "DEBIT",
+        /// A captured hold: the capture wrote the payment.
+        Capture = "CAPTURE",
+    }
+}
+
+crate::support::text_enum::text_enum! {
     /// Where a payment stands.
     pub enum PaymentStatus {
         Completed = "COMPLETED",
-        /// Cancelled and refunded.
+        /// Refunded in full by refunds.
+        Refunded = "REFUNDED",
+        /// Cancelled: whatever remained was given back.
         Cancelled = "CANCELLED",
     }
 }
@@ -24,16 +36,31 @@ pub struct PaymentRow {
     pub amount: Decimal,
     pub currency: String,
     pub status: PaymentStatus,
+    pub source: PaymentSource,
     pub balance_after: Decimal,
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// The balance after the cancel.
     pub refund_balance_after: Option<Decimal>,
-    /// Points this payment earned; a cancel takes back exactly these.
+    /// What refunds and a cancel have given back, at most `amount`.
+    pub refunded_amount: Decimal,
+    /// Points this payment earned.
     pub points: i64,
+    /// Points taken back by its refunds and cancel, at most `points`.
+    pub points_refunded: i64,
 }
 
-/// Inserts a completed payment; fails with a unique violation when the order has one.
+impl PaymentRow {
+    /// What may still be refunded.
+    pub fn refundable(&self) -> Decimal {
+        match self.status {
+            PaymentStatus::Completed => self.amount - self.refunded_amount,
+            PaymentStatus::Refunded | PaymentStatus::Cancelled => Decimal::ZERO,
+        }
+    }
+}
+
 /// Inserts payments in one statement, each as the batch leaves it (a payment cancelled
 /// in the batch that made it is inserted cancelled); fails as a whole with a unique
 /// violation when one of the orders has one.
@@ -45,8 +72,8 @@ pub async fn insert_many(
         return Ok(());
     }
     let mut query = QueryBuilder::new(
-        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at, \
-         cancelled_at, cancel_reason, refund_balance_after, points) ",
+        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, source, balance_after, \
+         created_at, cancelled_at, cancel_reason, refund_balance_after, refunded_amount, points, points_refunded) ",
     );
     query.push_values(rows, |mut values, p| {
         values
@@ -56,12 +83,15 @@ pub async fn insert_many(
             .push_bind(p.amount)
             .push_bind(&p.currency)
             .push_bind(p.status)
+            .push_bind(p.source)
             .push_bind(p.balance_after)
             .push_bind(p.created_at)
             .push_bind(p.cancelled_at)
             .push_bind(&p.cancel_reason)
             .push_bind(p.refund_balance_after)
-            .push_bind(p.points);
+            .push_bind(p.refunded_amount)
+            .push_bind(p.points)
+            .push_bind(p.points_refunded);
     });
     query.build().execute(conn).await?;
     Ok(())
@@ -89,24 +119,29 @@ pub async fn find(pool: &MySqlPool, order_id: &str) -> Result<Option<PaymentRow>
         .await
 }
 
-/// Writes the cancellation of payments that were completed, one statement each
-/// (cancels are few). Returns false (and the caller rolls back) when one was no longer
-/// `COMPLETED`.
-pub async fn cancel_many(
+/// Writes what refunds and cancels changed of payments read before, one statement each
+/// (they are few), each on the condition that the payment is still as it was read
+/// (`read`: its status and refunded amount then). Returns false (and the caller rolls
+/// back) when one was not.
+pub async fn update_many(
     conn: &mut MySqlConnection,
-    rows: &[&PaymentRow],
+    rows: &[(&PaymentRow, PaymentStatus, Decimal)],
 ) -> Result<bool, sqlx::Error> {
-    for row in rows {
+    for (row, status_read, refunded_read) in rows {
         let updated = sqlx::query(
-            "UPDATE payments SET status = ?, cancelled_at = ?, cancel_reason = ?, refund_balance_after = ? \
-             WHERE order_id = ? AND status = ?",
+            "UPDATE payments SET status = ?, cancelled_at = ?, cancel_reason = ?, refund_balance_after = ?, \
+             refunded_amount = ?, points_refunded = ? \
+             WHERE order_id = ? AND status = ? AND refunded_amount = ?",
         )
         .bind(row.status)
         .bind(row.cancelled_at)
         .bind(&row.cancel_reason)
         .bind(row.refund_balance_after)
+        .bind(row.refunded_amount)
+        .bind(row.points_refunded)
         .bind(&row.order_id)
-        .bind(PaymentStatus::Completed)
+        .bind(status_read)
+        .bind(refunded_read)
         .execute(&mut *conn)
         .await?;
         if updated.rows_affected() != 1 {

@@ -27,9 +27,9 @@ use crate::lock::WalletLock;
 use crate::redis_support::{RedisFault, SharedRedis};
 use crate::store;
 pub use holds::{sweep, HoldRefusal};
-use requests::{CancelPayment, Debit, TopUp};
+use requests::{CancelPayment, Debit, Refund, TopUp};
 pub use requests::{PlaceHold, Settlement};
-use views::{LedgerEntryView, LedgerPage, PaymentView, TopUpView, WalletView};
+use views::{LedgerEntryView, LedgerPage, PaymentView, RefundView, TopUpView, WalletView};
 
 /// Why a use case did not succeed. Every variant leaves the ledger untouched.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub enum ServiceError {
     HoldNotOpen(Box<views::HoldView>),
     #[error("the capture is larger than the hold")]
     CaptureExceedsHold,
+    #[error("the refund is larger than what remains of the payment")]
+    RefundExceedsPayment,
     #[error("insufficient funds")]
     InsufficientFunds,
     #[error("the balance would exceed its limit")]
@@ -238,6 +240,33 @@ impl WalletService {
         self.submit(cancel, engine::Request::Cancel).await
     }
 
+    /// Gives back `amount` of a payment (all that remains when `None`), once per
+    /// `refund_id`.
+    #[tracing::instrument(skip_all, fields(refund_id = %refund_id, order_id = %order_id))]
+    pub async fn refund(
+        &self,
+        refund_id: Identifier,
+        order_id: Identifier,
+        amount: Option<Amount>,
+        reason: Option<String>,
+    ) -> Result<Outcome<RefundView>, ServiceError> {
+        let payment = store::payments::find(&self.db, order_id.as_str())
+            .await
+            .map_err(unavailable)?
+            .ok_or(ServiceError::PaymentNotFound)?;
+        let user_id = Identifier::parse("userId", payment.user_id).map_err(unavailable)?;
+        tracing::Span::current().record("user_id", tracing::field::display(&user_id));
+        let refund = Refund {
+            refund_id,
+            order_id,
+            user_id,
+            amount,
+            reason,
+        };
+        let outcome = self.submit(refund.clone(), engine::Request::Refund).await?;
+        refund.answer(outcome)
+    }
+
     pub async fn payment(&self, order_id: &Identifier) -> Result<PaymentView, ServiceError> {
         let row = store::payments::find(&self.db, order_id.as_str())
             .await
@@ -304,6 +333,7 @@ impl WalletService {
             points: 0,
             reason: Some(reason.to_owned()),
             order_status,
+            refund_id: None,
             occurred_at: crate::support::clock::timestamp(now),
         };
         let mut conn = self.db.acquire().await?;

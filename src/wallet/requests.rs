@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::views::HoldView;
+use super::views::{HoldView, RefundView};
 use super::{Outcome, ServiceError};
 use crate::domain::events::{points_for, HoldEvent, PaymentEvent};
 use crate::domain::{Amount, Currency, Identifier};
@@ -56,6 +56,18 @@ pub struct CancelPayment {
     pub order_id: Identifier,
     /// The payment's owner, read before the lock is taken (it never changes).
     pub user_id: Identifier,
+    pub reason: Option<String>,
+}
+
+/// Gives back part or all of what remains of a payment, once per refund id.
+#[derive(Debug, Clone)]
+pub struct Refund {
+    pub refund_id: Identifier,
+    pub order_id: Identifier,
+    /// The payment's owner, read before the lock is taken (it never changes).
+    pub user_id: Identifier,
+    /// All that remains when `None`.
+    pub amount: Option<Amount>,
     pub reason: Option<String>,
 }
 
@@ -143,6 +155,28 @@ impl Keyed for CancelPayment {
     }
 }
 
+impl Keyed for Refund {
+    fn scope(&self) -> &'static str {
+        "refund"
+    }
+
+    fn key(&self) -> &Identifier {
+        &self.refund_id
+    }
+
+    fn user_id(&self) -> &Identifier {
+        &self.user_id
+    }
+
+    /// The order only: a repeat with another amount gets its answer from
+    /// [`Refund::answer`], which compares it with what was refunded, whether the first
+    /// answer comes from the cache or from MySQL (a refund of "all that remains" has no
+    /// amount to fingerprint before it runs).
+    fn fingerprint(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
 impl Keyed for PlaceHold {
     fn scope(&self) -> &'static str {
         "hold"
@@ -222,18 +256,38 @@ impl Debit {
             amount,
             currency: ctx.currency.code().to_owned(),
             status: payments::PaymentStatus::Completed,
+            source: payments::PaymentSource::Debit,
             balance_after,
             created_at: ctx.now,
             cancelled_at: None,
             cancel_reason: None,
             refund_balance_after: None,
+            refunded_amount: Decimal::ZERO,
             points: points_for(amount, ctx.points_rate),
+            points_refunded: 0,
         }
     }
 
     /// True when `row`, recorded under this order id, is this very request.
     pub(super) fn matches(&self, row: &payments::PaymentRow) -> bool {
         row.user_id == self.user_id.as_str() && row.amount.normalize() == self.amount.value()
+    }
+}
+
+impl Refund {
+    /// The answer to this request, given the refund recorded under its id: a repeat
+    /// that names another amount than the one refunded is a reused key.
+    pub fn answer(
+        &self,
+        outcome: Outcome<RefundView>,
+    ) -> Result<Outcome<RefundView>, ServiceError> {
+        let refunded = outcome.value.amount.parse::<Decimal>().ok();
+        match self.amount {
+            Some(asked) if refunded.map(|d| d.normalize()) != Some(asked.value()) => {
+                Err(ServiceError::KeyReused)
+            }
+            _ => Ok(outcome),
+        }
     }
 }
 
@@ -288,6 +342,7 @@ pub(super) fn payment_event(
         points: payment.points,
         reason: None,
         order_status: None,
+        refund_id: None,
         occurred_at: crate::support::clock::timestamp(ctx.now),
     }
 }

@@ -10,6 +10,7 @@ use crate::store::holds::{HoldRow, HoldStatus};
 use crate::store::ledger::EntryType;
 use crate::store::ledger::LedgerRow;
 use crate::store::payments::{PaymentRow, PaymentStatus};
+use crate::store::refunds::RefundRow;
 use crate::store::top_ups::TopUpRow;
 use crate::store::wallets::WalletRow;
 use crate::support::clock::timestamp;
@@ -63,6 +64,11 @@ pub struct PaymentView {
     pub cancel_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_balance_after: Option<String>,
+    /// What refunds and a cancel have given back of it. (Absent only from replies
+    /// cached before refunds existed, which replay as they were sent.)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schema(example = "0")]
+    pub refunded_amount: String,
 }
 
 impl PaymentView {
@@ -80,6 +86,7 @@ impl PaymentView {
             cancelled_at: row.cancelled_at.map(timestamp),
             cancel_reason: row.cancel_reason.clone(),
             refund_balance_after: row.refund_balance_after.map(|b| currency.format(b)),
+            refunded_amount: currency.format(row.refunded_amount),
         }
     }
 
@@ -91,7 +98,43 @@ impl PaymentView {
             cancelled_at: None,
             cancel_reason: None,
             refund_balance_after: None,
+            refunded_amount: currency.format(rust_decimal::Decimal::ZERO),
             ..Self::current(row, currency)
+        }
+    }
+}
+
+/// A refund as it was made (a repeat answers the same body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundView {
+    pub refund_id: String,
+    pub order_id: String,
+    pub user_id: String,
+    #[schema(example = "300")]
+    pub amount: String,
+    pub currency: String,
+    /// What the order's refunds came to with this one.
+    #[schema(example = "300")]
+    pub refunded_total: String,
+    pub balance_after: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: String,
+}
+
+impl RefundView {
+    pub fn new(row: &RefundRow, currency: Currency) -> Self {
+        Self {
+            refund_id: row.refund_id.clone(),
+            order_id: row.order_id.clone(),
+            user_id: row.user_id.clone(),
+            amount: currency.format(row.amount),
+            currency: row.currency.clone(),
+            refunded_total: currency.format(row.refunded_total),
+            balance_after: currency.format(row.balance_after),
+            reason: row.reason.clone(),
+            created_at: timestamp(row.created_at),
         }
     }
 }

@@ -221,3 +221,61 @@ async fn two_instances_batch_the_same_wallets_while_one_is_in_fallback_mode() {
     );
     on_redis.assert_ledger_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_twice_in_a_batch_is_paid_on_the_earlier_requests_terms() {
+    let mut settings = test_settings().await;
+    settings.lock.wait = Duration::from_secs(8);
+    let app = spawn_app_with(settings).await;
+    for user in ["a", "b", "u", "v"] {
+        app.funded_wallet(user, 5_000).await;
+    }
+    // Two batches in flight (as many as an instance runs), each waiting on a row the
+    // test holds: the requests sent next queue behind them and go together.
+    let held_a = hold_wallet(&app, "a").await;
+    let held_b = hold_wallet(&app, "b").await;
+    let first_a = pay_in_background(&app, "o-a", "a", 100);
+    let first_b = pay_in_background(&app, "o-b", "b", 100);
+    assert!(app.claim_pending("o-a").await && app.claim_pending("o-b").await);
+    // Another process holds u's wallet for a while.
+    let lock_key = KeySpace::new(&app.settings.redis.key_prefix)
+        .lock(&Identifier::parse("userId", "u".into()).unwrap());
+    let mut redis = redis::Client::open(app.settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("another-process")
+        .arg("PX")
+        .arg(1_500)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let earlier = pay_in_background(&app, "o-x", "u", 1_000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let later = pay_in_background(&app, "o-x", "v", 2_000);
+    settle().await;
+    held_a.rollback().await.unwrap();
+    held_b.rollback().await.unwrap();
+    assert_eq!(first_a.await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(first_b.await.unwrap().status, StatusCode::CREATED);
+
+    let earlier = earlier.await.unwrap();
+    let later = later.await.unwrap();
+    assert_eq!(earlier.status, StatusCode::CREATED, "{}", earlier.text);
+    assert_eq!(earlier.json()["userId"], "u");
+    assert!(
+        matches!(
+            later.code().as_str(),
+            "request_in_progress" | "idempotency_key_reused"
+        ),
+        "the later, conflicting request is the one refused: {}",
+        later.text
+    );
+    assert_eq!(app.balance("v").await, Decimal::from(5_000));
+    assert_eq!(app.balance("u").await, Decimal::from(4_000));
+    app.assert_ledger_invariants().await;
+}

@@ -297,6 +297,7 @@ async fn the_openapi_document_lists_every_route() {
         ("POST", "/api/v1/payments"),
         ("GET", "/api/v1/payments/{order_id}"),
         ("POST", "/api/v1/payments/{order_id}/cancel"),
+        ("POST", "/api/v1/payments/{order_id}/refunds"),
         ("POST", "/api/v1/holds"),
         ("GET", "/api/v1/holds/{hold_id}"),
         ("POST", "/api/v1/holds/{hold_id}/capture"),

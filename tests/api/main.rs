@@ -18,6 +18,7 @@ mod lock;
 mod payment_requests;
 mod payments;
 mod points;
+mod refunds;
 mod relay;
 mod scopes;
 mod shutdown;

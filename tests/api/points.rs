@@ -52,3 +52,35 @@ async fn a_renamed_points_group_does_not_credit_points_again() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_take_back_the_refunded_share_of_the_points() {
+    let app = spawn_app_with(kafka_settings().await).await;
+    app.funded_wallet("u1", 10_000).await;
+    assert_eq!(app.pay("o1", "u1", 5_000).await.status, StatusCode::CREATED);
+    assert!(drained_with_points(&app, "u1", 50).await);
+    let refund = |id: &'static str, amount: &'static str| {
+        let app = &app;
+        async move {
+            app.post(
+                "/api/v1/payments/o1/refunds",
+                &serde_json::json!({ "refundId": id, "amount": amount }),
+            )
+            .await
+        }
+    };
+    assert_eq!(refund("r1", "1250").await.status, StatusCode::CREATED);
+    // 50 points for 5,000: a quarter refunded takes back ⌊12.5⌋ = 12.
+    assert!(drained_with_points(&app, "u1", 38).await);
+    let cancelled = app
+        .post("/api/v1/payments/o1/cancel", &serde_json::json!({}))
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    assert!(
+        drained_with_points(&app, "u1", 0).await,
+        "never more than earned"
+    );
+    app.assert_ledger_invariants().await;
+    let report = wallet::audit::audit(&app.db).await.unwrap();
+    assert_eq!(report.points_mismatches, 0);
+}

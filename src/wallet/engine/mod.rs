@@ -34,9 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::replay::{self, Claimed};
-use super::requests::{CancelPayment, Debit, Keyed, PlaceHold, SettleHold, TopUp};
+use super::requests::{CancelPayment, Debit, Keyed, PlaceHold, Refund, SettleHold, TopUp};
 use super::rules::{Answer, Book};
-use super::views::{HoldView, PaymentView, TopUpView};
+use super::views::{HoldView, PaymentView, RefundView, TopUpView};
 use super::{unavailable, ServiceError, WalletCore};
 use crate::domain::Identifier;
 use crate::idempotency::{Claim, ClaimToken};
@@ -91,6 +91,7 @@ pub enum Request {
     Debit(Ticket<Debit, PaymentView>),
     TopUp(Ticket<TopUp, TopUpView>),
     Cancel(Ticket<CancelPayment, PaymentView>),
+    Refund(Ticket<Refund, RefundView>),
     Hold(Ticket<PlaceHold, HoldView>),
     /// A capture, void or expiry.
     Settle(Ticket<SettleHold, HoldView>),
@@ -103,6 +104,7 @@ macro_rules! each {
             Request::Debit($ticket) => $body,
             Request::TopUp($ticket) => $body,
             Request::Cancel($ticket) => $body,
+            Request::Refund($ticket) => $body,
             Request::Hold($ticket) => $body,
             Request::Settle($ticket) => $body,
         }
@@ -121,6 +123,16 @@ impl Request {
 
     fn key(&self) -> &Identifier {
         self.keyed().key()
+    }
+
+    /// The order whose payment or hold the request reads, if any: its key, but a
+    /// refund's order.
+    fn order_id(&self) -> Option<&Identifier> {
+        match self {
+            Self::Refund(t) => Some(&t.request.order_id),
+            Self::TopUp(_) => None,
+            Self::Debit(_) | Self::Cancel(_) | Self::Hold(_) | Self::Settle(_) => Some(self.key()),
+        }
     }
 
     fn user_id(&self) -> &Identifier {
@@ -159,6 +171,7 @@ impl Request {
             Self::Debit(t) => t.answer = Some(book.debit(&t.request)),
             Self::TopUp(t) => t.answer = Some(book.top_up(&t.request)),
             Self::Cancel(t) => t.answer = Some(book.cancel(&t.request)),
+            Self::Refund(t) => t.answer = Some(book.refund(&t.request)),
             Self::Hold(t) => t.answer = Some(book.hold(&t.request)),
             Self::Settle(t) => t.answer = Some(book.settle(&t.request)),
         }

@@ -40,17 +40,27 @@ impl Queue {
 
     /// The next batch: ready jobs, oldest first, of wallets no running batch has, at
     /// most `max`. A wallet's jobs stay in order: once one of them waits, all do.
+    ///
+    /// An idempotency key goes into a batch once: a later request with a key the batch
+    /// has already waits for the next one, where it meets the earlier request's claim
+    /// (in progress, or answered). In one batch the later request would run without a
+    /// claim of its own, even when the earlier one does not run (its wallet held
+    /// elsewhere), and could take the key on its own terms.
     fn take_batch(&mut self, max: usize, now: Instant) -> Vec<Job> {
         let mut batch = Vec::new();
+        let mut keys: HashSet<(&'static str, String)> = HashSet::new();
         let mut blocked: HashSet<String> = HashSet::new();
         let mut rest = VecDeque::with_capacity(self.waiting.len());
         for job in self.waiting.drain(..) {
             let user_id = job.user_id();
+            let key = (job.request.scope(), job.request.key().to_string());
             if batch.len() < max
                 && job.ready_at <= now
                 && !self.busy.contains(user_id)
                 && !blocked.contains(user_id)
+                && !keys.contains(&key)
             {
+                keys.insert(key);
                 batch.push(job);
             } else {
                 blocked.insert(user_id.to_owned());

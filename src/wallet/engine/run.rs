@@ -175,21 +175,17 @@ impl Batch<'_> {
     }
 
     /// Claims the keys of the jobs that have no claim yet, in one round trip, and
-    /// answers those the cache already knows. A key twice in the batch is claimed once:
-    /// the later request is checked against the earlier inside the transaction.
+    /// answers those the cache already knows. A batch has each key once
+    /// (`queue::take_batch`).
     async fn claim(
         &self,
         conn: &mut MultiplexedConnection,
         jobs: Vec<Job>,
     ) -> Result<Vec<Job>, (RedisFault, Vec<Job>)> {
-        let mut seen = HashSet::new();
         let to_claim: Vec<usize> = jobs
             .iter()
             .enumerate()
-            .filter(|(_, job)| {
-                job.claim.is_none()
-                    && seen.insert((job.request.scope(), job.request.key().as_str()))
-            })
+            .filter(|(_, job)| job.claim.is_none())
             .map(|(i, _)| i)
             .collect();
         let requests: Vec<ClaimRequest<'_>> = to_claim

@@ -8,11 +8,11 @@ use tokio::time::Instant;
 use super::run::Batch;
 use super::{Job, Request};
 use crate::lock::BatchLocks;
-use crate::store::{holds, ledger, payments, top_ups, wallets};
+use crate::store::{holds, ledger, orders, payments, refunds, top_ups, wallets};
 use crate::telemetry::metrics;
 use crate::wallet::attempt::Failure;
 use crate::wallet::requests::Context;
-use crate::wallet::rules::Book;
+use crate::wallet::rules::{Book, Records};
 
 /// The Redis locks a batch holds and the connection that renews them.
 pub(super) struct Held {
@@ -46,21 +46,30 @@ impl Batch<'_> {
                 }
             }
         }
-        let order_ids = keys(jobs, |r| {
-            matches!(r, Request::Debit(_) | Request::Cancel(_))
+        // A payment and a hold are both keyed by their order id (one charge per order):
+        // both are read under every order id of the batch.
+        let order_ids = ids(jobs, Request::order_id);
+        let top_up_ids = ids(jobs, |r| match r {
+            Request::TopUp(_) => Some(r.key()),
+            _ => None,
         });
-        let top_up_ids = keys(jobs, |r| matches!(r, Request::TopUp(_)));
-        let hold_ids = keys(jobs, |r| matches!(r, Request::Hold(_) | Request::Settle(_)));
-        let paid = payments::find_many(&mut tx, &order_ids).await?;
-        let topped = top_ups::find_many(&mut tx, &top_up_ids).await?;
-        let holds_found = holds::find_many(&mut tx, &hold_ids).await?;
+        let refund_ids = ids(jobs, |r| match r {
+            Request::Refund(_) => Some(r.key()),
+            _ => None,
+        });
+        let records = Records {
+            payments: payments::find_many(&mut tx, &order_ids).await?,
+            top_ups: top_ups::find_many(&mut tx, &top_up_ids).await?,
+            holds: holds::find_many(&mut tx, &order_ids).await?,
+            refunds: refunds::find_many(&mut tx, &refund_ids).await?,
+        };
 
         let ctx = Context {
             now: crate::support::clock::now(),
             currency: self.currency,
             points_rate: self.points_rate,
         };
-        let mut book = Book::new(ctx, rows, paid, topped, holds_found);
+        let mut book = Book::new(ctx, rows, records);
         // The earliest deadline of a request that writes: past it, nothing commits.
         let mut written_deadline: Option<Instant> = None;
         for job in jobs.iter_mut() {
@@ -90,10 +99,12 @@ impl Batch<'_> {
         if !wallets::apply_deltas(&mut tx, &deltas, ctx.now).await? {
             return Err(Failure::conflict());
         }
+        orders::insert_many(&mut tx, &writes.new_orders, ctx.now).await?;
         payments::insert_many(&mut tx, &writes.new_payments).await?;
-        if !payments::cancel_many(&mut tx, &writes.cancelled).await? {
+        if !payments::update_many(&mut tx, &writes.changed_payments).await? {
             return Err(Failure::conflict());
         }
+        refunds::insert_many(&mut tx, &writes.new_refunds).await?;
         top_ups::insert_many(&mut tx, &writes.new_top_ups).await?;
         holds::insert_many(&mut tx, &writes.new_holds).await?;
         if !holds::settle_many(&mut tx, &writes.settled).await? {
@@ -124,12 +135,15 @@ impl Batch<'_> {
     }
 }
 
-/// The idempotency keys of the jobs `wanted` picks, each once, in order.
-fn keys<'a>(jobs: &'a [&mut Job], wanted: impl Fn(&Request) -> bool) -> Vec<&'a str> {
+/// The ids `id` picks of the jobs, each once, in order.
+fn ids<'a>(
+    jobs: &'a [&mut Job],
+    id: impl Fn(&'a Request) -> Option<&'a crate::domain::Identifier>,
+) -> Vec<&'a str> {
     let mut keys: Vec<&str> = jobs
         .iter()
-        .filter(|job| wanted(&job.request))
-        .map(|job| job.request.key().as_str())
+        .filter_map(|job| id(&job.request))
+        .map(|key| key.as_str())
         .collect();
     keys.sort_unstable();
     keys.dedup();

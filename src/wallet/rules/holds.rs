@@ -14,6 +14,7 @@ use super::{after, fresh, Answer, Book, Kind, Tracked};
 use crate::domain::events::{points_for, HOLD_CAPTURED, HOLD_CREATED, HOLD_EXPIRED, HOLD_VOIDED};
 use crate::store::holds::{HoldRow, HoldStatus};
 use crate::store::ledger::{EntryType, NewEntry};
+use crate::store::payments::{PaymentRow, PaymentSource, PaymentStatus};
 use crate::wallet::replay;
 use crate::wallet::requests::{hold_event, Keyed, PlaceHold, SettleHold, Settlement};
 use crate::wallet::views::HoldView;
@@ -27,6 +28,10 @@ impl Book {
             return replay::recorded(hold.scope(), hold.matches(&recorded.row), || {
                 HoldView::as_placed(&recorded.row, ctx.currency)
             });
+        }
+        if self.payments.contains_key(hold.hold_id.as_str()) {
+            // The order is paid already: one charge per order.
+            return Err(ServiceError::KeyReused);
         }
         let funds = after(&mut self.wallets, hold.user_id.as_str())?;
         let amount = hold.amount.value();
@@ -128,6 +133,34 @@ impl Book {
             reference: row.hold_id.clone(),
         });
         self.events.push(hold_event(row, event_type, &ctx).into());
-        Ok(fresh(HoldView::current(row, ctx.currency)))
+        let value = HoldView::current(row, ctx.currency);
+        // A capture is the order's payment, refunded and cancelled like any other. (An
+        // order id that a payment took before one charge per order was enforced keeps
+        // that payment; the ledger audit reports it.)
+        if let Some(captured) = captured {
+            if !self.payments.contains_key(&row.hold_id) {
+                let payment = PaymentRow {
+                    payment_id: uuid::Uuid::now_v7().to_string(),
+                    order_id: row.hold_id.clone(),
+                    user_id: row.user_id.clone(),
+                    amount: captured,
+                    currency: row.currency.clone(),
+                    status: PaymentStatus::Completed,
+                    source: PaymentSource::Capture,
+                    balance_after: funds.balance,
+                    created_at: ctx.now,
+                    cancelled_at: None,
+                    cancel_reason: None,
+                    refund_balance_after: None,
+                    refunded_amount: Decimal::ZERO,
+                    points: row.points,
+                    points_refunded: 0,
+                };
+                self.made.push((Kind::Payment, payment.order_id.clone()));
+                self.payments
+                    .insert(payment.order_id.clone(), Tracked::made(payment));
+            }
+        }
+        Ok(fresh(value))
     }
 }

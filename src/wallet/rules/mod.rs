@@ -9,6 +9,7 @@
 //! refused when the record is of another request.
 
 mod holds;
+mod refunds;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +24,9 @@ use super::{Outcome, ServiceError};
 use crate::domain::events::{Event, PAYMENT_CANCELLED, PAYMENT_COMPLETED};
 use crate::store::holds::HoldRow;
 use crate::store::ledger::{EntryType, NewEntry};
-use crate::store::payments::{PaymentRow, PaymentStatus};
+use crate::store::orders::OrderKind;
+use crate::store::payments::{PaymentRow, PaymentSource, PaymentStatus};
+use crate::store::refunds::RefundRow;
 use crate::store::top_ups::TopUpRow;
 use crate::store::wallets::WalletRow;
 
@@ -90,6 +93,17 @@ impl<T> Tracked<T> {
     }
 }
 
+/// The records a batch read under its keys: the payments and holds of its order ids
+/// (a payment's key and a hold's are both order ids: one charge per order), its
+/// top-ups and refunds.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub payments: Vec<PaymentRow>,
+    pub top_ups: Vec<TopUpRow>,
+    pub holds: Vec<HoldRow>,
+    pub refunds: Vec<RefundRow>,
+}
+
 /// The state one batch decides over, and what it has decided so far.
 #[derive(Debug, Clone)]
 pub struct Book {
@@ -97,8 +111,12 @@ pub struct Book {
     /// Each wallet's funds as read and as the book leaves them.
     wallets: HashMap<String, (Funds, Funds)>,
     payments: HashMap<String, Tracked<PaymentRow>>,
+    /// Each payment read, as it was read (status, refunded amount): the condition of
+    /// its update.
+    payments_read: HashMap<String, (PaymentStatus, Decimal)>,
     top_ups: HashMap<String, Tracked<TopUpRow>>,
     holds: HashMap<String, Tracked<HoldRow>>,
+    refunds: HashMap<String, Tracked<RefundRow>>,
     /// The keys of the records made, in the order they were made.
     made: Vec<(Kind, String)>,
     entries: Vec<NewEntry>,
@@ -110,6 +128,7 @@ enum Kind {
     Payment,
     TopUp,
     Hold,
+    Refund,
 }
 
 /// What a book decided, for the transaction to write.
@@ -117,8 +136,12 @@ pub struct Writes<'a> {
     /// Every wallet whose funds changed, with the net change.
     pub deltas: Vec<(&'a str, Funds)>,
     pub new_payments: Vec<&'a PaymentRow>,
-    /// Payments read completed, now cancelled.
-    pub cancelled: Vec<&'a PaymentRow>,
+    /// Payments read before and changed (refunded, cancelled), each with its status and
+    /// refunded amount as read.
+    pub changed_payments: Vec<(&'a PaymentRow, PaymentStatus, Decimal)>,
+    pub new_refunds: Vec<&'a RefundRow>,
+    /// The orders charged for the first time, by a payment or a hold.
+    pub new_orders: Vec<(&'a str, &'a str, OrderKind)>,
     pub new_top_ups: Vec<&'a TopUpRow>,
     /// Holds placed by the book, as it leaves them.
     pub new_holds: Vec<&'a HoldRow>,
@@ -129,14 +152,14 @@ pub struct Writes<'a> {
 }
 
 impl Book {
-    /// A book over the wallets, payments, top-ups and holds a batch read.
-    pub fn new(
-        ctx: Context,
-        wallets: Vec<WalletRow>,
-        payments: Vec<PaymentRow>,
-        top_ups: Vec<TopUpRow>,
-        holds: Vec<HoldRow>,
-    ) -> Self {
+    /// A book over the wallets and records a batch read.
+    pub fn new(ctx: Context, wallets: Vec<WalletRow>, records: Records) -> Self {
+        let Records {
+            payments,
+            top_ups,
+            holds,
+            refunds,
+        } = records;
         Self {
             ctx,
             wallets: wallets
@@ -146,9 +169,17 @@ impl Book {
                     (row.user_id, (funds, funds))
                 })
                 .collect(),
+            payments_read: payments
+                .iter()
+                .map(|p| (p.order_id.clone(), (p.status, p.refunded_amount)))
+                .collect(),
             payments: payments
                 .into_iter()
                 .map(|p| (p.order_id.clone(), Tracked::read(p)))
+                .collect(),
+            refunds: refunds
+                .into_iter()
+                .map(|r| (r.refund_id.clone(), Tracked::read(r)))
                 .collect(),
             top_ups: top_ups
                 .into_iter()
@@ -206,13 +237,35 @@ impl Book {
                 .filter(move |(k, _)| *k == kind)
                 .map(|(_, key)| key.as_str())
         };
-        let mut cancelled: Vec<&PaymentRow> = self
+        let mut changed_payments: Vec<(&PaymentRow, PaymentStatus, Decimal)> = self
             .payments
             .values()
             .filter(|p| p.changed && !p.new)
-            .map(|p| &p.row)
+            .map(|p| {
+                let (status, refunded) = self.payments_read[&p.row.order_id];
+                (&p.row, status, refunded)
+            })
             .collect();
-        cancelled.sort_unstable_by(|a, b| a.order_id.cmp(&b.order_id));
+        changed_payments.sort_unstable_by(|a, b| a.0.order_id.cmp(&b.0.order_id));
+        let new_orders = self
+            .made
+            .iter()
+            .filter_map(|(kind, key)| match kind {
+                Kind::Payment => {
+                    let row = &self.payments[key].row;
+                    (row.source == PaymentSource::Debit).then_some((
+                        row.order_id.as_str(),
+                        row.user_id.as_str(),
+                        OrderKind::Payment,
+                    ))
+                }
+                Kind::Hold => {
+                    let row = &self.holds[key].row;
+                    Some((row.hold_id.as_str(), row.user_id.as_str(), OrderKind::Hold))
+                }
+                Kind::TopUp | Kind::Refund => None,
+            })
+            .collect();
         let mut settled: Vec<&HoldRow> = self
             .holds
             .values()
@@ -223,7 +276,9 @@ impl Book {
         Writes {
             deltas,
             new_payments: made(Kind::Payment).map(|k| &self.payments[k].row).collect(),
-            cancelled,
+            changed_payments,
+            new_refunds: made(Kind::Refund).map(|k| &self.refunds[k].row).collect(),
+            new_orders,
             new_top_ups: made(Kind::TopUp).map(|k| &self.top_ups[k].row).collect(),
             new_holds: made(Kind::Hold).map(|k| &self.holds[k].row).collect(),
             settled,
@@ -235,6 +290,10 @@ impl Book {
     /// Debits the wallet once per order id, if its available balance covers it.
     pub fn debit(&mut self, debit: &Debit) -> Answer<PaymentView> {
         let ctx = self.ctx;
+        if self.holds.contains_key(debit.order_id.as_str()) {
+            // The order is charged by a hold (and its capture, if any).
+            return Err(ServiceError::KeyReused);
+        }
         if let Some(recorded) = self.payments.get(debit.order_id.as_str()) {
             return replay::recorded(debit.scope(), debit.matches(&recorded.row), || {
                 PaymentView::as_debited(&recorded.row, ctx.currency)
@@ -292,8 +351,8 @@ impl Book {
         Ok(fresh(value))
     }
 
-    /// Cancels a completed payment and credits its amount back, once; a cancelled one
-    /// answers as it is.
+    /// Cancels a payment and credits back what remains of it (all of it unless refunds
+    /// came first), once; a cancelled or fully refunded one answers as it is.
     pub fn cancel(&mut self, cancel: &CancelPayment) -> Answer<PaymentView> {
         let ctx = self.ctx;
         let payment = self
@@ -301,32 +360,37 @@ impl Book {
             .get_mut(cancel.order_id.as_str())
             .filter(|p| p.row.user_id == cancel.user_id.as_str())
             .ok_or(ServiceError::PaymentNotFound)?;
-        if payment.row.status == PaymentStatus::Cancelled {
+        if payment.row.status != PaymentStatus::Completed {
             let value = PaymentView::current(&payment.row, ctx.currency);
             return replay::recorded(cancel.scope(), true, || value);
         }
         let funds = after(&mut self.wallets, cancel.user_id.as_str())?;
-        let amount = payment.row.amount;
-        let balance_after = funds.balance + amount;
+        let remaining = payment.row.refundable();
+        let balance_after = funds.balance + remaining;
         if balance_after > balance_capacity() {
             return Err(ServiceError::BalanceLimit);
         }
         funds.balance = balance_after;
         let row = &mut payment.row;
+        let points_back = row.points - row.points_refunded;
         row.status = PaymentStatus::Cancelled;
         row.cancelled_at = Some(ctx.now);
         row.cancel_reason = cancel.reason.clone();
         row.refund_balance_after = Some(balance_after);
+        row.refunded_amount = row.amount;
+        row.points_refunded = row.points;
         payment.changed = true;
         self.entries.push(NewEntry::money(
             &row.user_id,
             EntryType::Refund,
-            amount,
+            remaining,
             (funds.balance, funds.held),
             &row.order_id,
         ));
-        self.events
-            .push(payment_event(row, PAYMENT_CANCELLED, &ctx).into());
+        let mut event = payment_event(row, PAYMENT_CANCELLED, &ctx);
+        event.amount = ctx.currency.format(remaining);
+        event.points = points_back;
+        self.events.push(event.into());
         Ok(fresh(PaymentView::current(row, ctx.currency)))
     }
 }

@@ -12,7 +12,8 @@ use super::*;
 use crate::domain::{Amount, Currency, Identifier, RawAmount};
 use crate::store::holds::HoldStatus;
 use crate::store::ledger::EntryType;
-use crate::wallet::requests::{PlaceHold, SettleHold, Settlement};
+use crate::store::payments::PaymentSource;
+use crate::wallet::requests::{PlaceHold, Refund, SettleHold, Settlement};
 
 fn ctx(now: DateTime<Utc>) -> Context {
     Context {
@@ -44,7 +45,7 @@ fn wallet(user_id: &str, balance: i64, held: i64) -> WalletRow {
 }
 
 fn book(now: DateTime<Utc>, wallets: Vec<WalletRow>) -> Book {
-    Book::new(ctx(now), wallets, Vec::new(), Vec::new(), Vec::new())
+    Book::new(ctx(now), wallets, Records::default())
 }
 
 fn place(hold_id: &str, value: i64) -> PlaceHold {
@@ -128,9 +129,10 @@ fn past_its_deadline_a_hold_expires_whatever_was_asked() {
         Book::new(
             ctx(at),
             vec![wallet("u", 10_000, 3_000)],
-            vec![],
-            vec![],
-            vec![hold.clone()],
+            Records {
+                holds: vec![hold.clone()],
+                ..Records::default()
+            },
         )
     };
 
@@ -180,7 +182,7 @@ fn a_payment_cancelled_in_the_batch_that_made_it_is_written_once_cancelled() {
     assert_eq!(writes.new_payments.len(), 1);
     assert_eq!(writes.new_payments[0].status, PaymentStatus::Cancelled);
     assert!(
-        writes.cancelled.is_empty(),
+        writes.changed_payments.is_empty(),
         "inserted as it ends, not updated"
     );
     assert!(writes.deltas.is_empty(), "the wallet is where it was");
@@ -223,6 +225,12 @@ enum Op {
         key: u8,
         wallet: u8,
     },
+    Refund {
+        refund: u8,
+        key: u8,
+        wallet: u8,
+        amount: Option<i64>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -257,7 +265,15 @@ fn op() -> impl Strategy<Value = Op> {
             }
         ),
         (key.clone(), wallet.clone()).prop_map(|(key, wallet)| Op::Void { key, wallet }),
-        (key, wallet).prop_map(|(key, wallet)| Op::Expire { key, wallet }),
+        (key.clone(), wallet.clone()).prop_map(|(key, wallet)| Op::Expire { key, wallet }),
+        (0u8..6, key, wallet, proptest::option::of(1i64..3_000)).prop_map(
+            |(refund, key, wallet, amount)| Op::Refund {
+                refund,
+                key,
+                wallet,
+                amount
+            }
+        ),
     ]
 }
 
@@ -268,6 +284,8 @@ struct Model {
     payments: HashMap<String, PaymentRow>,
     top_ups: HashMap<String, TopUpRow>,
     holds: HashMap<String, HoldRow>,
+    refunds: HashMap<String, RefundRow>,
+    orders: std::collections::HashSet<String>,
     ledger: Vec<NewEntry>,
 }
 
@@ -300,9 +318,12 @@ impl Model {
         Book::new(
             ctx(now),
             wallets,
-            self.payments.values().cloned().collect(),
-            self.top_ups.values().cloned().collect(),
-            self.holds.values().cloned().collect(),
+            Records {
+                payments: self.payments.values().cloned().collect(),
+                top_ups: self.top_ups.values().cloned().collect(),
+                holds: self.holds.values().cloned().collect(),
+                refunds: self.refunds.values().cloned().collect(),
+            },
         )
     }
 
@@ -322,12 +343,31 @@ impl Model {
                 "an order is paid once"
             );
         }
-        for p in writes.cancelled {
+        for (order_id, _, _) in &writes.new_orders {
+            assert!(
+                self.orders.insert(order_id.to_string()),
+                "an order id names one charge"
+            );
+        }
+        for (p, status, refunded) in writes.changed_payments {
             let old = self.payments.insert(p.order_id.clone(), p.clone()).unwrap();
+            assert_eq!(
+                (old.status, old.refunded_amount),
+                (status, refunded),
+                "a payment is changed from the state it was read in"
+            );
             assert_eq!(
                 old.status,
                 PaymentStatus::Completed,
-                "a payment is cancelled once"
+                "only an open payment changes"
+            );
+        }
+        for r in writes.new_refunds {
+            assert!(
+                self.refunds
+                    .insert(r.refund_id.clone(), r.clone())
+                    .is_none(),
+                "a refund is applied once"
             );
         }
         for t in writes.new_top_ups {
@@ -372,6 +412,47 @@ impl Model {
                 .map(|h| h.amount)
                 .sum();
             assert_eq!(funds.held, open, "{user_id}: held = Σ open holds");
+        }
+        // Never more given back than was paid, nor more points taken back than earned.
+        for p in self.payments.values() {
+            let refunds: Decimal = self
+                .refunds
+                .values()
+                .filter(|r| r.order_id == p.order_id)
+                .map(|r| r.amount)
+                .sum();
+            let cancel: Decimal = self
+                .ledger
+                .iter()
+                .filter(|e| e.entry_type == EntryType::Refund && e.reference == p.order_id)
+                .map(|e| e.amount)
+                .sum();
+            assert_eq!(
+                p.refunded_amount,
+                refunds + cancel,
+                "{}: refunded",
+                p.order_id
+            );
+            assert!(
+                p.refunded_amount <= p.amount,
+                "{}: Σ refunds ≤ payment",
+                p.order_id
+            );
+            assert!(p.points_refunded <= p.points, "{}: points", p.order_id);
+            assert_eq!(
+                p.status == PaymentStatus::Completed,
+                p.refunded_amount < p.amount,
+                "{}: open while something remains",
+                p.order_id
+            );
+            if p.source == PaymentSource::Capture {
+                assert!(self.holds.contains_key(&p.order_id), "a capture's payment");
+            } else {
+                assert!(
+                    !self.holds.contains_key(&p.order_id),
+                    "one charge per order"
+                );
+            }
         }
         // No key applied twice: one entry of each kind per key.
         let mut seen = HashMap::new();
@@ -430,7 +511,7 @@ fn run(book: &mut Book, op: &Op) {
             ttl,
         } => book
             .hold(&PlaceHold {
-                hold_id: id(&format!("h{key}")),
+                hold_id: id(&format!("o{key}")),
                 user_id: user(wallet),
                 amount: amount(*a),
                 expires_in: Duration::seconds(*ttl),
@@ -442,23 +523,37 @@ fn run(book: &mut Book, op: &Op) {
             amount: a,
         } => book
             .settle(&SettleHold {
-                hold_id: id(&format!("h{key}")),
+                hold_id: id(&format!("o{key}")),
                 user_id: user(wallet),
                 how: Settlement::Capture(a.map(amount)),
             })
             .is_err(),
         Op::Void { key, wallet } => book
             .settle(&SettleHold {
-                hold_id: id(&format!("h{key}")),
+                hold_id: id(&format!("o{key}")),
                 user_id: user(wallet),
                 how: Settlement::Void,
             })
             .is_err(),
         Op::Expire { key, wallet } => book
             .settle(&SettleHold {
-                hold_id: id(&format!("h{key}")),
+                hold_id: id(&format!("o{key}")),
                 user_id: user(wallet),
                 how: Settlement::Expire,
+            })
+            .is_err(),
+        Op::Refund {
+            refund,
+            key,
+            wallet,
+            amount: a,
+        } => book
+            .refund(&Refund {
+                refund_id: id(&format!("r{refund}")),
+                order_id: id(&format!("o{key}")),
+                user_id: user(wallet),
+                amount: a.map(amount),
+                reason: None,
             })
             .is_err(),
     };
@@ -493,4 +588,88 @@ proptest! {
             now += Duration::seconds(*pause);
         }
     }
+}
+
+#[test]
+fn refunds_give_back_in_parts_never_more_than_was_paid() {
+    let mut book = book(Utc::now(), vec![wallet("u", 10_000, 0)]);
+    let debit = Debit {
+        order_id: id("o"),
+        user_id: id("u"),
+        amount: amount(1_000),
+    };
+    book.debit(&debit).unwrap();
+    let refund = |refund_id: &str, value: Option<i64>| Refund {
+        refund_id: id(refund_id),
+        order_id: id("o"),
+        user_id: id("u"),
+        amount: value.map(amount),
+        reason: None,
+    };
+    let first = book.refund(&refund("r1", Some(300))).unwrap().value;
+    assert_eq!(
+        (first.amount.as_str(), first.refunded_total.as_str()),
+        ("300", "300")
+    );
+    assert!(matches!(
+        book.refund(&refund("r2", Some(701))),
+        Err(ServiceError::RefundExceedsPayment)
+    ));
+    assert!(book.refund(&refund("r1", Some(300))).unwrap().replayed);
+    let rest = book.refund(&refund("r3", None)).unwrap().value;
+    assert_eq!(
+        (rest.amount.as_str(), rest.balance_after.as_str()),
+        ("700", "10000")
+    );
+    let cancelled = book
+        .cancel(&CancelPayment {
+            order_id: id("o"),
+            user_id: id("u"),
+            reason: None,
+        })
+        .unwrap();
+    assert!(cancelled.replayed, "nothing remains to cancel");
+    assert_eq!(cancelled.value.status, PaymentStatus::Refunded);
+    assert!(matches!(
+        book.refund(&refund("r4", None)),
+        Err(ServiceError::RefundExceedsPayment)
+    ));
+    // 10 points earned: 3 back with the first 300, the other 7 with the rest.
+    let points: Vec<i64> = book
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Payment(p) if p.event_type == "payment.refunded" => Some(p.points),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(points, vec![3, 7]);
+}
+
+#[test]
+fn an_order_id_names_one_charge() {
+    let mut book = book(Utc::now(), vec![wallet("u", 10_000, 0)]);
+    book.hold(&place("o", 1_000)).unwrap();
+    let debit = Debit {
+        order_id: id("o"),
+        user_id: id("u"),
+        amount: amount(1_000),
+    };
+    assert!(matches!(book.debit(&debit), Err(ServiceError::KeyReused)));
+    book.settle(&settle("o", Settlement::Capture(Some(amount(600)))))
+        .unwrap();
+    let writes = book.writes();
+    assert_eq!(
+        writes.new_payments.len(),
+        1,
+        "the capture is the order's payment"
+    );
+    assert_eq!(writes.new_payments[0].amount, Decimal::from(600));
+    assert_eq!(writes.new_orders.len(), 1, "one order, named by the hold");
+    let mut paid = super::tests::book(Utc::now(), vec![wallet("u", 10_000, 0)]);
+    paid.debit(&debit).unwrap();
+    assert!(matches!(
+        paid.hold(&place("o", 1_000)),
+        Err(ServiceError::KeyReused)
+    ));
 }
