@@ -38,6 +38,7 @@ pub struct Application {
     db: MySqlPool,
     producer: FutureProducer,
     tasks: Tasks,
+    service: WalletService,
 }
 
 /// How long shutdown waits for the background tasks, all together: workers finish
@@ -147,7 +148,7 @@ impl Application {
         Ok(Self {
             listener,
             router: http::router(
-                service,
+                service.clone(),
                 dead_letters,
                 metrics,
                 gatekeeper,
@@ -157,8 +158,14 @@ impl Application {
             connections: settings.connections.clone(),
             db,
             producer,
+            service,
             tasks,
         })
+    }
+
+    /// The use cases, for tools and tests that call them without HTTP.
+    pub fn service(&self) -> WalletService {
+        self.service.clone()
     }
 
     /// The port the listener is bound to (useful with port 0).

@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::consumers::{decode_json, HandlerError, RecordHandler};
 use crate::domain::{Amount, Identifier, RawAmount};
-use crate::wallet::{HoldRefusal, PlaceHold, Settlement};
+use crate::wallet::{HoldRefusal, PlaceHold, RefundRefusal, Settlement};
 use crate::wallet::{Refusal, ServiceError, WalletService};
 
 /// What kind of request a record is; a record without `type` is a payment.
@@ -55,6 +55,15 @@ struct SettleRequest {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct RefundRequest {
+    refund_id: String,
+    order_id: String,
+    amount: Option<RawAmount>,
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PaymentRequest {
     order_id: String,
     user_id: String,
@@ -73,6 +82,7 @@ impl RecordHandler for PaymentRequestHandler {
             None | Some("payment") => self.pay(record).await,
             Some("hold") => self.hold(record).await,
             Some(kind @ ("capture" | "void")) => self.settle(record, kind == "capture").await,
+            Some("refund") => self.refund(record).await,
             Some(other) => Err(HandlerError::Poison(format!(
                 "unknown request type {other:?}"
             ))),
@@ -155,6 +165,12 @@ impl PaymentRequestHandler {
         };
         let refusal = match self.service.hold(&hold_id).await {
             Ok(hold) => HoldRefusal::of_settling(&hold),
+            // Being placed right now: wait for it, as a payment waits for its order.
+            Err(ServiceError::HoldNotFound) if self.service.placement_in_flight(&hold_id).await => {
+                return Err(HandlerError::InFlight(format!(
+                    "hold {hold_id} is being placed by another request"
+                )))
+            }
             Err(ServiceError::HoldNotFound) => {
                 return Err(HandlerError::Poison(format!("hold {hold_id} not found")))
             }
@@ -162,6 +178,61 @@ impl PaymentRequestHandler {
         };
         let result = self.service.settle_hold(hold_id, how).await.map(|_| ());
         self.refuse_hold(record, refusal, result).await
+    }
+
+    async fn refund(&self, record: &OwnedMessage) -> Result<(), HandlerError> {
+        let request: RefundRequest = decode_json(record, "a refund request")?;
+        let poison = |e: crate::domain::ValidationError| HandlerError::Poison(e.0);
+        let refund_id = Identifier::parse("refundId", request.refund_id).map_err(poison)?;
+        let order_id = Identifier::parse("orderId", request.order_id).map_err(poison)?;
+        let amount = request
+            .amount
+            .map(|raw| Amount::parse("amount", raw, self.service.currency()))
+            .transpose()
+            .map_err(poison)?;
+        if request
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > 255)
+        {
+            return Err(HandlerError::Poison(
+                "reason must be at most 255 characters".into(),
+            ));
+        }
+        let result = self
+            .service
+            .refund(refund_id.clone(), order_id.clone(), amount, request.reason)
+            .await;
+        let (reason, rejected) = match result {
+            Ok(_) => return Ok(()),
+            Err(ServiceError::InProgress { .. }) => {
+                return Err(HandlerError::InFlight(format!(
+                    "refund {refund_id} is being made by another request"
+                )))
+            }
+            // No payment, so no wallet to tell.
+            Err(ServiceError::PaymentNotFound) => {
+                return Err(HandlerError::Poison(format!(
+                    "payment {order_id} not found"
+                )))
+            }
+            Err(ServiceError::RefundExceedsPayment) => ("refund_exceeds_payment", false),
+            Err(ServiceError::BalanceLimit) => ("balance_limit_exceeded", false),
+            Err(ServiceError::KeyReused) => ("idempotency_key_reused", true),
+            Err(ServiceError::Validation(message)) => return Err(HandlerError::Poison(message)),
+            Err(other) => return Err(HandlerError::Transient(other.into())),
+        };
+        let refusal = RefundRefusal {
+            refund_id,
+            order_id,
+            amount,
+            reason,
+            rejected,
+        };
+        self.service
+            .publish_refund_refusal(&request_id(record), refusal)
+            .await
+            .map_err(|e| HandlerError::Transient(e.into()))
     }
 
     /// Publishes `hold.declined` for a hold request the use case refused.
@@ -183,7 +254,27 @@ impl PaymentRequestHandler {
                 refusal.status = Some(hold.status);
                 "hold_not_open"
             }
-            Err(ServiceError::KeyReused) => "idempotency_key_reused",
+            // The hold id names a hold or payment on other terms (or a capture was
+            // repeated with another amount): a rejection that names what stands.
+            Err(ServiceError::KeyReused) => {
+                let hold_id = Identifier::parse("holdId", refusal.hold_id.clone())
+                    .map_err(|e| HandlerError::Poison(e.0))?;
+                refusal.status = match self.service.hold(&hold_id).await {
+                    Ok(hold) => Some(hold.status),
+                    Err(ServiceError::HoldNotFound) => match self.service.payment(&hold_id).await {
+                        Ok(_) => None,
+                        Err(ServiceError::PaymentNotFound) => {
+                            return Err(HandlerError::InFlight(format!(
+                                "hold {hold_id} is being placed by another request"
+                            )))
+                        }
+                        Err(other) => return Err(HandlerError::Transient(other.into())),
+                    },
+                    Err(other) => return Err(HandlerError::Transient(other.into())),
+                };
+                refusal.rejected = true;
+                "idempotency_key_reused"
+            }
             Err(ServiceError::InsufficientFunds) => "insufficient_funds",
             Err(ServiceError::WalletNotFound) => "wallet_not_found",
             Err(ServiceError::CaptureExceedsHold) => "capture_exceeds_hold",
@@ -198,15 +289,11 @@ impl PaymentRequestHandler {
     /// The order id was used for a request with other terms: the answer depends on
     /// what became of that request.
     async fn reused(&self, order_id: &Identifier) -> Result<Refusal, HandlerError> {
-        match self.service.payment(order_id).await {
-            Ok(order) => Ok(Refusal::Rejected {
-                reason: "idempotency_key_reused",
-                payment_id: order.payment_id,
-                order_status: order.status,
-            }),
+        match self.service.rejection(order_id).await {
+            Ok(Some(rejected)) => Ok(rejected),
             // The other request holds the key but has not paid (yet): it is in flight.
             // If it fails, this one may still pay the order.
-            Err(ServiceError::PaymentNotFound) => Err(in_flight(order_id)),
+            Ok(None) => Err(in_flight(order_id)),
             Err(other) => Err(HandlerError::Transient(other.into())),
         }
     }

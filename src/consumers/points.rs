@@ -14,8 +14,9 @@ use sqlx::{MySqlPool, QueryBuilder};
 
 use crate::consumers::{decode_json, HandlerError, RecordHandler};
 use crate::domain::events::{
-    HOLD_CAPTURED, HOLD_CREATED, HOLD_DECLINED, HOLD_EXPIRED, HOLD_VOIDED, PAYMENT_CANCELLED,
-    PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REFUNDED, PAYMENT_REQUEST_REJECTED,
+    HOLD_CAPTURED, HOLD_CREATED, HOLD_DECLINED, HOLD_EXPIRED, HOLD_REQUEST_REJECTED, HOLD_VOIDED,
+    PAYMENT_CANCELLED, PAYMENT_COMPLETED, PAYMENT_DECLINED, PAYMENT_REFUNDED,
+    PAYMENT_REFUND_DECLINED, PAYMENT_REFUND_REJECTED, PAYMENT_REQUEST_REJECTED,
 };
 use crate::support::clock::now;
 
@@ -64,10 +65,13 @@ fn points_delta(event: &PointsEvent) -> Result<Option<i64>, HandlerError> {
         // captured.
         PAYMENT_DECLINED
         | PAYMENT_REQUEST_REJECTED
+        | PAYMENT_REFUND_DECLINED
+        | PAYMENT_REFUND_REJECTED
         | HOLD_CREATED
         | HOLD_VOIDED
         | HOLD_EXPIRED
-        | HOLD_DECLINED => Ok(None),
+        | HOLD_DECLINED
+        | HOLD_REQUEST_REJECTED => Ok(None),
         other => Err(HandlerError::Poison(format!(
             "unknown event type {other:?}"
         ))),

@@ -9,6 +9,13 @@ pub const PAYMENT_CANCELLED: &str = "payment.cancelled";
 /// Part or all of a payment was refunded: `amount` is the refund's, `refundId` names it
 /// and `points` are the points taken back with it.
 pub const PAYMENT_REFUNDED: &str = "payment.refunded";
+/// A refund requested by event was refused and nothing was refunded under its
+/// `refundId`: `reason` is the problem code (`refund_exceeds_payment`, …), `orderStatus`
+/// the payment's status.
+pub const PAYMENT_REFUND_DECLINED: &str = "payment.refund.declined";
+/// A refund requested by event was refused because its `refundId` names a refund made
+/// on other terms (another order or amount), which stands.
+pub const PAYMENT_REFUND_REJECTED: &str = "payment.refund.rejected";
 /// A payment requested by event was refused and the order is not paid.
 pub const PAYMENT_DECLINED: &str = "payment.declined";
 /// A payment requested by event was refused because its order already has a payment
@@ -22,6 +29,10 @@ pub const HOLD_VOIDED: &str = "hold.voided";
 pub const HOLD_EXPIRED: &str = "hold.expired";
 /// A hold requested by event was refused: nothing was reserved or settled.
 pub const HOLD_DECLINED: &str = "hold.declined";
+/// A hold requested by event was refused because its `holdId` names a hold (or a
+/// payment) made on other terms, or a capture was repeated with another amount: says
+/// nothing against that hold, which stands as `status` tells.
+pub const HOLD_REQUEST_REJECTED: &str = "hold.request.rejected";
 
 /// Header names carried by every event record.
 pub const HEADER_EVENT_ID: &str = "event-id";

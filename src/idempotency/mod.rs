@@ -116,6 +116,24 @@ impl IdempotencyCache {
             .collect())
     }
 
+    /// True when a request holds the key's claim now (claimed, not yet answered).
+    pub async fn is_pending<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        scope: &'static str,
+        id: &Identifier,
+    ) -> Result<bool, RedisFault> {
+        let state: Option<String> = bounded(
+            self.timeout,
+            redis::cmd("HGET")
+                .arg(self.keys.idempotency(scope, id))
+                .arg("state")
+                .query_async(conn),
+        )
+        .await?;
+        Ok(state.as_deref() == Some("pending"))
+    }
+
     /// Completes or abandons every claim of a batch in one round trip.
     pub async fn settle_all<C: redis::aio::ConnectionLike + Send>(
         &self,

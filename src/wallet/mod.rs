@@ -9,6 +9,7 @@
 mod attempt;
 mod engine;
 mod holds;
+mod refusals;
 mod replay;
 pub mod requests;
 mod rules;
@@ -26,7 +27,8 @@ use crate::idempotency::IdempotencyCache;
 use crate::lock::WalletLock;
 use crate::redis_support::{RedisFault, SharedRedis};
 use crate::store;
-pub use holds::{sweep, HoldRefusal};
+pub use holds::sweep;
+pub use refusals::{HoldRefusal, RefundRefusal, Refusal};
 use requests::{CancelPayment, Debit, Refund, TopUp};
 pub use requests::{PlaceHold, Settlement};
 use views::{LedgerEntryView, LedgerPage, PaymentView, RefundView, TopUpView, WalletView};
@@ -67,21 +69,6 @@ pub enum ServiceError {
     /// the MySQL path ([`crate::breaker`]), or answer like [`ServiceError::Unavailable`].
     #[error(transparent)]
     Redis(#[from] RedisFault),
-}
-
-/// Why a payment requested by event was refused, as the event published for it says.
-#[derive(Debug)]
-pub enum Refusal {
-    /// The order is not paid: `payment.declined`, with the problem code as its reason.
-    Declined { reason: &'static str },
-    /// The request was refused, but its order is paid (or was, then cancelled) under
-    /// other terms: `payment.request.rejected`, naming that payment and its status. A
-    /// decline here would tell every consumer that a paid order is unpaid.
-    Rejected {
-        reason: &'static str,
-        payment_id: String,
-        order_status: store::payments::PaymentStatus,
-    },
 }
 
 /// A successful answer and whether it is a replay of an earlier one.
@@ -293,54 +280,6 @@ impl WalletService {
             |entry| &entry.entry_id,
         );
         Ok(LedgerPage { items, next_cursor })
-    }
-
-    /// Publishes (through the outbox) why a payment requested by event was refused.
-    /// `request_id` names the request, so refusing the same request twice publishes once.
-    pub async fn publish_refusal(
-        &self,
-        request_id: &str,
-        order_id: &Identifier,
-        user_id: &Identifier,
-        amount: Amount,
-        refusal: Refusal,
-    ) -> Result<(), sqlx::Error> {
-        let now = crate::support::clock::now();
-        let (event_type, reason, payment_id, order_status) = match refusal {
-            Refusal::Declined { reason } => {
-                (crate::domain::events::PAYMENT_DECLINED, reason, None, None)
-            }
-            Refusal::Rejected {
-                reason,
-                payment_id,
-                order_status,
-            } => (
-                crate::domain::events::PAYMENT_REQUEST_REJECTED,
-                reason,
-                Some(payment_id),
-                Some(order_status.to_string()),
-            ),
-        };
-        let event = crate::domain::events::PaymentEvent {
-            event_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, request_id.as_bytes())
-                .to_string(),
-            event_type: event_type.to_owned(),
-            order_id: order_id.to_string(),
-            user_id: user_id.to_string(),
-            payment_id,
-            amount: self.currency.format(amount.value()),
-            currency: self.currency.code().to_owned(),
-            points: 0,
-            reason: Some(reason.to_owned()),
-            order_status,
-            refund_id: None,
-            occurred_at: crate::support::clock::timestamp(now),
-        };
-        let mut conn = self.db.acquire().await?;
-        if crate::outbox::append(&mut conn, &event.into(), now).await? {
-            self.outbox_wake.notify_one();
-        }
-        Ok(())
     }
 
     /// `mysql` and `redis` reachability and the lock mode in use, for `/readyz`.

@@ -19,6 +19,7 @@ mod payment_requests;
 mod payments;
 mod points;
 mod refunds;
+mod refusals;
 mod relay;
 mod scopes;
 mod shutdown;

@@ -244,3 +244,48 @@ async fn holds_are_placed_captured_voided_and_refused_by_event() {
     assert_eq!(app.count("SELECT COUNT(*) FROM failed_events").await, 0);
     app.assert_ledger_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunds_are_requested_by_event_with_the_same_outcomes() {
+    let settings = settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    app.funded_wallet("u1", 10_000).await;
+    assert_eq!(app.pay("o1", "u1", 1_000).await.status, StatusCode::CREATED);
+    let send = |body: Value| {
+        let settings = settings.clone();
+        async move {
+            let topic = &settings.kafka.requests_topic;
+            produce(&settings, topic, "u1", &body.to_string(), &[]).await
+        }
+    };
+    send(json!({ "type": "refund", "refundId": "r1", "orderId": "o1", "amount": "300" })).await;
+    send(json!({ "type": "refund", "refundId": "r2", "orderId": "o1", "amount": "800" })).await;
+    send(json!({ "type": "refund", "refundId": "r1", "orderId": "o1", "amount": "200" })).await;
+    send(json!({ "type": "refund", "refundId": "r3", "orderId": "o1" })).await;
+
+    let handled = eventually(WAIT, || async { events_of(&app, "o1").await.len() == 5 }).await;
+    assert!(handled, "{:?}", events_of(&app, "o1").await);
+    let events = events_of(&app, "o1").await;
+    assert_eq!(
+        events.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+        [
+            "payment.completed",
+            "payment.refunded",
+            "payment.refund.declined",
+            "payment.refund.rejected",
+            "payment.refunded"
+        ]
+    );
+    assert_eq!(events[1].1["refundId"], "r1");
+    assert_eq!(events[1].1["amount"], "300");
+    assert_eq!(events[2].1["reason"], "refund_exceeds_payment");
+    assert_eq!(events[2].1["amount"], "800");
+    assert_eq!(events[3].1["reason"], "idempotency_key_reused");
+    assert_eq!(events[4].1["amount"], "700", "all that remained");
+    assert_eq!(
+        app.get("/api/v1/payments/o1").await.json()["status"],
+        "REFUNDED"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM failed_events").await, 0);
+    app.assert_ledger_invariants().await;
+}
