@@ -19,7 +19,8 @@
 # a closed loop like k6's that costs the machine a few µs per request instead of k6's
 # hundred or more: the benchmark matrix uses it, so the cores measure the service.
 #
-# SCENARIO: pay-150, hot-wallet, spread, holds, retry-storm, mixed. `holds` places a hold
+# SCENARIO: pay-150, hot-wallet, spread, holds, refunds, retry-storm, mixed. `refunds` pays
+# and refunds part (a quarter of the orders then in full). `holds` places a hold
 # and then captures or voids it, turn after turn; it reports settled holds as its debits. Every run gets a fresh
 # database (wallet_load), its own Redis key prefix and its own topics.
 set -euo pipefail

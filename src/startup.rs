@@ -186,6 +186,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // The router has its own handle; this one would keep the engine's queue open,
+        // and its dispatcher ends only when every handle is gone.
+        drop(self.service);
         let limits = &self.connections;
         tracing::info!(
             addr = ?self.listener.local_addr().ok(),
@@ -346,7 +349,13 @@ const DEAD_LETTER_FETCH_WAIT: Duration = Duration::from_millis(500);
 async fn create_topics(settings: KafkaSettings, stop: StopSignal) {
     let mut attempt = 0;
     loop {
-        match kafka::ensure_topics(&settings).await {
+        // An admin call can take its whole timeout on a broker that is starting: shutdown
+        // does not wait for it.
+        let created = tokio::select! {
+            _ = stop.cancelled() => return,
+            created = kafka::ensure_topics(&settings) => created,
+        };
+        match created {
             Ok(()) => return,
             Err(e) => {
                 attempt += 1;

@@ -67,10 +67,13 @@ async fn one_batch_mixes_fresh_debits_replays_a_duplicate_and_an_overdraw() {
         ("o-dup", 1_000),
         ("o-over", 100_000),
     ];
-    let queued: Vec<_> = sent
-        .iter()
-        .map(|(order_id, amount)| pay_in_background(&app, order_id, "u1", *amount))
-        .collect();
+    // In this order, a little apart: a key goes into a batch once, so the second o-dup
+    // (and o-over behind it, the same wallet's later request) wait for the batch after.
+    let mut queued = Vec::new();
+    for (order_id, amount) in sent {
+        queued.push(pay_in_background(&app, order_id, "u1", amount));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
     settle().await;
     held.rollback().await.unwrap();
 
@@ -116,6 +119,11 @@ async fn one_batch_mixes_fresh_debits_replays_a_duplicate_and_an_overdraw() {
         written_at(&app, "o-fresh").await,
         written_at(&app, "o-dup").await,
         "the queued debits were applied in one transaction"
+    );
+    assert_ne!(
+        written_at(&app, "o-first").await,
+        written_at(&app, "o-fresh").await,
+        "the first debit had a batch of its own"
     );
     assert_eq!(
         app.balance("u1").await,
@@ -255,7 +263,8 @@ async fn a_key_twice_in_a_batch_is_paid_on_the_earlier_requests_terms() {
         .unwrap();
 
     let earlier = pay_in_background(&app, "o-x", "u", 1_000);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Long enough for the earlier request to reach the queue first on a busy machine.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let later = pay_in_background(&app, "o-x", "v", 2_000);
     settle().await;
     held_a.rollback().await.unwrap();

@@ -230,3 +230,81 @@ async fn concurrent_refunds_never_exceed_the_payment_across_two_modes() {
     let on_mysql = Arc::new(spawn_app_with(fallback).await);
     refunds_race(vec![on_redis, on_mysql]).await;
 }
+
+#[tokio::test]
+async fn orders_charged_twice_before_the_upgrade_survive_the_migration_and_are_reported() {
+    let settings = test_settings().await;
+    let db = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&settings.database.url)
+        .await
+        .unwrap();
+    // The schema as it was before one charge per order.
+    let mut before = sqlx::migrate!("./migrations");
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 20261205000001)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&db).await.unwrap();
+    // `x` paid and also held and captured under the same id; `y` only captured.
+    for sql in [
+        "INSERT INTO wallets (user_id, currency, balance, held, created_at, updated_at) \
+         VALUES ('u1', 'KRW', 7000, 0, NOW(6), NOW(6))",
+        "INSERT INTO ledger_entries (user_id, entry_type, amount, balance_after, reference, created_at) \
+         VALUES ('u1', 'TOP_UP', 10000, 10000, 't1', NOW(6))",
+        "INSERT INTO top_ups (top_up_id, user_id, amount, currency, balance_after, created_at) \
+         VALUES ('t1', 'u1', 10000, 'KRW', 10000, NOW(6))",
+        "INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, balance_after, created_at, points) \
+         VALUES (UUID(), 'x', 'u1', 1000, 'KRW', 'COMPLETED', 9000, NOW(6), 10)",
+        "INSERT INTO ledger_entries (user_id, entry_type, amount, balance_after, reference, created_at) \
+         VALUES ('u1', 'PAYMENT', -1000, 9000, 'x', NOW(6))",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    for (hold, captured, balance) in [("x", 1000, 8000), ("y", 1000, 7000)] {
+        sqlx::query(
+            "INSERT INTO holds (hold_id, user_id, amount, currency, status, captured_amount, points, \
+             expires_at, created_at, balance_after, held_after, settled_at, settled_balance_after, settled_held_after) \
+             VALUES (?, 'u1', ?, 'KRW', 'CAPTURED', ?, 10, NOW(6), NOW(6), ?, ?, NOW(6), ?, 0)",
+        )
+        .bind(hold)
+        .bind(captured)
+        .bind(captured)
+        .bind(balance + captured)
+        .bind(captured)
+        .bind(balance)
+        .execute(&db)
+        .await
+        .unwrap();
+        for (kind, amount, held) in [("HOLD", 0, captured), ("CAPTURE", -captured, -captured)] {
+            sqlx::query(
+                "INSERT INTO ledger_entries (user_id, entry_type, amount, balance_after, held_delta, held_after, reference, created_at) \
+                 VALUES ('u1', ?, ?, 0, ?, 0, ?, NOW(6))",
+            )
+            .bind(kind)
+            .bind(amount)
+            .bind(held)
+            .bind(hold)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    }
+
+    // The upgrade: the service applies the rest at start-up.
+    let app = spawn_app_with(settings).await;
+    let report = wallet::audit::audit(&app.db).await.unwrap();
+    assert_eq!(report.orders_charged_twice, 1, "{report:#?}");
+    assert_eq!(report.violations.len(), 1, "{report:#?}");
+    // `y`'s capture is its order's payment now, refundable like any.
+    let y = app.get("/api/v1/payments/y").await;
+    assert_eq!(y.status, StatusCode::OK, "{}", y.text);
+    assert_eq!(y.json()["amount"], "1000");
+    let refunded = refund(&app, "y", json!({ "refundId": "ry", "amount": "100" })).await;
+    assert_eq!(refunded.status, StatusCode::CREATED, "{}", refunded.text);
+    // `x` keeps its payment.
+    assert_eq!(app.get("/api/v1/payments/x").await.json()["amount"], "1000");
+}
