@@ -118,4 +118,10 @@ impl KeySpace {
     pub fn release_channel(&self) -> String {
         format!("{}:lock-released", self.prefix)
     }
+
+    /// The channel on which instances say they wrote records to a topic
+    /// ([`crate::kafka::wakeups`]).
+    pub fn records_channel(&self) -> String {
+        format!("{}:kafka-records", self.prefix)
+    }
 }

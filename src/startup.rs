@@ -21,6 +21,7 @@ use crate::consumers::{consume, RetryPolicy};
 use crate::dead_letters::publish::DeadLetterPublisher;
 use crate::dead_letters::store::DeadLetters;
 use crate::idempotency::IdempotencyCache;
+use crate::kafka::wakeups::{IdleFetch, Wakeups};
 use crate::lock::WalletLock;
 use crate::outbox::relay::Relay;
 use crate::redis_support::{KeySpace, SharedRedis};
@@ -88,8 +89,9 @@ impl Application {
 
         let keys = KeySpace::new(&redis_settings.key_prefix);
         let shared_redis = SharedRedis::new(redis_pool.clone(), redis_settings.command_timeout);
+        let mut wakeups = Wakeups::new(shared_redis.clone(), keys.records_channel());
         let (lock, lock_upkeep) = WalletLock::new(
-            redis_client,
+            redis_client.clone(),
             keys.clone(),
             settings.lock.clone(),
             redis_settings.command_timeout,
@@ -135,12 +137,28 @@ impl Application {
             settings.holds.sweep_interval,
             tasks.stop_signal(),
         ));
+        let consumers = Consumers::register(&settings.kafka, &mut wakeups);
+        let wakeups = Arc::new(wakeups);
+        tasks.spawn_until_stopped(kafka::wakeups::listen(
+            Arc::downgrade(&wakeups),
+            redis_client,
+        ));
         let dead_letters = DeadLetters::new(
             db.clone(),
             producer.clone(),
             settings.kafka.delivery_timeout,
-        );
-        spawn_workers(&settings, &db, &producer, &service, outbox_wake, &tasks)?;
+        )
+        .announcing(wakeups.clone());
+        spawn_workers(
+            &settings,
+            &db,
+            &producer,
+            &service,
+            outbox_wake,
+            consumers,
+            wakeups,
+            &tasks,
+        )?;
 
         let listener = TcpListener::bind(&settings.http_addr)
             .await
@@ -238,14 +256,58 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// The wake-ups of the consumers this process runs ([`kafka::wakeups`]); `None` for
+/// one it does not run.
+struct Consumers {
+    points: Option<Arc<Notify>>,
+    requests: Option<Arc<Notify>>,
+    dead_letters: Option<Arc<Notify>>,
+}
+
+impl Consumers {
+    fn register(kafka: &KafkaSettings, wakeups: &mut Wakeups) -> Self {
+        let events_dlt = KafkaSettings::dlt(&kafka.events_topic);
+        let requests_dlt = KafkaSettings::dlt(&kafka.requests_topic);
+        Self {
+            points: kafka
+                .points_consumer_enabled
+                .then(|| wakeups.consumer(&[&kafka.events_topic])),
+            requests: kafka
+                .requests_consumer_enabled
+                .then(|| wakeups.consumer(&[&kafka.requests_topic])),
+            dead_letters: kafka
+                .dlt_consumer_enabled
+                .then(|| wakeups.consumer(&[&events_dlt, &requests_dlt])),
+        }
+    }
+}
+
+/// How a consumer woken by `wake` stops fetching while idle, per `kafka`; `None` when
+/// idle consumers keep fetching (`WALLET_KAFKA_IDLE_AFTER_MS=0`).
+fn idle_fetch(kafka: &KafkaSettings, wake: Option<Arc<Notify>>) -> Option<IdleFetch> {
+    let wake = wake?;
+    (!kafka.idle_after.is_zero()).then(|| IdleFetch {
+        after: kafka.idle_after,
+        look_every: kafka.idle_look,
+        look_for: kafka.fetch_wait + LOOK_MARGIN,
+        wake,
+    })
+}
+
+/// What one look fetches for beyond `fetch.wait.max.ms`: the fetch's round trip.
+const LOOK_MARGIN: Duration = Duration::from_millis(50);
+
 /// Starts the background workers this process runs: topic creation, the outbox relay,
 /// the points consumer, the payment-request consumer and the dead-letter collector.
+#[allow(clippy::too_many_arguments)]
 fn spawn_workers(
     settings: &Settings,
     db: &MySqlPool,
     producer: &FutureProducer,
     service: &WalletService,
     outbox_wake: Arc<Notify>,
+    consumers: Consumers,
+    wakeups: Arc<Wakeups>,
     tasks: &Tasks,
 ) -> anyhow::Result<()> {
     let kafka = &settings.kafka;
@@ -270,10 +332,13 @@ fn spawn_workers(
             delivery_timeout: kafka.delivery_timeout,
             stall_after: kafka.outbox_stall_after,
             wake: outbox_wake,
+            published: Some(wakeups.clone()),
         };
         tasks.spawn(relay.run(tasks.stop_signal()));
     }
-    let dead_letters = |group: &str| DeadLetterPublisher::new(kafka, producer.clone(), group);
+    let dead_letters = |group: &str| {
+        DeadLetterPublisher::new(kafka, producer.clone(), group).announcing(wakeups.clone())
+    };
     if kafka.points_consumer_enabled {
         let handler = PointsHandler {
             db: db.clone(),
@@ -291,6 +356,7 @@ fn spawn_workers(
             handler,
             dead_letters(&kafka.points_group),
             retry.clone(),
+            idle_fetch(kafka, consumers.points),
             tasks.stop_signal(),
         ));
     }
@@ -310,6 +376,7 @@ fn spawn_workers(
             handler,
             dead_letters(&kafka.requests_group),
             retry.clone(),
+            idle_fetch(kafka, consumers.requests),
             tasks.stop_signal(),
         ));
     }
@@ -328,21 +395,17 @@ fn spawn_workers(
                 "dead-letters",
                 &kafka.dlt_group,
                 &[&events_dlt, &requests_dlt],
-                DEAD_LETTER_FETCH_WAIT,
+                kafka.fetch_wait,
             )?,
             DeadLetterCollector { db: db.clone() },
             dead_letters(&kafka.dlt_group),
             patient,
+            idle_fetch(kafka, consumers.dead_letters),
             tasks.stop_signal(),
         ));
     }
     Ok(())
 }
-
-/// The dead-letter collector's `fetch.wait.max.ms` (librdkafka's default): nobody waits on
-/// a dead letter, and on Tansu every fetch costs the broker work whether records came or
-/// not (see [`KafkaSettings::fetch_wait`]).
-const DEAD_LETTER_FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Creates the topics, retrying while the broker is unreachable (the service serves
 /// meanwhile; the outbox holds the events).

@@ -155,6 +155,10 @@ impl Settings {
             "WALLET_KAFKA_FETCH_WAIT_MS must be between 1 and 5000".into(),
         );
         check(
+            positive(self.kafka.idle_look),
+            "WALLET_KAFKA_IDLE_LOOK_MS must be greater than 0".into(),
+        );
+        check(
             positive(self.kafka.outbox_stall_after),
             "WALLET_OUTBOX_STALL_AFTER_MS must be greater than 0".into(),
         );

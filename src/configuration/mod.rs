@@ -285,10 +285,19 @@ pub struct KafkaSettings {
     pub relay_batch: u32,
     /// How often the relay looks for rows when nothing woke it.
     pub relay_poll: Duration,
-    /// How long a fetch of the points and payment-request consumers may wait at the
-    /// broker for records (`fetch.wait.max.ms`). Tansu answers a fetch only once this has passed, records or
-    /// not, so it bounds how long a published event waits for its consumer.
+    /// How long a consumer's fetch may wait at the broker for records
+    /// (`fetch.wait.max.ms`). Tansu answers a fetch only once this has passed, records or
+    /// not, so it bounds how long a published event waits for its consumer; consumers
+    /// with nothing to do stop fetching ([`KafkaSettings::idle_after`]).
     pub fetch_wait: Duration,
+    /// A consumer that received nothing for this long stops fetching until records are
+    /// written to its topics or its next look ([`crate::kafka::wakeups`]); zero: it
+    /// always fetches (what a Kafka cluster, which answers a fetch as records arrive,
+    /// is fine with).
+    pub idle_after: Duration,
+    /// How often a consumer that stopped fetching looks for records nobody announced
+    /// (payment requests from a checkout, a wake-up lost while Redis was down).
+    pub idle_look: Duration,
     /// How long the dead-letter publisher's producer keeps trying to deliver one record
     /// (`message.timeout.ms`). The relay's records never time out: after this long
     /// without an answer it checks its producer, and replaces it after three of these
@@ -392,6 +401,8 @@ impl Settings {
                 relay_batch: env.get("WALLET_OUTBOX_BATCH", 1_000)?,
                 relay_poll: env.millis("WALLET_OUTBOX_POLL_MS", 500)?,
                 fetch_wait: env.millis("WALLET_KAFKA_FETCH_WAIT_MS", 30)?,
+                idle_after: env.millis("WALLET_KAFKA_IDLE_AFTER_MS", 2_000)?,
+                idle_look: env.millis("WALLET_KAFKA_IDLE_LOOK_MS", 1_000)?,
                 delivery_timeout: env.millis("WALLET_KAFKA_DELIVERY_TIMEOUT_MS", 10_000)?,
                 outbox_stall_after: env.millis("WALLET_OUTBOX_STALL_AFTER_MS", 60_000)?,
                 retry_attempts: env.get("WALLET_CONSUMER_ATTEMPTS", 3)?,

@@ -19,6 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use crate::dead_letters::publish::{DeadLetterPublisher, Failure};
+use crate::kafka::wakeups::IdleFetch;
 use crate::kafka::WalletConsumer;
 use crate::support::backoff::backoff;
 use crate::support::tasks::StopSignal;
@@ -98,17 +99,29 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Consumes until told to stop; the record or batch in hand is finished (or, stopped
 /// mid-retry, left uncommitted for redelivery) first. Then the consumer leaves its
-/// group.
+/// group. With `idle`, it stops fetching while it has nothing to do
+/// ([`crate::kafka::wakeups`]).
 pub async fn consume<H: RecordHandler>(
     name: &'static str,
     consumer: WalletConsumer,
     handler: H,
     dead_letters: DeadLetterPublisher,
     retry: RetryPolicy,
+    idle: Option<IdleFetch>,
     stop: StopSignal,
 ) {
     tracing::info!(consumer = name, "consumer started");
-    consume_until_stopped(name, &consumer, handler, dead_letters, retry, stop).await;
+    let fetching = Fetching::new(name, idle);
+    consume_until_stopped(
+        name,
+        &consumer,
+        handler,
+        dead_letters,
+        retry,
+        fetching,
+        stop,
+    )
+    .await;
     if !consumer.close(CLOSE_WITHIN).await {
         tracing::warn!(consumer = name, within = ?CLOSE_WITHIN, "the consumer did not leave its group in time");
     }
@@ -153,12 +166,94 @@ fn drain_errors(
     }
 }
 
+/// Whether a consumer fetches, and until when ([`crate::kafka::wakeups`]).
+struct Fetching {
+    name: &'static str,
+    idle: Option<IdleFetch>,
+    /// `None`: paused.
+    until: Option<Instant>,
+}
+
+/// What a consumer's fetching does next.
+enum Turn {
+    Pause,
+    /// Fetch again, for this long unless records come.
+    Resume(Duration),
+}
+
+impl Fetching {
+    fn new(name: &'static str, idle: Option<IdleFetch>) -> Self {
+        let until = idle.as_ref().map(|idle| Instant::now() + idle.after);
+        metrics::consumer_fetching(name, true);
+        Self { name, idle, until }
+    }
+
+    /// When the consumer should pause, or fetch again; never without `idle`.
+    async fn next_turn(&self, consumer: &WalletConsumer) -> Turn {
+        let Some(idle) = &self.idle else {
+            return std::future::pending().await;
+        };
+        match self.until {
+            Some(until) => {
+                tokio::time::sleep_until(until).await;
+                Turn::Pause
+            }
+            None => tokio::select! {
+                _ = idle.wake.notified() => Turn::Resume(idle.after),
+                // Partitions just assigned are fetched: records may wait there.
+                _ = consumer.assigned() => Turn::Resume(idle.after),
+                _ = tokio::time::sleep(crate::lock::jitter(idle.look_every)) => Turn::Resume(idle.look_for),
+            },
+        }
+    }
+
+    fn take(&mut self, turn: Turn, consumer: &WalletConsumer) {
+        let fetching = !matches!(turn, Turn::Pause);
+        tracing::debug!(
+            consumer = self.name,
+            fetching,
+            "idle consumer's fetching changed"
+        );
+        match turn {
+            Turn::Pause => self.set_paused(consumer, true),
+            Turn::Resume(fetch_for) => {
+                self.set_paused(consumer, false);
+                self.until = Some(Instant::now() + fetch_for);
+            }
+        }
+    }
+
+    /// A record came, or one was just handled: keep fetching for a while.
+    fn received(&mut self, consumer: &WalletConsumer) {
+        let Some(after) = self.idle.as_ref().map(|idle| idle.after) else {
+            return;
+        };
+        // A record while paused was already on its way when the consumer paused, or
+        // comes from partitions a rebalance just assigned.
+        if self.until.is_none() {
+            self.set_paused(consumer, false);
+        }
+        self.until = Some(Instant::now() + after);
+    }
+
+    fn set_paused(&mut self, consumer: &WalletConsumer, paused: bool) {
+        if let Err(e) = consumer.set_fetching(!paused) {
+            tracing::debug!(consumer = self.name, paused, error = %e, "could not change fetching");
+        }
+        if paused {
+            self.until = None;
+        }
+        metrics::consumer_fetching(self.name, !paused);
+    }
+}
+
 async fn consume_until_stopped<H: RecordHandler>(
     name: &'static str,
     consumer: &WalletConsumer,
     handler: H,
     mut dead_letters: DeadLetterPublisher,
     retry: RetryPolicy,
+    mut fetching: Fetching,
     stop: StopSignal,
 ) {
     let mut batch: Vec<OwnedMessage> = Vec::new();
@@ -166,6 +261,9 @@ async fn consume_until_stopped<H: RecordHandler>(
     loop {
         if batch.is_empty() {
             let record = tokio::select! {
+                // A record already waiting goes before a pause, which would drop it
+                // from the queue to fetch it again after the next wake-up.
+                biased;
                 _ = stop.cancelled() => break,
                 received = consumer.recv() => match received {
                     Ok(message) => message.detach(),
@@ -186,7 +284,12 @@ async fn consume_until_stopped<H: RecordHandler>(
                         }
                     }
                 },
+                turn = fetching.next_turn(consumer) => {
+                    fetching.take(turn, consumer);
+                    continue;
+                }
             };
+            fetching.received(consumer);
             batch.push(record);
             // Whatever else is already waiting, without waiting for more.
             while batch.len() < MAX_BATCH {
@@ -199,6 +302,7 @@ async fn consume_until_stopped<H: RecordHandler>(
                 match handler.handle_batch(&batch).await {
                     Some(Ok(())) => {
                         commit_all(name, consumer, &batch);
+                        fetching.received(consumer);
                         for _ in 0..batch.len() {
                             metrics::consumer_record(name, "applied");
                         }
@@ -216,7 +320,10 @@ async fn consume_until_stopped<H: RecordHandler>(
             batch.reverse();
         }
         let Some(record) = batch.pop() else { continue };
-        let Some(failure) = process(name, &record, &handler, &retry, &stop).await else {
+        let failure = process(name, &record, &handler, &retry, &stop).await;
+        // Handling took time in which nothing was received: the idle clock starts now.
+        fetching.received(consumer);
+        let Some(failure) = failure else {
             if stop.is_cancelled() {
                 // Stopped mid-retry: not committed, so it is redelivered.
                 break;

@@ -1,6 +1,7 @@
 //! Publishing a record that keeps failing to `<topic>.DLT`, with the provenance headers
 //! Spring Kafka's `DeadLetterPublishingRecoverer` writes, so existing tooling reads them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +10,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::configuration::KafkaSettings;
+use crate::kafka::wakeups::Wakeups;
 use crate::telemetry::metrics;
 
 pub const ORIGINAL_TOPIC: &str = "kafka_dlt-original-topic";
@@ -34,6 +36,8 @@ pub struct DeadLetterPublisher {
     kafka: KafkaSettings,
     group: String,
     timeout: Duration,
+    /// Told when a dead letter was published, to wake the collector.
+    published: Option<Arc<Wakeups>>,
 }
 
 /// Why a record is dead.
@@ -52,7 +56,14 @@ impl DeadLetterPublisher {
             kafka: kafka.clone(),
             group: group.into(),
             timeout: kafka.delivery_timeout,
+            published: None,
         }
+    }
+
+    /// Tells `wakeups` of every dead letter published.
+    pub fn announcing(mut self, wakeups: Arc<Wakeups>) -> Self {
+        self.published = Some(wakeups);
+        self
     }
 
     /// Replaces the producer when librdkafka reports it fatally failed (an idempotent
@@ -112,6 +123,9 @@ impl DeadLetterPublisher {
         if let Err((e, _)) = sent {
             self.heal(&e);
             return Err(e).with_context(|| format!("publishing to {topic}"));
+        }
+        if let Some(wakeups) = &self.published {
+            wakeups.written(&topic);
         }
         Ok(())
     }

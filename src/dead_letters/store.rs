@@ -3,6 +3,7 @@
 //! original topic) or ignored (kept, never applied).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::{MySqlConnection, MySqlPool};
 
+use crate::kafka::wakeups::Wakeups;
 use crate::support::clock::{now, timestamp};
 use crate::support::pagination::paginate;
 
@@ -108,6 +110,8 @@ pub struct DeadLetters {
     db: MySqlPool,
     producer: FutureProducer,
     timeout: Duration,
+    /// Told when a dead letter was published again, to wake its topic's consumer.
+    published: Option<Arc<Wakeups>>,
 }
 
 /// Rows re-published per transaction by retry-all.
@@ -119,7 +123,14 @@ impl DeadLetters {
             db,
             producer,
             timeout,
+            published: None,
         }
+    }
+
+    /// Tells `wakeups` of every dead letter published again.
+    pub fn announcing(mut self, wakeups: Arc<Wakeups>) -> Self {
+        self.published = Some(wakeups);
+        self
     }
 
     /// Dead letters, newest first, optionally of one status.
@@ -237,6 +248,9 @@ impl DeadLetters {
                     row.id, row.source_topic
                 )
             })?;
+        if let Some(wakeups) = &self.published {
+            wakeups.written(&row.source_topic);
+        }
         Ok(())
     }
 }

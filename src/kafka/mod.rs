@@ -3,19 +3,22 @@
 //! [`crate::dead_letters`].
 
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Statistics, TopicPartitionList};
-use tokio::sync::oneshot;
+use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use tokio::sync::{oneshot, Notify};
 
 use crate::configuration::KafkaSettings;
+
+pub mod wakeups;
 
 fn client_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -97,9 +100,11 @@ pub fn replace_producer(
     }
 }
 
-/// The consumers' client context: reports consumer lag from librdkafka's statistics.
+/// The consumers' client context: reports consumer lag from librdkafka's statistics,
+/// and tells the consume loop of every assignment ([`WalletConsumer::assigned`]).
 pub struct LagReporter {
     name: &'static str,
+    assigned: Notify,
 }
 
 impl ClientContext for LagReporter {
@@ -163,6 +168,7 @@ impl ConsumerContext for LagReporter {
                     "partitions assigned"
                 );
                 crate::telemetry::metrics::consumer_partitions(self.name, partitions.count());
+                self.assigned.notify_one();
             }
             Rebalance::Revoke(_) => crate::telemetry::metrics::consumer_partitions(self.name, 0),
             Rebalance::Error(e) => {
@@ -177,7 +183,7 @@ impl ConsumerContext for LagReporter {
 /// and on librdkafka, so it may take a while, and a close that never ends holds only
 /// that thread, never a runtime worker or the service's shutdown.
 pub struct WalletConsumer {
-    inner: Option<StreamConsumer<LagReporter>>,
+    inner: Option<Arc<StreamConsumer<LagReporter>>>,
 }
 
 impl WalletConsumer {
@@ -205,6 +211,45 @@ impl WalletConsumer {
         closed
     }
 }
+
+impl WalletConsumer {
+    /// Resolves at the next rebalance that assigns partitions (one that came before it
+    /// is awaited leaves a permit): records may wait on them, which a consumer that
+    /// stopped fetching should fetch ([`wakeups`]).
+    pub fn assigned(&self) -> tokio::sync::futures::Notified<'_> {
+        self.context().assigned.notified()
+    }
+
+    /// Pauses or resumes every partition assigned: a paused consumer sends no fetch
+    /// ([`wakeups`]). Partitions a later rebalance assigns are fetched.
+    ///
+    /// librdkafka's network thread notices a resume only when something else wakes it,
+    /// up to a second later. A resume also asks the broker, in the background, for the
+    /// first partition's earliest offset by time (one small request, and one Tansu
+    /// answers on every PostgreSQL version, unlike its latest-offset query), which
+    /// wakes that thread: the fetch starts at once.
+    pub fn set_fetching(&self, fetching: bool) -> KafkaResult<()> {
+        let assigned = self.assignment()?;
+        if !fetching {
+            return self.pause(&assigned);
+        }
+        self.resume(&assigned)?;
+        let partitions = assigned.elements();
+        let (Some(first), Some(consumer)) = (partitions.first(), self.inner.clone()) else {
+            return Ok(());
+        };
+        let mut earliest = TopicPartitionList::new();
+        earliest.add_partition_offset(first.topic(), first.partition(), Offset::Offset(0))?;
+        tokio::task::spawn_blocking(move || {
+            let _ = consumer.offsets_for_times(earliest, WAKE_WITHIN);
+        });
+        Ok(())
+    }
+}
+
+/// Longest the request that wakes librdkafka's network thread may take
+/// ([`WalletConsumer::set_fetching`]).
+const WAKE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Deref for WalletConsumer {
     type Target = StreamConsumer<LagReporter>;
@@ -252,11 +297,14 @@ pub fn consumer(
         .set("topic.metadata.refresh.interval.ms", TOPIC_REFRESH_MS)
         .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
-        .create_with_context(LagReporter { name })
+        .create_with_context(LagReporter {
+            name,
+            assigned: Notify::new(),
+        })
         .context("creating a Kafka consumer")?;
     consumer.subscribe(topics).context("subscribing")?;
     Ok(WalletConsumer {
-        inner: Some(consumer),
+        inner: Some(Arc::new(consumer)),
     })
 }
 

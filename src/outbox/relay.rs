@@ -46,6 +46,7 @@ use tokio::sync::Notify;
 use super::{backlog, claim, mark_sent, publishable, OutboxRow};
 use crate::configuration::KafkaSettings;
 use crate::domain::events::{HEADER_EVENT_ID, HEADER_EVENT_TYPE};
+use crate::kafka::wakeups::Wakeups;
 use crate::support::tasks::StopSignal;
 use crate::telemetry::metrics;
 
@@ -64,6 +65,8 @@ pub struct Relay {
     pub stall_after: Duration,
     /// Notified after every commit that wrote an event.
     pub wake: Arc<Notify>,
+    /// Told when events were published, to wake the consumers that stopped fetching.
+    pub published: Option<Arc<Wakeups>>,
 }
 
 /// Since when the relay fails, and when it last replaced its producer.
@@ -293,6 +296,9 @@ impl Relay {
             .await
             .context("committing the relay transaction")?;
         metrics::outbox_published(sent.len());
+        if let (false, Some(wakeups)) = (sent.is_empty(), &self.published) {
+            wakeups.written(&self.topic);
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(Pass {

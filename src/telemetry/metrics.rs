@@ -184,6 +184,10 @@ fn describe() {
         "wallet_consumer_partitions",
         "Partitions assigned to a consumer by its group's last rebalance"
     );
+    describe_gauge!(
+        "wallet_consumer_fetching",
+        "1 while a consumer fetches, 0 while it is idle and paused (it looks now and then, and wakes when records are written)"
+    );
 }
 
 /// The route template a response answered, for the metrics: set by [`label_route`]
@@ -334,6 +338,14 @@ pub fn consumer_retry(consumer: &'static str) {
 
 pub fn consumer_partitions(consumer: &'static str, partitions: usize) {
     gauge!("wallet_consumer_partitions", "consumer" => consumer).set(partitions as f64);
+}
+
+pub fn consumer_fetching(consumer: &'static str, fetching: bool) {
+    gauge!("wallet_consumer_fetching", "consumer" => consumer).set(if fetching {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 pub fn consumer_lag(consumer: &'static str, partition: i32, lag: i64) {

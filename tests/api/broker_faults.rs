@@ -261,6 +261,7 @@ async fn a_dead_letter_publisher_whose_producer_failed_fatally_replaces_it() {
             cap: kafka.retry_cap,
             in_flight_wait: Duration::from_secs(1),
         },
+        None,
         stop.clone(),
     ));
     // Unreadable: poison, straight to the dead-letter topic.

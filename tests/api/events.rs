@@ -417,6 +417,7 @@ async fn a_consumer_killed_before_its_commit_does_not_apply_twice() {
             cap: kafka.retry_cap,
             in_flight_wait: Duration::from_secs(1),
         },
+        None,
         StopSignal::new(),
     ));
     crashing.funded_wallet("u1", 10_000).await;

@@ -13,6 +13,7 @@ mod faults;
 mod hardening;
 mod holds;
 mod identifiers;
+mod idle;
 mod limits;
 mod lock;
 mod payment_requests;

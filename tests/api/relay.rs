@@ -91,6 +91,7 @@ async fn start_relay(settings: &Settings, producer: FutureProducer) -> RunningRe
         delivery_timeout: settings.kafka.delivery_timeout,
         stall_after: settings.kafka.outbox_stall_after,
         wake: Arc::new(Notify::new()),
+        published: None,
     };
     let stop = StopSignal::new();
     let task = tokio::spawn(relay.run(stop.clone()));
