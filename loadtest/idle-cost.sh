@@ -8,13 +8,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-window=20 settle=10 instances=1 runs=1
+window=20 settle=10 instances=1 runs=1 restarts=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --window) window=$2; shift 2 ;;
     --settle) settle=$2; shift 2 ;;
     --instances) instances=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
+    --restarts) restarts=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -22,8 +23,8 @@ done
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-log "building the release binary"
-cargo build --release --locked --quiet --bin wallet
+log "building the release binaries"
+cargo build --release --locked --quiet --bins
 
 run_id="idle-$(date +%s)-$$"
 cleanup() {
@@ -33,10 +34,39 @@ cleanup() {
 trap cleanup EXIT
 
 run_scope "$run_id"
+api_key="idle-$run_id"
+if [ "$restarts" -gt 0 ]; then
+  fresh_database wallet_idle
+  export WALLET_DATABASE_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/wallet_idle"
+fi
+urls=()
 for i in $(seq 1 "$instances"); do
   start_instance "$CARGO_TARGET_DIR/release/wallet" "$WALLET_DATA_DIR/$run_id-$i.log" \
-    WALLET_DEVELOPMENT=true RUST_LOG="${RUST_LOG:-warn}"
+    WALLET_DEVELOPMENT=true RUST_LOG="${RUST_LOG:-warn}" \
+    WALLET_API_KEYS="checkout:$api_key,funding:$api_key-funding"
+  urls+=("$instance_url")
 done
+
+if [ "$restarts" -gt 0 ] && [ "$instances" -gt 0 ]; then
+  log "paying for $((restarts * 15 + 10)) s while the broker is killed and started again $restarts times"
+  "$CARGO_TARGET_DIR/release/load-client" --urls "$(IFS=,; echo "${urls[*]}")" \
+    --api-key "$api_key" --funding-key "$api_key-funding" --run "$run_id" --scenario spread \
+    --wallets 2000 --vus 50 --seconds $((restarts * 15 + 10)) --warmup 0 \
+    --paid "$WALLET_DATA_DIR/$run_id-paid.txt" >"$WALLET_DATA_DIR/$run_id-client.json" 2>/dev/null &
+  client=$!
+  for i in $(seq 1 "$restarts"); do
+    sleep 15
+    pkill -9 -f "tansu broker" || true
+    sleep 3
+    WALLET_DEPS_BROKER=set-up RUST_LOG=warn bash scripts/deps.sh >/dev/null
+    log "broker restarted ($i of $restarts)"
+  done
+  wait "$client" || true
+  applied() {
+    [ "$(sql -e "SELECT (SELECT COUNT(*) FROM wallet_idle.payments) = (SELECT COUNT(*) FROM wallet_idle.processed_events)")" = 1 ]
+  }
+  wait_for 300 "every payment's points" applied
+fi
 
 broker_pids() {
   pgrep -f "tansu broker" || true
