@@ -1,9 +1,10 @@
 //! What the Redis-backed parts share: key layout, a bounded call, one error type.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 
 use crate::domain::Identifier;
@@ -31,6 +32,40 @@ where
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result.map_err(RedisFault::from),
         Err(_) => Err(RedisFault::Timeout(limit)),
+    }
+}
+
+/// Hands every message published on `channel` to `owner` for as long as it is alive
+/// (`heard`, what the messages are, names them in the log). One subscriber connection,
+/// which reconnects by itself.
+pub async fn listen<T>(
+    owner: Weak<T>,
+    client: redis::Client,
+    channel: String,
+    heard: &'static str,
+    on_message: impl Fn(&T, redis::Msg),
+) {
+    loop {
+        let connected = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        if let Ok(Ok(mut pubsub)) = connected {
+            tracing::debug!(%channel, heard, "listening");
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                let Some(owner) = owner.upgrade() else {
+                    return;
+                };
+                on_message(&owner, message);
+            }
+        }
+        if owner.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

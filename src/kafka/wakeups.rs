@@ -23,11 +23,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::redis_support::{bounded, SharedRedis};
+use crate::redis_support::{self, bounded, SharedRedis};
 
 /// When a consumer stops fetching, and how it looks for records meanwhile.
 #[derive(Clone, Debug)]
@@ -122,34 +121,21 @@ impl Wakeups {
     }
 }
 
-/// Hears the other instances' announcements for as long as `wakeups` is alive. One
-/// subscriber connection per process; it reconnects by itself.
+/// Hears the other instances' announcements for as long as `wakeups` is alive.
 pub async fn listen(wakeups: Weak<Wakeups>, client: redis::Client) {
     let Some(channel) = wakeups.upgrade().map(|w| w.channel.clone()) else {
         return;
     };
-    loop {
-        let connected = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await;
-        if let Ok(Ok(mut pubsub)) = connected {
-            tracing::debug!(%channel, "listening for records written");
-            let mut messages = pubsub.on_message();
-            while let Some(message) = messages.next().await {
-                let Some(wakeups) = wakeups.upgrade() else {
-                    return;
-                };
-                if let Ok(topic) = message.get_payload::<String>() {
-                    wakeups.heard(&topic);
-                }
+    redis_support::listen(
+        wakeups,
+        client,
+        channel,
+        "records written",
+        |wakeups, message| {
+            if let Ok(topic) = message.get_payload::<String>() {
+                wakeups.heard(&topic);
             }
-        }
-        if wakeups.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        },
+    )
+    .await
 }

@@ -7,9 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Weak;
-use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 /// What the listener tells the engine.
@@ -34,30 +32,11 @@ impl Releases {
     }
 }
 
-/// Listens on the release channel for as long as `releases` is alive. One subscriber
-/// connection per process; it reconnects by itself.
+/// Listens on the release channel for as long as `releases` is alive.
 pub async fn listen(releases: Weak<Releases>, client: redis::Client, channel: String) {
-    loop {
-        let connected = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await;
-        if let Ok(Ok(mut pubsub)) = connected {
-            tracing::debug!(%channel, "listening for lock releases");
-            let mut messages = pubsub.on_message();
-            while messages.next().await.is_some() {
-                let Some(releases) = releases.upgrade() else {
-                    return;
-                };
-                releases.count.fetch_add(1, Ordering::AcqRel);
-                releases.any.notify_one();
-            }
-        }
-        if releases.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    crate::redis_support::listen(releases, client, channel, "lock releases", |releases, _| {
+        releases.count.fetch_add(1, Ordering::AcqRel);
+        releases.any.notify_one();
+    })
+    .await
 }
