@@ -139,10 +139,13 @@ impl Application {
         ));
         let consumers = Consumers::register(&settings.kafka, &mut wakeups);
         let wakeups = Arc::new(wakeups);
-        tasks.spawn_until_stopped(kafka::wakeups::listen(
-            Arc::downgrade(&wakeups),
-            redis_client,
-        ));
+        // A process without consumers only announces; it has nobody to wake.
+        if wakeups.has_consumers() {
+            tasks.spawn_until_stopped(kafka::wakeups::listen(
+                Arc::downgrade(&wakeups),
+                redis_client,
+            ));
+        }
         let dead_letters = DeadLetters::new(
             db.clone(),
             producer.clone(),

@@ -74,6 +74,11 @@ impl Wakeups {
         wake
     }
 
+    /// Whether this process runs a consumer to wake.
+    pub fn has_consumers(&self) -> bool {
+        !self.consumers.is_empty()
+    }
+
     /// Records were written to `topic`: wakes this process's consumer of it, and tells
     /// the other instances (in the background, at most every [`ANNOUNCE_EVERY`]; an
     /// announcement lost costs their consumers one look interval).
