@@ -6,7 +6,8 @@
 # it) and the batched FOR UPDATE path (what the fallback does while Redis is down),
 # plus the database floor (a bare conditional UPDATE at the same concurrency), and the
 # hold flow (hold, then capture or void) on the spread wallets, batched and FOR UPDATE
-# per request, beside the plain debits. Every
+# per request, beside the plain debits, and the batched Redis path on a local Redis
+# Cluster (three primaries with a replica each) beside it on one Redis node. Every
 # cell runs --runs times (default 2) so their agreement can be judged, and reports the
 # CPU time per debit of the service and of MariaDB from /proc. Writes the matrix to
 # loadtest/results/bench-*/matrix.md.
@@ -44,10 +45,11 @@ declare -A cells=(
   [unbatched]="--lock-mode redis --batch-max 1"
   [forupdate]="--lock-mode mysql --batch-max 1"
   [fallback]="--lock-mode mysql"
+  [cluster]="--lock-mode redis --redis-cluster"
 )
 for run in $(seq 1 "$runs"); do
   for scenario in hot-wallet spread; do
-    for cell in batched unbatched forupdate fallback; do
+    for cell in batched cluster unbatched forupdate fallback; do
       echo "--- run $run: $scenario, $cell"
       # The matrix measures the lock paths, not the rate limiter: a rate no cell reaches.
       # shellcheck disable=SC2086
@@ -117,7 +119,7 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 mem = int(open("/proc/meminfo").readline().split()[1]) // (1024 * 1024)
 paths = [("batched", "Redis lock, batched (default)"), ("unbatched", "Redis lock, unbatched"),
          ("forupdate", "FOR UPDATE per request"), ("fallback", "FOR UPDATE, batched (fallback)"),
-         ("floor", "database floor")]
+         ("floor", "database floor"), ("cluster", "Redis Cluster, batched")]
 rows, rate, p99, svc, db, gen = [], {}, {}, {}, {}, {}
 for scenario in ["hot-wallet", "spread"]:
     for cell, label in paths:
@@ -149,6 +151,14 @@ targets = [
            rate[(h, 'batched')] > rate[(h, 'floor')]),
     target("hot wallet p99, batched", f"{p99[(h, 'batched')]:.1f} ms", "< 100 ms", p99[(h, 'batched')] < 100),
 ]
+for sc in [h, s]:
+    targets += [
+        target(f"{sc}: Redis Cluster ÷ one Redis node, batched", f"{rate[(sc, 'cluster')] / rate[(sc, 'batched')]:.2f}", "≥ 0.8",
+               rate[(sc, 'cluster')] >= 0.8 * rate[(sc, 'batched')]),
+        target(f"{sc}: Redis Cluster batched ÷ FOR UPDATE per request", f"{rate[(sc, 'cluster')] / rate[(sc, 'forupdate')]:.2f}",
+               f"≥ {rate[(sc, 'batched')] / rate[(sc, 'forupdate')]:.2f} × 0.8 (one node's margin)",
+               rate[(sc, 'cluster')] >= 0.8 * rate[(sc, 'batched')]),
+    ]
 hold_rows = []
 for cell, label in [paths[0], paths[2]]:
     cells = [load(f"holds-{cell}-{r}.json") for r in range(1, runs + 1)]

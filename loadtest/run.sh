@@ -5,12 +5,14 @@
 #   ./loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql]
 #                              [--duration 30s] [--warmup 0s] [--vus 150] [--no-kafka]
 #                              [--skew] [--wallets N] [--rate N] [--batch-max N]
-#                              [--client k6|native]
+#                              [--client k6|native] [--redis-cluster]
 #
 # The instances run with the service's default rate limit (per key and instance)
 # unless --rate sets WALLET_RATE_LIMIT_PER_SECOND (and a burst of a tenth of it), and
 # with the service's default group commit unless --batch-max sets WALLET_BATCH_MAX
-# (1: every debit in a transaction of its own).
+# (1: every debit in a transaction of its own). --redis-cluster runs them on a local
+# Redis Cluster (three primaries with a replica each, scripts/deps.sh) instead of the
+# single Redis.
 #
 # The report carries the CPU time per debit of the instances and of MariaDB over the
 # measured part (loadtest/cpu.py), from the kernel's accounting of each process.
@@ -26,9 +28,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-scenario="${1:?usage: loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql] [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N]}"
+scenario="${1:?usage: loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql] [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N] [--redis-cluster]}"
 shift
-instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate= batch_max= client=k6
+instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate= batch_max= client=k6 cluster=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) instances=$2; shift 2 ;;
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
     --no-kafka) kafka=0; shift ;;
     --skew) skew=1; shift ;;
     --client) client=$2; shift 2 ;;
+    --redis-cluster) cluster=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -79,6 +82,7 @@ cleanup() {
   kill "${sampler:-}" 2>/dev/null || true
   stop_instances
   forget_run "load-$run_id"
+  if [ "$cluster" = 1 ]; then forget_redis_cluster; fi
 }
 trap cleanup EXIT
 
@@ -87,6 +91,10 @@ run_scope "load-$run_id"
 settings=(WALLET_LOCK_MODE="$lock_mode" WALLET_API_KEYS="checkout:$api_key,funding:$api_key-funding"
   RUST_LOG="${RUST_LOG:-warn}")
 if [ -n "$batch_max" ]; then settings+=(WALLET_BATCH_MAX="$batch_max"); fi
+if [ "$cluster" = 1 ]; then
+  ensure_redis_cluster
+  settings+=(WALLET_REDIS_CLUSTER_NODES="$(redis_cluster_urls)")
+fi
 if [ -n "$rate" ]; then
   settings+=(WALLET_RATE_LIMIT_PER_SECOND="$rate" WALLET_RATE_LIMIT_BURST=$((rate / 10 + 1)))
 fi

@@ -90,6 +90,47 @@ ensure_redis() {
   fi
 }
 
+# A Redis Cluster of the load runs' own (loadtest/run.sh --redis-cluster): three
+# primaries with a replica each, on 127.0.0.1:$REDIS_CLUSTER_PORT and the five ports
+# after it, without persistence. Made again from scratch when it is not healthy.
+REDIS_CLUSTER_PORT="${WALLET_REDIS_CLUSTER_PORT:-7101}"
+redis_cluster_ports() { seq "$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 5)); }
+redis_cluster_urls() { seq -f "redis://127.0.0.1:%g" "$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 2)) | paste -sd, -; }
+redis_node_alive() { redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; }
+redis_cluster_ok() {
+  local port
+  for port in $(redis_cluster_ports); do
+    redis-cli -p "$port" cluster info 2>/dev/null | grep -q cluster_state:ok || return 1
+  done
+}
+ensure_redis_cluster() {
+  ensure_redis
+  redis_cluster_ok && return 0
+  log "starting a Redis Cluster on 127.0.0.1:$REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + 5))"
+  local port dir nodes=()
+  for port in $(redis_cluster_ports); do
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  done
+  for port in $(redis_cluster_ports); do
+    dir="$WALLET_DATA_DIR/redis-cluster/$port"
+    rm -rf "$dir" && mkdir -p "$dir"
+    redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 2000 --save "" --appendonly no --daemonize yes \
+      --dir "$dir" --logfile "$dir/redis.log"
+    nodes+=("127.0.0.1:$port")
+  done
+  for port in $(redis_cluster_ports); do
+    wait_for 20 "Redis Cluster node $port" redis_node_alive "$port"
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  wait_for 30 "the Redis Cluster" redis_cluster_ok
+}
+# Empties the load runs' cluster (its keys are spread over slots that one UNLINK cannot span).
+forget_redis_cluster() {
+  local port
+  for port in $(redis_cluster_ports); do redis-cli -p "$port" flushall >/dev/null 2>&1 || true; done
+}
+
 if ! command -v curl >/dev/null 2>&1; then apt_install curl; fi
 
 # The Kafka-protocol broker: Tansu with its PostgreSQL storage engine, over a PostgreSQL
@@ -108,7 +149,7 @@ tansu_pg="$WALLET_DATA_DIR/tansu-pg"
 
 broker_alive() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then su postgres -s /bin/bash -c "$*"; else sudo -u postgres bash -c "$*"; fi; }
-tansu_psql() { PGPASSWORD=postgres PGOPTIONS='-c client_min_messages=warning' psql -h 127.0.0.1 -p "$TANSU_PG_PORT" -U postgres -v ON_ERROR_STOP=1 -q "$@"; }
+tansu_psql() { PGPASSWORD=postgres PGOPTIONS='-c client_min_messages=warning -c statement_timeout=0' psql -h 127.0.0.1 -p "$TANSU_PG_PORT" -U postgres -v ON_ERROR_STOP=1 -q "$@"; }
 tansu_pg_alive() { tansu_psql -d postgres -Atc 'select 1' >/dev/null 2>&1; }
 # The settings Tansu's connections need, set on every start (ALTER SYSTEM, then a reload), so
 # a cluster already running gets them too:
@@ -126,11 +167,18 @@ tansu_pg_alive() { tansu_psql -d postgres -Atc 'select 1' >/dev/null 2>&1; }
 #   with every record of every topic past the fetch offset: 3-17 ms for an empty fetch
 #   instead of 0.2 ms, which kept the broker's PostgreSQL at 1.7 cores with two idle
 #   instances after a run that restarted the broker (new connections, new plans).
+# - statement_timeout=30s: Tansu runs its retention sweep at start and every ten minutes,
+#   one more each time, without waiting for the last. Under these plans its DELETE of
+#   expired records runs for many minutes on a table a load run filled: after seven broker
+#   restarts, seven of them held both cores and the consumers timed out. Tansu's other
+#   queries take milliseconds; a sweep cut short is tried again at the next one. This
+#   script's own statements lift the limit.
 tansu_pg_settings() {
   tansu_psql -d postgres -c "ALTER SYSTEM SET synchronous_commit = off" \
     -c "ALTER SYSTEM SET plan_cache_mode = force_generic_plan" \
     -c "ALTER SYSTEM SET enable_seqscan = off" \
     -c "ALTER SYSTEM SET enable_mergejoin = off" -c "ALTER SYSTEM SET enable_hashjoin = off" \
+    -c "ALTER SYSTEM SET statement_timeout = '30s'" \
     -c "SELECT pg_reload_conf()" >/dev/null
 }
 tansu_database() { # tansu_database NAME SCHEMA_FILE: created when missing; the schema is idempotent

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::configuration::LockMode;
-use crate::redis_support::bounded;
+use crate::redis_support::{bounded, SharedRedis};
 use crate::telemetry::metrics;
 
 /// Which path serialises wallet writes right now.
@@ -47,7 +47,7 @@ struct Inner {
     threshold: u32,
     probe_interval: Duration,
     timeout: Duration,
-    pool: deadpool_redis::Pool,
+    redis: SharedRedis,
     wake_probe: tokio::sync::Notify,
 }
 
@@ -56,7 +56,7 @@ impl RedisBreaker {
     /// again once it opened.
     pub fn new(
         configured: LockMode,
-        pool: deadpool_redis::Pool,
+        redis: SharedRedis,
         threshold: u32,
         probe_interval: Duration,
         timeout: Duration,
@@ -68,7 +68,7 @@ impl RedisBreaker {
             threshold: threshold.max(1),
             probe_interval,
             timeout,
-            pool,
+            redis,
             wake_probe: tokio::sync::Notify::new(),
         });
         let breaker = Self { inner };
@@ -117,11 +117,18 @@ impl RedisBreaker {
                 continue;
             }
             tokio::time::sleep(inner.probe_interval).await;
-            let pong = bounded(inner.timeout, async {
-                let mut conn = inner.pool.get().await.map_err(redis_error)?;
-                redis::cmd("PING").query_async::<String>(&mut conn).await
-            })
+            let pong = async {
+                let mut conn = inner.redis.connection().await?;
+                bounded(
+                    inner.timeout,
+                    redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+                )
+                .await
+            }
             .await;
+            if pong.is_err() {
+                inner.redis.reset();
+            }
             if pong.is_ok() {
                 inner.failures.store(0, Ordering::Release);
                 inner.open.store(false, Ordering::Release);
@@ -129,12 +136,5 @@ impl RedisBreaker {
                 metrics::lock_mode(ActiveMode::Redis.as_str());
             }
         }
-    }
-}
-
-fn redis_error(e: deadpool_redis::PoolError) -> redis::RedisError {
-    match e {
-        deadpool_redis::PoolError::Backend(e) => e,
-        other => redis::RedisError::from(std::io::Error::other(other.to_string())),
     }
 }

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
 
 use crate::domain::Identifier;
 
@@ -37,15 +40,17 @@ where
 
 /// Hands every message published on `channel` to `owner` for as long as it is alive
 /// (`heard`, what the messages are, names them in the log). One subscriber connection,
-/// which reconnects by itself.
+/// which reconnects by itself, to the next of `nodes` each time: on a Redis Cluster a
+/// message published on any node reaches the subscribers of every node, so one node
+/// that answers is enough, whichever it is.
 pub async fn listen<T>(
     owner: Weak<T>,
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
     channel: String,
     heard: &'static str,
     on_message: impl Fn(&T, redis::Msg),
 ) {
-    loop {
+    for client in nodes.iter().cycle() {
         let connected = tokio::time::timeout(Duration::from_secs(2), async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -69,21 +74,187 @@ pub async fn listen<T>(
     }
 }
 
+/// A connection to Redis: one node, or a Redis Cluster, whose client sends each command
+/// to the node that serves its key's hash slot (following `MOVED` and `ASK`, loading a
+/// script on every node that lacks it). Both multiplex: a clone shares the sockets.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Node(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Node(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// A connection the batch scripts can run on, which says whether a script call may only
+/// touch keys of one hash slot.
+pub trait SlotAware: ConnectionLike + Clone + Send + Sync {
+    fn is_cluster(&self) -> bool;
+}
+
+impl SlotAware for RedisConnection {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl SlotAware for MultiplexedConnection {
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
+/// Runs a batch script over `items`: one call on a single node; on a cluster, where a
+/// call may touch only one hash slot, one call per slot of the items (`slot_key` names
+/// a key of each item), all sent at once, so each node gets its calls pipelined in one
+/// round trip. `build` fills one call with the arguments every call takes and with the
+/// items whose indices it is given. Returns each call's answer with its items' indices.
+pub async fn per_slot<C: SlotAware, T: FromRedisValue>(
+    conn: &C,
+    script: &Script,
+    items: usize,
+    slot_key: impl Fn(usize) -> String,
+    build: impl Fn(&mut ScriptInvocation<'_>, &[usize]),
+) -> redis::RedisResult<Vec<(Vec<usize>, T)>> {
+    let groups: Vec<Vec<usize>> = if conn.is_cluster() {
+        let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for item in 0..items {
+            let slot = Slot::for_key(slot_key(item));
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, group)) => group.push(item),
+                None => groups.push((slot, vec![item])),
+            }
+        }
+        groups.into_iter().map(|(_, group)| group).collect()
+    } else {
+        vec![(0..items).collect()]
+    };
+    let invocations: Vec<ScriptInvocation<'_>> = groups
+        .iter()
+        .map(|group| {
+            let mut invocation = script.prepare_invoke();
+            build(&mut invocation, group);
+            invocation
+        })
+        .collect();
+    let answers = futures_util::future::try_join_all(invocations.iter().map(|invocation| {
+        let mut conn = conn.clone();
+        async move { invocation.invoke_async::<T>(&mut conn).await }
+    }))
+    .await?;
+    Ok(groups.into_iter().zip(answers).collect())
+}
+
+/// Puts per-item answers of [`per_slot`] calls back in the items' order.
+pub fn in_item_order<A>(items: usize, answers: Vec<(Vec<usize>, Vec<A>)>) -> Vec<Option<A>> {
+    let mut ordered: Vec<Option<A>> = (0..items).map(|_| None).collect();
+    for (indices, values) in answers {
+        for (index, value) in indices.into_iter().zip(values) {
+            ordered[index] = Some(value);
+        }
+    }
+    ordered
+}
+
+/// A batch script's call that answered for fewer items than it was given.
+pub fn unanswered() -> RedisFault {
+    RedisFault::Command(redis::RedisError::from(std::io::Error::other(
+        "a batch script answered for fewer items than it was given",
+    )))
+}
+
+/// The pool the service's Redis connections come from, a single node's or a cluster's
+/// (`WALLET_REDIS_CLUSTER_NODES`), and the nodes a subscriber may listen on.
+pub fn connect(
+    settings: &crate::configuration::RedisSettings,
+) -> anyhow::Result<(RedisPool, Vec<redis::Client>)> {
+    use anyhow::Context;
+    let timeout = Some(settings.command_timeout);
+    let timeouts = deadpool_redis::Timeouts {
+        wait: timeout,
+        create: timeout,
+        recycle: timeout,
+    };
+    if settings.cluster_nodes.is_empty() {
+        let mut config = deadpool_redis::Config::from_url(&settings.url);
+        config.pool = Some(deadpool_redis::PoolConfig {
+            max_size: settings.pool_size,
+            timeouts,
+            ..Default::default()
+        });
+        let pool = config
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .context("building the Redis pool")?;
+        let node =
+            redis::Client::open(settings.url.as_str()).context("parsing WALLET_REDIS_URL")?;
+        return Ok((RedisPool::Node(pool), vec![node]));
+    }
+    let mut config = deadpool_redis::cluster::Config::from_urls(settings.cluster_nodes.clone());
+    config.pool = Some(deadpool_redis::PoolConfig {
+        max_size: settings.pool_size,
+        timeouts,
+        ..Default::default()
+    });
+    let pool = config
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .context("building the Redis Cluster pool")?;
+    let nodes = settings
+        .cluster_nodes
+        .iter()
+        .map(|url| redis::Client::open(url.as_str()))
+        .collect::<Result<_, _>>()
+        .context("parsing WALLET_REDIS_CLUSTER_NODES")?;
+    Ok((RedisPool::Cluster(pool), nodes))
+}
+
+/// Where the service's Redis connections come from.
+#[derive(Clone)]
+pub enum RedisPool {
+    Node(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
 /// One multiplexed Redis connection shared by every request of the process, taken from
 /// the deadpool pool and replaced from it after a failure.
 ///
-/// A multiplexed connection pipelines concurrent commands over one socket, so sharing
-/// it costs nothing; checking a connection out of the pool per request would cost a
-/// `PING` round trip each time (deadpool-redis verifies every connection it hands out).
+/// A multiplexed connection pipelines concurrent commands over one socket (one per node
+/// on a cluster), so sharing it costs nothing; checking a connection out of the pool per
+/// request would cost a `PING` round trip each time (deadpool-redis verifies every
+/// connection it hands out).
 #[derive(Clone)]
 pub struct SharedRedis {
-    pool: deadpool_redis::Pool,
-    current: Arc<Mutex<Option<MultiplexedConnection>>>,
+    pool: RedisPool,
+    current: Arc<Mutex<Option<RedisConnection>>>,
     timeout: Duration,
 }
 
 impl SharedRedis {
-    pub fn new(pool: deadpool_redis::Pool, timeout: Duration) -> Self {
+    pub fn new(pool: RedisPool, timeout: Duration) -> Self {
         Self {
             pool,
             current: Arc::new(Mutex::new(None)),
@@ -92,12 +263,18 @@ impl SharedRedis {
     }
 
     /// The shared connection (a cheap clone), connecting first if there is none.
-    pub async fn connection(&self) -> Result<MultiplexedConnection, RedisFault> {
+    pub async fn connection(&self) -> Result<RedisConnection, RedisFault> {
         if let Some(conn) = self.current.lock().expect("redis slot poisoned").clone() {
             return Ok(conn);
         }
-        let pooled = bounded(self.timeout, self.pool.get()).await?;
-        let conn = (*pooled).clone();
+        let conn = match &self.pool {
+            RedisPool::Node(pool) => {
+                RedisConnection::Node((*bounded(self.timeout, pool.get()).await?).clone())
+            }
+            RedisPool::Cluster(pool) => {
+                RedisConnection::Cluster((*bounded(self.timeout, pool.get()).await?).clone())
+            }
+        };
         *self.current.lock().expect("redis slot poisoned") = Some(conn.clone());
         Ok(conn)
     }

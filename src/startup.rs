@@ -24,7 +24,7 @@ use crate::idempotency::IdempotencyCache;
 use crate::kafka::wakeups::{IdleFetch, Wakeups};
 use crate::lock::WalletLock;
 use crate::outbox::relay::Relay;
-use crate::redis_support::{KeySpace, SharedRedis};
+use crate::redis_support::{self, KeySpace, SharedRedis};
 use crate::support::backoff::backoff;
 use crate::support::tasks::{StopSignal, Tasks};
 use crate::telemetry::metrics;
@@ -71,27 +71,12 @@ impl Application {
         }
 
         let redis_settings = &settings.redis;
-        let mut pool_config = deadpool_redis::Config::from_url(&redis_settings.url);
-        pool_config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: redis_settings.pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(redis_settings.command_timeout),
-                create: Some(redis_settings.command_timeout),
-                recycle: Some(redis_settings.command_timeout),
-            },
-            ..Default::default()
-        });
-        let redis_pool = pool_config
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .context("building the Redis pool")?;
-        let redis_client =
-            redis::Client::open(redis_settings.url.as_str()).context("parsing WALLET_REDIS_URL")?;
-
+        let (redis_pool, redis_nodes) = redis_support::connect(redis_settings)?;
         let keys = KeySpace::new(&redis_settings.key_prefix);
-        let shared_redis = SharedRedis::new(redis_pool.clone(), redis_settings.command_timeout);
+        let shared_redis = SharedRedis::new(redis_pool, redis_settings.command_timeout);
         let mut wakeups = Wakeups::new(shared_redis.clone(), keys.records_channel());
         let (lock, lock_upkeep) = WalletLock::new(
-            redis_client.clone(),
+            redis_nodes.clone(),
             keys.clone(),
             settings.lock.clone(),
             redis_settings.command_timeout,
@@ -105,7 +90,7 @@ impl Application {
         );
         let breaker = RedisBreaker::new(
             settings.lock.mode,
-            redis_pool.clone(),
+            shared_redis.clone(),
             settings.lock.breaker_threshold,
             settings.lock.breaker_probe_interval,
             redis_settings.command_timeout,
@@ -143,7 +128,7 @@ impl Application {
         if wakeups.has_consumers() {
             tasks.spawn_until_stopped(kafka::wakeups::listen(
                 Arc::downgrade(&wakeups),
-                redis_client,
+                redis_nodes,
             ));
         }
         let dead_letters = DeadLetters::new(
@@ -298,7 +283,7 @@ fn idle_fetch(kafka: &KafkaSettings, wake: Option<Arc<Notify>>) -> Option<IdleFe
 }
 
 /// What one look fetches for beyond `fetch.wait.max.ms`: the fetch's round trip.
-const LOOK_MARGIN: Duration = Duration::from_millis(50);
+const LOOK_MARGIN: Duration = Duration::from_millis(20);
 
 /// Starts the background workers this process runs: topic creation, the outbox relay,
 /// the points consumer, the payment-request consumer and the dead-letter collector.

@@ -58,6 +58,9 @@ pub struct DatabaseSettings {
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`WALLET_REDIS_CLUSTER_NODES`); empty: one node at
+    /// `url`.
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key and channel, so deployments (and tests) can share a Redis.
     pub key_prefix: String,
     pub pool_size: usize,
@@ -344,6 +347,13 @@ impl Settings {
         };
         let redis = RedisSettings {
             url: env.get("WALLET_REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
+            cluster_nodes: env
+                .get("WALLET_REDIS_CLUSTER_NODES", String::new())?
+                .split(',')
+                .map(str::trim)
+                .filter(|node| !node.is_empty())
+                .map(str::to_string)
+                .collect(),
             key_prefix: env.get("WALLET_REDIS_KEY_PREFIX", "wallet".to_string())?,
             pool_size: env.get("WALLET_REDIS_POOL_SIZE", 16)?,
             command_timeout: env.millis("WALLET_REDIS_TIMEOUT_MS", 500)?,
@@ -402,7 +412,7 @@ impl Settings {
                 relay_poll: env.millis("WALLET_OUTBOX_POLL_MS", 500)?,
                 fetch_wait: env.millis("WALLET_KAFKA_FETCH_WAIT_MS", 30)?,
                 idle_after: env.millis("WALLET_KAFKA_IDLE_AFTER_MS", 2_000)?,
-                idle_look: env.millis("WALLET_KAFKA_IDLE_LOOK_MS", 1_000)?,
+                idle_look: env.millis("WALLET_KAFKA_IDLE_LOOK_MS", 3_000)?,
                 delivery_timeout: env.millis("WALLET_KAFKA_DELIVERY_TIMEOUT_MS", 10_000)?,
                 outbox_stall_after: env.millis("WALLET_OUTBOX_STALL_AFTER_MS", 60_000)?,
                 retry_attempts: env.get("WALLET_CONSUMER_ATTEMPTS", 3)?,

@@ -10,7 +10,9 @@ use std::time::Duration;
 use redis::Script;
 
 use crate::domain::Identifier;
-use crate::redis_support::{bounded, KeySpace, RedisFault};
+use crate::redis_support::{
+    bounded, in_item_order, per_slot, unanswered, KeySpace, RedisFault, SlotAware,
+};
 
 /// What the cache knows about a key.
 #[derive(Debug)]
@@ -86,8 +88,9 @@ impl IdempotencyCache {
         }
     }
 
-    /// Claims every key of a batch in one round trip; one [`Claim`] per request, in order.
-    pub async fn claim_all<C: redis::aio::ConnectionLike + Send>(
+    /// Claims every key of a batch in one round trip (one call per node on a cluster);
+    /// one [`Claim`] per request, in order.
+    pub async fn claim_all<C: SlotAware>(
         &self,
         conn: &mut C,
         requests: &[ClaimRequest<'_>],
@@ -99,21 +102,24 @@ impl IdempotencyCache {
             .iter()
             .map(|_| uuid::Uuid::new_v4().to_string())
             .collect();
-        let mut invocation = self.claim.prepare_invoke();
-        invocation.arg(self.claim_ttl.as_millis() as u64);
-        for (request, token) in requests.iter().zip(&tokens) {
-            invocation
-                .key(self.keys.idempotency(request.scope, request.id))
-                .arg(request.fingerprint)
-                .arg(token);
-        }
-        let replies: Vec<Vec<redis::Value>> =
-            bounded(self.timeout, invocation.invoke_async(conn)).await?;
-        Ok(replies
+        let key = |i: usize| self.keys.idempotency(requests[i].scope, requests[i].id);
+        let answers: Vec<(Vec<usize>, Vec<Vec<redis::Value>>)> = bounded(
+            self.timeout,
+            per_slot(conn, &self.claim, requests.len(), key, |call, items| {
+                call.arg(self.claim_ttl.as_millis() as u64);
+                for &i in items {
+                    call.key(key(i))
+                        .arg(requests[i].fingerprint)
+                        .arg(&tokens[i]);
+                }
+            }),
+        )
+        .await?;
+        in_item_order(requests.len(), answers)
             .into_iter()
             .zip(tokens)
-            .map(|(reply, token)| parse_claim(&reply, token))
-            .collect())
+            .map(|(reply, token)| Ok(parse_claim(&reply.ok_or_else(unanswered)?, token)))
+            .collect()
     }
 
     /// True when a request holds the key's claim now (claimed, not yet answered).
@@ -134,8 +140,9 @@ impl IdempotencyCache {
         Ok(state.as_deref() == Some("pending"))
     }
 
-    /// Completes or abandons every claim of a batch in one round trip.
-    pub async fn settle_all<C: redis::aio::ConnectionLike + Send>(
+    /// Completes or abandons every claim of a batch in one round trip (one call per node
+    /// on a cluster).
+    pub async fn settle_all<C: SlotAware>(
         &self,
         conn: &mut C,
         claims: &[Settle<'_>],
@@ -143,24 +150,27 @@ impl IdempotencyCache {
         if claims.is_empty() {
             return Ok(());
         }
-        let mut invocation = self.settle.prepare_invoke();
-        invocation.arg(self.reply_ttl.as_millis() as u64);
-        for claim in claims {
-            invocation.key(self.keys.idempotency(claim.scope, claim.id));
-            match claim.how {
-                Settlement::Done { fingerprint, reply } => invocation
-                    .arg("done")
-                    .arg(&claim.token.0)
-                    .arg(fingerprint)
-                    .arg(reply),
-                Settlement::Abandon => invocation
-                    .arg("abandon")
-                    .arg(&claim.token.0)
-                    .arg("")
-                    .arg(""),
-            };
-        }
-        bounded(self.timeout, invocation.invoke_async::<i64>(conn)).await?;
+        let key = |i: usize| self.keys.idempotency(claims[i].scope, claims[i].id);
+        let build = |call: &mut redis::ScriptInvocation<'_>, items: &[usize]| {
+            call.arg(self.reply_ttl.as_millis() as u64);
+            for &i in items {
+                let claim = &claims[i];
+                call.key(key(i));
+                match claim.how {
+                    Settlement::Done { fingerprint, reply } => call
+                        .arg("done")
+                        .arg(&claim.token.0)
+                        .arg(fingerprint)
+                        .arg(reply),
+                    Settlement::Abandon => call.arg("abandon").arg(&claim.token.0).arg("").arg(""),
+                };
+            }
+        };
+        bounded(
+            self.timeout,
+            per_slot::<_, i64>(conn, &self.settle, claims.len(), key, build),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -210,9 +210,7 @@ impl WalletConsumer {
         }
         closed
     }
-}
 
-impl WalletConsumer {
     /// Resolves at the next rebalance that assigns partitions (one that came before it
     /// is awaited leaves a permit): records may wait on them, which a consumer that
     /// stopped fetching should fetch ([`wakeups`]).

@@ -127,13 +127,13 @@ impl Wakeups {
 }
 
 /// Hears the other instances' announcements for as long as `wakeups` is alive.
-pub async fn listen(wakeups: Weak<Wakeups>, client: redis::Client) {
+pub async fn listen(wakeups: Weak<Wakeups>, nodes: Vec<redis::Client>) {
     let Some(channel) = wakeups.upgrade().map(|w| w.channel.clone()) else {
         return;
     };
     redis_support::listen(
         wakeups,
-        client,
+        nodes,
         channel,
         "records written",
         |wakeups, message| {

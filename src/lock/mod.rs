@@ -41,7 +41,9 @@ use tokio::time::Instant;
 
 use crate::configuration::LockSettings;
 use crate::domain::Identifier;
-use crate::redis_support::{bounded, KeySpace, RedisFault};
+use crate::redis_support::{
+    bounded, in_item_order, per_slot, unanswered, KeySpace, RedisFault, SlotAware,
+};
 use crate::telemetry::metrics;
 use releases::Releases;
 
@@ -97,7 +99,7 @@ impl WalletLock {
     /// Builds the lock, and the listener that hears releases ([`LockUpkeep`]), which
     /// the application runs as a task of its own.
     pub fn new(
-        client: redis::Client,
+        nodes: Vec<redis::Client>,
         keys: KeySpace,
         settings: LockSettings,
         timeout: Duration,
@@ -116,7 +118,7 @@ impl WalletLock {
         };
         let upkeep = LockUpkeep {
             lock: lock.clone(),
-            client,
+            nodes,
         };
         (lock, upkeep)
     }
@@ -142,34 +144,43 @@ impl WalletLock {
         Ok((fence > 0).then_some(fence))
     }
 
-    /// Tries to take the locks of a batch's wallets, all in one round trip and under one
-    /// owner token. A wallet held elsewhere is left out (with how long its lease still
-    /// runs) and never holds up the others.
-    pub async fn acquire_batch<C: redis::aio::ConnectionLike + Send>(
+    /// Tries to take the locks of a batch's wallets, all in one round trip (one call per
+    /// node on a cluster) and under one owner token. A wallet held elsewhere is left out
+    /// (with how long its lease still runs) and never holds up the others.
+    pub async fn acquire_batch<C: SlotAware>(
         &self,
         conn: &mut C,
         wallets: &[Identifier],
     ) -> Result<(BatchLocks, Vec<(Identifier, Duration)>), RedisFault> {
         let started = Instant::now();
         let owner = uuid::Uuid::new_v4().simple().to_string();
-        let mut invocation = self.scripts.acquire.prepare_invoke();
-        invocation
-            .arg(&owner)
-            .arg(self.settings.lease.as_millis() as u64);
-        for user_id in wallets {
-            invocation
-                .key(self.keys.lock(user_id))
-                .key(self.keys.fence(user_id))
-                .key(self.keys.contended(user_id));
-        }
-        let answers: Vec<i64> = bounded(self.timeout, invocation.invoke_async(conn)).await?;
+        let lock_key = |i: usize| self.keys.lock(&wallets[i]);
+        let answers: Vec<(Vec<usize>, Vec<i64>)> = bounded(
+            self.timeout,
+            per_slot(
+                conn,
+                &self.scripts.acquire,
+                wallets.len(),
+                lock_key,
+                |call, items| {
+                    call.arg(&owner).arg(self.settings.lease.as_millis() as u64);
+                    for &i in items {
+                        call.key(lock_key(i))
+                            .key(self.keys.fence(&wallets[i]))
+                            .key(self.keys.contended(&wallets[i]));
+                    }
+                },
+            ),
+        )
+        .await?;
         let mut locks = BatchLocks {
             owner,
             taken_at: started,
             fences: Vec::with_capacity(wallets.len()),
         };
         let mut refused = Vec::new();
-        for (user_id, answer) in wallets.iter().zip(answers) {
+        for (user_id, answer) in wallets.iter().zip(in_item_order(wallets.len(), answers)) {
+            let answer = answer.ok_or_else(unanswered)?;
             if answer > 0 {
                 metrics::lock_acquired("acquired", started.elapsed());
                 locks.fences.push((user_id.clone(), answer as u64));
@@ -184,10 +195,10 @@ impl WalletLock {
         Ok((locks, refused))
     }
 
-    /// Renews every lease of a batch in one round trip, once a third of the lease has
-    /// passed since they were set. Returns false when one was lost: the batch must not
-    /// commit.
-    pub async fn renew_batch<C: redis::aio::ConnectionLike + Send>(
+    /// Renews every lease of a batch in one round trip (one call per node on a
+    /// cluster), once a third of the lease has passed since they were set. Returns false
+    /// when one was lost: the batch must not commit.
+    pub async fn renew_batch<C: SlotAware>(
         &self,
         conn: &mut C,
         locks: &mut BatchLocks,
@@ -196,14 +207,26 @@ impl WalletLock {
             return Ok(true);
         }
         let renewed_at = Instant::now();
-        let mut invocation = self.scripts.extend.prepare_invoke();
-        invocation
-            .arg(&locks.owner)
-            .arg(self.settings.lease.as_millis() as u64);
-        for (user_id, _) in &locks.fences {
-            invocation.key(self.keys.lock(user_id));
-        }
-        let renewed: usize = bounded(self.timeout, invocation.invoke_async(conn)).await?;
+        let fences = &locks.fences;
+        let lock_key = |i: usize| self.keys.lock(&fences[i].0);
+        let renewed: Vec<(Vec<usize>, usize)> = bounded(
+            self.timeout,
+            per_slot(
+                conn,
+                &self.scripts.extend,
+                fences.len(),
+                lock_key,
+                |call, items| {
+                    call.arg(&locks.owner)
+                        .arg(self.settings.lease.as_millis() as u64);
+                    for &i in items {
+                        call.key(lock_key(i));
+                    }
+                },
+            ),
+        )
+        .await?;
+        let renewed: usize = renewed.into_iter().map(|(_, count)| count).sum();
         locks.taken_at = renewed_at;
         Ok(renewed == locks.fences.len())
     }
@@ -237,9 +260,9 @@ impl WalletLock {
         }
     }
 
-    /// Releases every lock of a batch in one round trip. Returns the wallets another
-    /// process was waiting for.
-    pub async fn release_batch<C: redis::aio::ConnectionLike + Send>(
+    /// Releases every lock of a batch in one round trip (one call per node on a
+    /// cluster). Returns the wallets another process was waiting for.
+    pub async fn release_batch<C: SlotAware>(
         &self,
         conn: &mut C,
         locks: BatchLocks,
@@ -247,18 +270,28 @@ impl WalletLock {
         if locks.fences.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = self.scripts.release.prepare_invoke();
-        invocation
-            .arg(&locks.owner)
-            .arg(self.keys.release_channel());
-        for (user_id, _) in &locks.fences {
-            invocation
-                .key(self.keys.lock(user_id))
-                .key(self.keys.contended(user_id))
-                .arg(user_id.as_str());
-        }
-        let answers: Vec<i64> = bounded(self.timeout, invocation.invoke_async(conn)).await?;
-        let lost = answers.iter().filter(|&&answer| answer == 0).count();
+        let fences = &locks.fences;
+        let lock_key = |i: usize| self.keys.lock(&fences[i].0);
+        let answers: Vec<(Vec<usize>, Vec<i64>)> = bounded(
+            self.timeout,
+            per_slot(
+                conn,
+                &self.scripts.release,
+                fences.len(),
+                lock_key,
+                |call, items| {
+                    call.arg(&locks.owner).arg(self.keys.release_channel());
+                    for &i in items {
+                        call.key(lock_key(i))
+                            .key(self.keys.contended(&fences[i].0))
+                            .arg(fences[i].0.as_str());
+                    }
+                },
+            ),
+        )
+        .await?;
+        let answers = in_item_order(fences.len(), answers);
+        let lost = answers.iter().filter(|answer| **answer == Some(0)).count();
         if lost > 0 {
             tracing::warn!(lost, "batch lock leases had expired before release");
         }
@@ -266,7 +299,7 @@ impl WalletLock {
             .fences
             .into_iter()
             .zip(answers)
-            .filter(|(_, answer)| *answer == 2)
+            .filter(|(_, answer)| *answer == Some(2))
             .map(|((user_id, _), _)| user_id)
             .collect())
     }
@@ -287,7 +320,7 @@ impl WalletLock {
 /// held are tried again at once ([`LockUpkeep::listen`]).
 pub struct LockUpkeep {
     lock: WalletLock,
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
 }
 
 impl LockUpkeep {
@@ -295,7 +328,7 @@ impl LockUpkeep {
     pub fn listen(self) -> impl std::future::Future<Output = ()> + Send + 'static {
         releases::listen(
             Arc::downgrade(&self.lock.releases),
-            self.client,
+            self.nodes,
             self.lock.keys.release_channel(),
         )
     }

@@ -33,8 +33,8 @@ impl Releases {
 }
 
 /// Listens on the release channel for as long as `releases` is alive.
-pub async fn listen(releases: Weak<Releases>, client: redis::Client, channel: String) {
-    crate::redis_support::listen(releases, client, channel, "lock releases", |releases, _| {
+pub async fn listen(releases: Weak<Releases>, nodes: Vec<redis::Client>, channel: String) {
+    crate::redis_support::listen(releases, nodes, channel, "lock releases", |releases, _| {
         releases.count.fetch_add(1, Ordering::AcqRel);
         releases.any.notify_one();
     })

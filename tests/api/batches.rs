@@ -13,8 +13,8 @@ use wallet::domain::Identifier;
 use wallet::redis_support::KeySpace;
 
 use crate::support::{
-    eventually, hold_wallet, key_gone, pay_in_background, spawn_app_with, test_settings, Reply,
-    TestApp,
+    counter, eventually, hold_wallet, key_gone, pay_in_background, spawn_app_with, test_settings,
+    Reply, TestApp,
 };
 
 /// When each order's payment was written: one batch writes all its rows at one instant.
@@ -31,16 +31,6 @@ async fn written_at(app: &TestApp, order_id: &str) -> chrono::DateTime<chrono::U
 /// its batch starts), so nothing outside shows it has arrived: a fixed wait.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
-/// The value of a counter on `/metrics` (0 when never recorded).
-async fn counter(app: &TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics").await.text;
-    text.lines()
-        .find(|line| line.starts_with(name) && !line.starts_with('#'))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

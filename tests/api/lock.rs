@@ -23,7 +23,7 @@ use crate::support::{key_gone, spawn_app, spawn_app_with, test_settings};
 fn wallet_lock(settings: &Settings) -> WalletLock {
     let redis = &settings.redis;
     let (lock, upkeep) = WalletLock::new(
-        redis::Client::open(redis.url.as_str()).unwrap(),
+        vec![redis::Client::open(redis.url.as_str()).unwrap()],
         KeySpace::new(&redis.key_prefix),
         settings.lock.clone(),
         redis.command_timeout,

@@ -4,6 +4,7 @@
 mod bad_input;
 mod batches;
 mod broker_faults;
+mod cluster;
 mod concurrency;
 mod connections;
 mod consumers;

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
+use crate::redis_support::RedisConnection;
 use tokio::time::Instant;
 
 use super::transaction::Held;
@@ -179,7 +179,7 @@ impl Batch<'_> {
     /// (`queue::take_batch`).
     async fn claim(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut RedisConnection,
         jobs: Vec<Job>,
     ) -> Result<Vec<Job>, (RedisFault, Vec<Job>)> {
         let to_claim: Vec<usize> = jobs

@@ -2,7 +2,7 @@
 //! keys read, each request decided in order by the money rules, one `UPDATE wallets`
 //! for the net changes and one multi-row `INSERT` per table, one commit.
 
-use redis::aio::MultiplexedConnection;
+use crate::redis_support::RedisConnection;
 use tokio::time::Instant;
 
 use super::run::Batch;
@@ -17,7 +17,7 @@ use crate::wallet::rules::{Book, Records};
 /// The Redis locks a batch holds and the connection that renews them.
 pub(super) struct Held {
     pub locks: BatchLocks,
-    pub conn: MultiplexedConnection,
+    pub conn: RedisConnection,
 }
 
 impl Batch<'_> {

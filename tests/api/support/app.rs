@@ -432,3 +432,13 @@ pub fn pay_in_background(
         Reply::read(response).await
     })
 }
+
+/// The value of a counter on `/metrics` (0 when never recorded).
+pub async fn counter(app: &TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics").await.text;
+    text.lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}

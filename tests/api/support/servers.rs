@@ -57,6 +57,30 @@ impl OwnServer {
         })
     }
 
+    /// One node of a Redis Cluster, without persistence ([`RedisCluster`]).
+    pub fn redis_cluster_node() -> Self {
+        Self::start("redis-server", |port, _| {
+            [
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .map(String::from)
+            .into()
+        })
+    }
+
     /// A Tansu broker as `scripts/deps.sh` runs it, with its PostgreSQL storage in a
     /// database of its own (copied from the `tansu_template` database deps.sh keeps on
     /// the broker's PostgreSQL): a restart keeps topics, records and offsets.
@@ -199,5 +223,84 @@ impl Drop for OwnServer {
                 &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
             );
         }
+    }
+}
+
+/// A Redis Cluster of a test's own: `primaries` primaries, each with `replicas`
+/// replicas, on free loopback ports, made with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<OwnServer>,
+}
+
+impl RedisCluster {
+    pub fn start(primaries: usize, replicas: usize) -> Self {
+        let nodes: Vec<OwnServer> = (0..primaries * (1 + replicas))
+            .map(|_| OwnServer::redis_cluster_node())
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(OwnServer::address))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is installed (run scripts/test.sh)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes };
+        for node in &cluster.nodes {
+            let mut ready = false;
+            for _ in 0..200 {
+                if node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                    ready = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(ready, "the cluster did not come up on {}", node.address());
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:port` of every node, for `WALLET_REDIS_CLUSTER_NODES`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://{}", node.address()))
+            .collect()
+    }
+
+    /// The nodes that serve slots now.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].child.is_some()
+                    && self.nodes[i]
+                        .cli(&["INFO", "replication"])
+                        .contains("role:master")
+            })
+            .collect()
+    }
+}
+
+impl OwnServer {
+    /// What `redis-cli` answers to `command` on this node ("" when it does not answer).
+    pub fn cli(&self, command: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(command)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// How many keys this node holds.
+    pub fn key_count(&self) -> u64 {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "DBSIZE"])
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(0)
     }
 }
