@@ -200,13 +200,14 @@ pub fn connect(
         create: timeout,
         recycle: timeout,
     };
+    let pool_config = deadpool_redis::PoolConfig {
+        max_size: settings.pool_size,
+        timeouts,
+        ..Default::default()
+    };
     if settings.cluster_nodes.is_empty() {
         let mut config = deadpool_redis::Config::from_url(&settings.url);
-        config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: settings.pool_size,
-            timeouts,
-            ..Default::default()
-        });
+        config.pool = Some(pool_config);
         let pool = config
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .context("building the Redis pool")?;
@@ -215,11 +216,7 @@ pub fn connect(
         return Ok((RedisPool::Node(pool), vec![node]));
     }
     let mut config = deadpool_redis::cluster::Config::from_urls(settings.cluster_nodes.clone());
-    config.pool = Some(deadpool_redis::PoolConfig {
-        max_size: settings.pool_size,
-        timeouts,
-        ..Default::default()
-    });
+    config.pool = Some(pool_config);
     let pool = config
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .context("building the Redis Cluster pool")?;
