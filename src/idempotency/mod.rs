@@ -43,8 +43,9 @@ pub struct IdempotencyCache {
     settle: Arc<Script>,
 }
 
-/// A key to claim: its scope, its id and what the request asked for.
+/// A key to claim: its hash tag, its scope, its id and what the request asked for.
 pub struct ClaimRequest<'a> {
+    pub tag: &'a Identifier,
     pub scope: &'static str,
     pub id: &'a Identifier,
     pub fingerprint: &'a str,
@@ -63,6 +64,7 @@ pub enum Settlement<'a> {
 
 /// A claim to settle, with the token that proves it is ours.
 pub struct Settle<'a> {
+    pub tag: &'a Identifier,
     pub scope: &'static str,
     pub id: &'a Identifier,
     pub token: &'a ClaimToken,
@@ -102,7 +104,10 @@ impl IdempotencyCache {
             .iter()
             .map(|_| uuid::Uuid::new_v4().to_string())
             .collect();
-        let key = |i: usize| self.keys.idempotency(requests[i].scope, requests[i].id);
+        let key = |i: usize| {
+            self.keys
+                .idempotency(requests[i].tag, requests[i].scope, requests[i].id)
+        };
         let answers: Vec<(Vec<usize>, Vec<Vec<redis::Value>>)> = bounded(
             self.timeout,
             per_slot(conn, &self.claim, requests.len(), key, |call, items| {
@@ -126,13 +131,14 @@ impl IdempotencyCache {
     pub async fn is_pending<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        tag: &Identifier,
         scope: &'static str,
         id: &Identifier,
     ) -> Result<bool, RedisFault> {
         let state: Option<String> = bounded(
             self.timeout,
             redis::cmd("HGET")
-                .arg(self.keys.idempotency(scope, id))
+                .arg(self.keys.idempotency(tag, scope, id))
                 .arg("state")
                 .query_async(conn),
         )
@@ -150,7 +156,10 @@ impl IdempotencyCache {
         if claims.is_empty() {
             return Ok(());
         }
-        let key = |i: usize| self.keys.idempotency(claims[i].scope, claims[i].id);
+        let key = |i: usize| {
+            self.keys
+                .idempotency(claims[i].tag, claims[i].scope, claims[i].id)
+        };
         let build = |call: &mut redis::ScriptInvocation<'_>, items: &[usize]| {
             call.arg(self.reply_ttl.as_millis() as u64);
             for &i in items {

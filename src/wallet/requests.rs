@@ -30,6 +30,13 @@ pub trait Keyed: Send + Sync {
 
     fn user_id(&self) -> &Identifier;
 
+    /// The hash tag of the request's idempotency key: its wallet, so that the keys of a
+    /// batch share one Redis Cluster slot with the wallet's lock and are claimed in one
+    /// script call.
+    fn cache_tag(&self) -> &Identifier {
+        self.user_id()
+    }
+
     /// What the request asked for; a repeat with another fingerprint is refused (422).
     fn fingerprint(&self) -> String;
 }
@@ -188,6 +195,13 @@ impl Keyed for PlaceHold {
 
     fn user_id(&self) -> &Identifier {
         &self.user_id
+    }
+
+    /// The hold's own id: a capture or void sent by event names only the hold, and
+    /// looks for its placement's claim while the hold is not recorded yet
+    /// (`Refusals::placement_in_flight`).
+    fn cache_tag(&self) -> &Identifier {
+        &self.hold_id
     }
 
     fn fingerprint(&self) -> String {

@@ -47,7 +47,7 @@ async fn one_batch_mixes_fresh_debits_replays_a_duplicate_and_an_overdraw() {
     let held = hold_wallet(&app, "u1").await;
     let first = pay_in_background(&app, "o-first", "u1", 1_000);
     assert!(
-        app.claim_pending("o-first").await,
+        app.claim_pending("o-first", "u1").await,
         "the first batch waits on the row"
     );
     let sent = [
@@ -137,7 +137,7 @@ async fn a_lease_lost_in_the_middle_of_a_batch_commits_nothing_of_it() {
     // takes the expired lock meanwhile and waits on the same row.
     let held = hold_wallet(&app, "u1").await;
     let stalled = pay_in_background(&app, "o-stalled", "u1", 1_000);
-    assert!(app.claim_pending("o-stalled").await);
+    assert!(app.claim_pending("o-stalled", "u1").await);
     let lock_key = KeySpace::new(&app.settings.redis.key_prefix)
         .lock(&Identifier::parse("userId", "u1".into()).unwrap());
     let redis = redis::Client::open(app.settings.redis.url.as_str())
@@ -221,7 +221,7 @@ async fn two_instances_batch_the_same_wallets_while_one_is_in_fallback_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_key_twice_in_a_batch_is_paid_on_the_earlier_requests_terms() {
+async fn one_order_id_from_two_wallets_is_charged_once_on_one_requests_terms() {
     let mut settings = test_settings().await;
     settings.lock.wait = Duration::from_secs(8);
     let app = spawn_app_with(settings).await;
@@ -234,7 +234,7 @@ async fn a_key_twice_in_a_batch_is_paid_on_the_earlier_requests_terms() {
     let held_b = hold_wallet(&app, "b").await;
     let first_a = pay_in_background(&app, "o-a", "a", 100);
     let first_b = pay_in_background(&app, "o-b", "b", 100);
-    assert!(app.claim_pending("o-a").await && app.claim_pending("o-b").await);
+    assert!(app.claim_pending("o-a", "a").await && app.claim_pending("o-b", "b").await);
     // Another process holds u's wallet for a while.
     let lock_key = KeySpace::new(&app.settings.redis.key_prefix)
         .lock(&Identifier::parse("userId", "u".into()).unwrap());
@@ -262,19 +262,33 @@ async fn a_key_twice_in_a_batch_is_paid_on_the_earlier_requests_terms() {
     assert_eq!(first_a.await.unwrap().status, StatusCode::CREATED);
     assert_eq!(first_b.await.unwrap().status, StatusCode::CREATED);
 
-    let earlier = earlier.await.unwrap();
-    let later = later.await.unwrap();
-    assert_eq!(earlier.status, StatusCode::CREATED, "{}", earlier.text);
-    assert_eq!(earlier.json()["userId"], "u");
+    // The cache keys a request by its wallet, so each holds a claim of its own; the
+    // order table lets one of them charge the order, on its own terms.
+    let (earlier, later) = (earlier.await.unwrap(), later.await.unwrap());
+    let (won, lost, winner) = if earlier.status == StatusCode::CREATED {
+        (earlier, later, "u")
+    } else {
+        (later, earlier, "v")
+    };
+    assert_eq!(won.status, StatusCode::CREATED, "{}", won.text);
+    assert_eq!(won.json()["userId"], winner);
     assert!(
         matches!(
-            later.code().as_str(),
+            lost.code().as_str(),
             "request_in_progress" | "idempotency_key_reused"
         ),
-        "the later, conflicting request is the one refused: {}",
-        later.text
+        "the other request is refused: {}",
+        lost.text
     );
-    assert_eq!(app.balance("v").await, Decimal::from(5_000));
-    assert_eq!(app.balance("u").await, Decimal::from(4_000));
+    let (u, v) = (app.balance("u").await, app.balance("v").await);
+    let expected = if winner == "u" {
+        (4_000, 5_000)
+    } else {
+        (5_000, 3_000)
+    };
+    assert_eq!(
+        (u, v),
+        (Decimal::from(expected.0), Decimal::from(expected.1))
+    );
     app.assert_ledger_invariants().await;
 }

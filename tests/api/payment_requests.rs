@@ -78,7 +78,7 @@ async fn a_request_for_an_order_paid_over_rest_at_that_moment_gets_the_real_outc
     let held = hold_wallet(&app, "u1").await;
     let paid = pay_in_background(&app, "o-paid", "u1", 2_000);
     // Sent once the first holds its claim, so the first is the one whose batch waits.
-    assert!(app.claim_pending("o-paid").await);
+    assert!(app.claim_pending("o-paid", "u1").await);
     let refused = pay_in_background(&app, "o-refused", "u1", 9_000);
     // The second queues behind the wallet's running batch; its key is claimed when its
     // own batch starts, so the event's request for it queues beside it.
@@ -157,7 +157,7 @@ async fn a_request_reusing_a_paid_order_is_rejected_never_declined() {
     // request waits for it instead of declining an order about to be paid.
     let held = hold_wallet(&app, "u1").await;
     let in_flight = pay_in_background(&app, "o2", "u1", 2_000);
-    assert!(app.claim_pending("o2").await);
+    assert!(app.claim_pending("o2", "u1").await);
     request(&settings, "o2", "u1", 5_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     held.rollback().await.unwrap();

@@ -82,10 +82,39 @@ async fn reusing_an_order_id_for_another_request_is_refused() {
     assert_eq!(other_amount.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(other_amount.code(), "idempotency_key_reused");
     assert!(other_amount.is_problem());
+    // The cache is keyed per wallet: the database's unique keys catch another user.
     let other_user = app.pay("order-1", "u2", 1_000).await;
     assert_eq!(other_user.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other_user.code(), "idempotency_key_reused");
+    let again = app.pay("order-1", "u2", 1_000).await;
+    assert_eq!(again.code(), "idempotency_key_reused");
     assert_eq!(app.balance("u1").await, Decimal::from(4_000));
     assert_eq!(app.balance("u2").await, Decimal::from(5_000));
+
+    // Two users racing for one order id at once: one charge, whoever wins.
+    let racing = (0..20).map(|i| {
+        let user = if i % 2 == 0 { "u1" } else { "u2" };
+        app.pay("order-2", user, 100)
+    });
+    let answers = futures_util::future::join_all(racing).await;
+    let created = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "one charge for one order id");
+    for answer in &answers {
+        assert!(
+            [StatusCode::CREATED, StatusCode::OK].contains(&answer.status)
+                || ["idempotency_key_reused", "request_in_progress"]
+                    .contains(&answer.code().as_str()),
+            "{} {}",
+            answer.status,
+            answer.text
+        );
+    }
+    let paid = app.balance("u1").await + app.balance("u2").await;
+    assert_eq!(paid, Decimal::from(8_900));
+    app.assert_ledger_invariants().await;
 }
 
 #[tokio::test]

@@ -196,7 +196,8 @@ async fn a_capture_by_event_waits_for_its_holds_placement_in_flight() {
                 .status()
         })
     };
-    let key = KeySpace::new(&app.settings.redis.key_prefix).idempotency("hold", &id("h1"));
+    let key =
+        KeySpace::new(&app.settings.redis.key_prefix).idempotency(&id("h1"), "hold", &id("h1"));
     let mut redis = redis::Client::open(app.settings.redis.url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()

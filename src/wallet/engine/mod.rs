@@ -125,6 +125,10 @@ impl Request {
         self.keyed().key()
     }
 
+    fn cache_tag(&self) -> &Identifier {
+        self.keyed().cache_tag()
+    }
+
     /// The order whose payment or hold the request reads, if any: its key, but a
     /// refund's order.
     fn order_id(&self) -> Option<&Identifier> {

@@ -135,6 +135,7 @@ impl Batch<'_> {
                     None => Settlement::Abandon,
                 };
                 Some(Settle {
+                    tag: job.request.cache_tag(),
                     scope: job.request.scope(),
                     id: job.request.key(),
                     token,
@@ -191,6 +192,7 @@ impl Batch<'_> {
         let requests: Vec<ClaimRequest<'_>> = to_claim
             .iter()
             .map(|&i| ClaimRequest {
+                tag: jobs[i].request.cache_tag(),
                 scope: jobs[i].request.scope(),
                 id: jobs[i].request.key(),
                 fingerprint: &jobs[i].fingerprint,
@@ -280,6 +282,7 @@ impl Batch<'_> {
             .iter()
             .filter_map(|job| {
                 Some(Settle {
+                    tag: job.request.cache_tag(),
                     scope: job.request.scope(),
                     id: job.request.key(),
                     token: job.claim.as_ref()?,

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
 use wallet::configuration::{ApiKey, Scope, Settings};
+use wallet::domain::Identifier;
+use wallet::redis_support::KeySpace;
 use wallet::startup::Application;
 
 /// The API keys every test app accepts.
@@ -324,14 +326,15 @@ impl TestApp {
             .unwrap();
     }
 
-    /// Waits (at most 5 s) until the payment `order_id` holds its idempotency claim in
-    /// Redis: its request reached a batch, which waits on the wallet.
-    pub async fn claim_pending(&self, order_id: &str) -> bool {
+    /// Waits (at most 5 s) until `user_id`'s payment `order_id` holds its idempotency
+    /// claim in Redis: its request reached a batch, which waits on the wallet.
+    pub async fn claim_pending(&self, order_id: &str, user_id: &str) -> bool {
         let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
         let conn = client.get_multiplexed_async_connection().await.unwrap();
-        let key = format!(
-            "{}:idem:payment:{{{order_id}}}",
-            self.settings.redis.key_prefix
+        let key = KeySpace::new(&self.settings.redis.key_prefix).idempotency(
+            &Identifier::parse("userId", user_id.into()).unwrap(),
+            "payment",
+            &Identifier::parse("orderId", order_id.into()).unwrap(),
         );
         crate::support::eventually(Duration::from_secs(5), || {
             let (mut conn, key) = (conn.clone(), key.clone());
