@@ -38,20 +38,53 @@ where
     }
 }
 
+/// Where a subscriber connects.
+#[derive(Clone)]
+pub enum PubSubNodes {
+    /// One node, or a Redis Cluster's seed nodes, tried in turn: on a cluster a message
+    /// published on any node reaches the subscribers of every node, so one node that
+    /// answers is enough, whichever it is.
+    Nodes(Vec<redis::Client>),
+    /// The primary the Sentinels name at each connection (a message published on the
+    /// primary reaches its subscribers; after a failover, the new primary's).
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+impl PubSubNodes {
+    /// The client to subscribe with on the `attempt`th connection.
+    async fn client(&self, attempt: usize) -> redis::RedisResult<redis::Client> {
+        match self {
+            Self::Nodes(nodes) => Ok(nodes[attempt % nodes.len()].clone()),
+            Self::Sentinel { sentinels, master } => {
+                redis::sentinel::SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    None,
+                    redis::sentinel::SentinelServerType::Master,
+                )?
+                .async_get_client()
+                .await
+            }
+        }
+    }
+}
+
 /// Hands every message published on `channel` to `owner` for as long as it is alive
 /// (`heard`, what the messages are, names them in the log). One subscriber connection,
-/// which reconnects by itself, to the next of `nodes` each time: on a Redis Cluster a
-/// message published on any node reaches the subscribers of every node, so one node
-/// that answers is enough, whichever it is.
+/// which reconnects by itself, to the next of `nodes` each time.
 pub async fn listen<T>(
     owner: Weak<T>,
-    nodes: Vec<redis::Client>,
+    nodes: PubSubNodes,
     channel: String,
     heard: &'static str,
     on_message: impl Fn(&T, redis::Msg),
 ) {
-    for client in nodes.iter().cycle() {
+    for attempt in 0.. {
         let connected = tokio::time::timeout(Duration::from_secs(2), async {
+            let client = nodes.client(attempt).await?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
@@ -188,11 +221,12 @@ pub fn unanswered() -> RedisFault {
     )))
 }
 
-/// The pool the service's Redis connections come from, a single node's or a cluster's
-/// (`WALLET_REDIS_CLUSTER_NODES`), and the nodes a subscriber may listen on.
+/// The pool the service's Redis connections come from, a single node's, a cluster's
+/// (`WALLET_REDIS_CLUSTER_NODES`) or the Sentinel-named primary's
+/// (`WALLET_REDIS_SENTINELS`), and where a subscriber may listen.
 pub fn connect(
     settings: &crate::configuration::RedisSettings,
-) -> anyhow::Result<(RedisPool, Vec<redis::Client>)> {
+) -> anyhow::Result<(RedisPool, PubSubNodes)> {
     use anyhow::Context;
     let timeout = Some(settings.command_timeout);
     let timeouts = deadpool_redis::Timeouts {
@@ -205,6 +239,22 @@ pub fn connect(
         timeouts,
         ..Default::default()
     };
+    if !settings.sentinels.is_empty() {
+        let mut config = deadpool_redis::sentinel::Config::from_urls(
+            settings.sentinels.clone(),
+            settings.sentinel_master.clone(),
+            deadpool_redis::sentinel::SentinelServerType::Master,
+        );
+        config.pool = Some(pool_config);
+        let pool = config
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .context("building the Redis Sentinel pool (WALLET_REDIS_SENTINELS)")?;
+        let nodes = PubSubNodes::Sentinel {
+            sentinels: settings.sentinels.clone(),
+            master: settings.sentinel_master.clone(),
+        };
+        return Ok((RedisPool::Sentinel(pool), nodes));
+    }
     if settings.cluster_nodes.is_empty() {
         let mut config = deadpool_redis::Config::from_url(&settings.url);
         config.pool = Some(pool_config);
@@ -213,7 +263,7 @@ pub fn connect(
             .context("building the Redis pool")?;
         let node =
             redis::Client::open(settings.url.as_str()).context("parsing WALLET_REDIS_URL")?;
-        return Ok((RedisPool::Node(pool), vec![node]));
+        return Ok((RedisPool::Node(pool), PubSubNodes::Nodes(vec![node])));
     }
     let mut config = deadpool_redis::cluster::Config::from_urls(settings.cluster_nodes.clone());
     config.pool = Some(pool_config);
@@ -226,7 +276,7 @@ pub fn connect(
         .map(|url| redis::Client::open(url.as_str()))
         .collect::<Result<_, _>>()
         .context("parsing WALLET_REDIS_CLUSTER_NODES")?;
-    Ok((RedisPool::Cluster(pool), nodes))
+    Ok((RedisPool::Cluster(pool), PubSubNodes::Nodes(nodes)))
 }
 
 /// Where the service's Redis connections come from.
@@ -234,6 +284,8 @@ pub fn connect(
 pub enum RedisPool {
     Node(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
+    /// Each connection made for the primary the Sentinels name when it is made.
+    Sentinel(deadpool_redis::sentinel::Pool),
 }
 
 /// One multiplexed Redis connection shared by every request of the process, taken from
@@ -270,6 +322,14 @@ impl SharedRedis {
             }
             RedisPool::Cluster(pool) => {
                 RedisConnection::Cluster((*bounded(self.timeout, pool.get()).await?).clone())
+            }
+            // Taken out of the pool, so that the connection made after a failure asks the
+            // Sentinels again rather than reusing one to a primary demoted meanwhile
+            // (which still answers the pool's PING).
+            RedisPool::Sentinel(pool) => {
+                RedisConnection::Node(deadpool_redis::sentinel::Connection::take(
+                    bounded(self.timeout, pool.get()).await?,
+                ))
             }
         };
         *self.current.lock().expect("redis slot poisoned") = Some(conn.clone());

@@ -167,6 +167,12 @@ impl Settings {
             "WALLET_KAFKA_PARTITIONS and WALLET_KAFKA_REPLICATION must be at least 1".into(),
         );
         check(
+            self.redis.cluster_nodes.is_empty() || self.redis.sentinels.is_empty(),
+            "WALLET_REDIS_CLUSTER_NODES and WALLET_REDIS_SENTINELS are two ways to reach \
+             Redis: set one"
+                .into(),
+        );
+        check(
             self.kafka.retry_attempts >= 1,
             "WALLET_CONSUMER_ATTEMPTS must be at least 1".into(),
         );
@@ -214,6 +220,24 @@ mod tests {
             let error = settings_with(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{var}={value}: {error}");
         }
+    }
+
+    #[test]
+    fn a_cluster_and_sentinels_at_once_are_refused() {
+        let error = settings_with(&[
+            ("WALLET_REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000"),
+            ("WALLET_REDIS_SENTINELS", "redis://127.0.0.1:26379"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("WALLET_REDIS_SENTINELS"), "{error}");
+        let sentinels = settings_with(&[(
+            "WALLET_REDIS_SENTINELS",
+            "redis://127.0.0.1:26379, redis://127.0.0.1:26380",
+        )])
+        .unwrap();
+        assert_eq!(sentinels.redis.sentinels.len(), 2);
+        assert_eq!(sentinels.redis.sentinel_master, "mymaster");
     }
 
     #[test]

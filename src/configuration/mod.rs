@@ -61,6 +61,11 @@ pub struct RedisSettings {
     /// Seed nodes of a Redis Cluster (`WALLET_REDIS_CLUSTER_NODES`); empty: one node at
     /// `url`.
     pub cluster_nodes: Vec<String>,
+    /// Sentinels watching the primary (`WALLET_REDIS_SENTINELS`); set, the service
+    /// connects to the primary they name for `sentinel_master`, and follows a failover.
+    pub sentinels: Vec<String>,
+    /// The name the Sentinels monitor the primary under (`WALLET_REDIS_SENTINEL_MASTER`).
+    pub sentinel_master: String,
     /// Prefix of every key and channel, so deployments (and tests) can share a Redis.
     pub key_prefix: String,
     pub pool_size: usize,
@@ -347,13 +352,9 @@ impl Settings {
         };
         let redis = RedisSettings {
             url: env.get("WALLET_REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
-            cluster_nodes: env
-                .get("WALLET_REDIS_CLUSTER_NODES", String::new())?
-                .split(',')
-                .map(str::trim)
-                .filter(|node| !node.is_empty())
-                .map(str::to_string)
-                .collect(),
+            cluster_nodes: env.list("WALLET_REDIS_CLUSTER_NODES")?,
+            sentinels: env.list("WALLET_REDIS_SENTINELS")?,
+            sentinel_master: env.get("WALLET_REDIS_SENTINEL_MASTER", "mymaster".to_string())?,
             key_prefix: env.get("WALLET_REDIS_KEY_PREFIX", "wallet".to_string())?,
             pool_size: env.get("WALLET_REDIS_POOL_SIZE", 16)?,
             command_timeout: env.millis("WALLET_REDIS_TIMEOUT_MS", 500)?,
@@ -444,6 +445,17 @@ impl Settings {
 struct Env<F>(F);
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// A comma-separated list; empty when unset.
+    fn list(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .get(name, String::new())?
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     fn get<T>(&self, name: &str, default: T) -> anyhow::Result<T>
     where
         T: FromStr,

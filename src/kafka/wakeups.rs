@@ -127,7 +127,7 @@ impl Wakeups {
 }
 
 /// Hears the other instances' announcements for as long as `wakeups` is alive.
-pub async fn listen(wakeups: Weak<Wakeups>, nodes: Vec<redis::Client>) {
+pub async fn listen(wakeups: Weak<Wakeups>, nodes: crate::redis_support::PubSubNodes) {
     let Some(channel) = wakeups.upgrade().map(|w| w.channel.clone()) else {
         return;
     };

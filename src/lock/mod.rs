@@ -99,7 +99,7 @@ impl WalletLock {
     /// Builds the lock, and the listener that hears releases ([`LockUpkeep`]), which
     /// the application runs as a task of its own.
     pub fn new(
-        nodes: Vec<redis::Client>,
+        nodes: crate::redis_support::PubSubNodes,
         keys: KeySpace,
         settings: LockSettings,
         timeout: Duration,
@@ -320,7 +320,7 @@ impl WalletLock {
 /// held are tried again at once ([`LockUpkeep::listen`]).
 pub struct LockUpkeep {
     lock: WalletLock,
-    nodes: Vec<redis::Client>,
+    nodes: crate::redis_support::PubSubNodes,
 }
 
 impl LockUpkeep {

@@ -33,7 +33,11 @@ impl Releases {
 }
 
 /// Listens on the release channel for as long as `releases` is alive.
-pub async fn listen(releases: Weak<Releases>, nodes: Vec<redis::Client>, channel: String) {
+pub async fn listen(
+    releases: Weak<Releases>,
+    nodes: crate::redis_support::PubSubNodes,
+    channel: String,
+) {
     crate::redis_support::listen(releases, nodes, channel, "lock releases", |releases, _| {
         releases.count.fetch_add(1, Ordering::AcqRel);
         releases.any.notify_one();

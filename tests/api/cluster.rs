@@ -2,7 +2,7 @@
 //! live on different nodes, and a primary killed while two instances pay on it. Each
 //! test starts a cluster of its own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use wallet::configuration::{LockMode, Settings};
 
 use crate::support::servers::RedisCluster;
-use crate::support::{counter, eventually, spawn_app_with, test_settings, TestApp};
+use crate::support::{primary_killed_under_load, spawn_app_with, test_settings, TestApp};
 
 async fn cluster_settings(cluster: &RedisCluster, mode: LockMode) -> Settings {
     let mut settings = test_settings().await;
@@ -115,87 +115,9 @@ async fn on_a_redis_cluster_payments_run_on_the_redis_path_in_batches() {
 async fn a_primary_killed_under_load_loses_no_payment_and_charges_none_twice() {
     let mut cluster = RedisCluster::start(3, 1);
     let settings = cluster_settings(&cluster, LockMode::Auto).await;
-    let one = Arc::new(spawn_app_with(settings.clone()).await);
-    let two = Arc::new(spawn_app_with(settings).await);
-    let wallets = 30;
-    for w in 0..wallets {
-        one.funded_wallet(&format!("w{w}"), 1_000_000).await;
-    }
-
-    // Two instances pay for six seconds, each order sent to both; a primary dies after two.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    let mut paying = JoinSet::new();
-    for payer in 0..40 {
-        let apps = [one.clone(), two.clone()];
-        paying.spawn(async move {
-            let mut answered = Vec::new();
-            let mut n = 0;
-            while tokio::time::Instant::now() < deadline {
-                let order = format!("p{payer}-{n}");
-                let user = format!("w{}", (payer + n) % wallets);
-                let replies = tokio::join!(
-                    apps[0].pay(&order, &user, 100),
-                    apps[1].pay(&order, &user, 100)
-                );
-                for reply in [replies.0, replies.1] {
-                    if reply.status == StatusCode::CREATED {
-                        answered.push((order.clone(), user.clone()));
-                    }
-                }
-                n += 1;
-            }
-            answered
-        });
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let victim = cluster.primaries()[0];
-    cluster.nodes[victim].kill();
-
-    let mut acknowledged: HashSet<(String, String)> = HashSet::new();
-    while let Some(answered) = paying.join_next().await {
-        acknowledged.extend(answered.unwrap());
-    }
-    assert!(!acknowledged.is_empty());
-
-    // Each order charged once, every acknowledged one present, money conserved.
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT CAST(order_id AS CHAR), CAST(user_id AS CHAR) FROM payments")
-            .fetch_all(&one.db)
-            .await
-            .unwrap();
-    let written: HashSet<(String, String)> = rows.iter().cloned().collect();
-    assert_eq!(written.len(), rows.len(), "no order charged twice");
-    assert!(
-        acknowledged.is_subset(&written),
-        "every acknowledged payment was written"
-    );
-    for w in 0..wallets {
-        let user = format!("w{w}");
-        let paid = rows.iter().filter(|(_, u)| *u == user).count() as u64;
-        assert_eq!(
-            one.balance(&user).await,
-            Decimal::from(1_000_000 - 100 * paid),
-            "{user}: balance and payments agree"
-        );
-    }
-
-    // Both instances come back to the Redis path by themselves.
-    for app in [&one, &two] {
-        let back = eventually(Duration::from_secs(20), || async {
-            let ready = app.get("/readyz").await;
-            ready.text.contains(r#""lockMode":"redis""#)
-        })
-        .await;
-        assert!(back, "the instance returned to the Redis path");
-    }
-    let fallback = counter(&one, "wallet_mysql_fallback_total").await
-        + counter(&two, "wallet_mysql_fallback_total").await;
-    eprintln!(
-        "primary killed under load: {} payments, {fallback} movements on the fallback ({:.1} %; \
-         the process's counter, alone only when this test runs alone)",
-        rows.len(),
-        100.0 * fallback / rows.len() as f64
-    );
-    let after = one.pay("after-failover", "w0", 100).await;
-    assert_eq!(after.status, StatusCode::CREATED, "{}", after.text);
+    primary_killed_under_load(settings, "a cluster primary", || {
+        cluster.nodes[victim].kill()
+    })
+    .await;
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use wallet::configuration::Settings;
 use wallet::domain::Identifier;
 use wallet::lock::{BatchLocks, WalletLock, REFENCE_MARGIN};
-use wallet::redis_support::KeySpace;
+use wallet::redis_support::{KeySpace, PubSubNodes};
 use wallet::store::wallets::apply_delta;
 
 use crate::support::servers::OwnServer;
@@ -23,7 +23,7 @@ use crate::support::{key_gone, spawn_app, spawn_app_with, test_settings};
 fn wallet_lock(settings: &Settings) -> WalletLock {
     let redis = &settings.redis;
     let (lock, upkeep) = WalletLock::new(
-        vec![redis::Client::open(redis.url.as_str()).unwrap()],
+        PubSubNodes::Nodes(vec![redis::Client::open(redis.url.as_str()).unwrap()]),
         KeySpace::new(&redis.key_prefix),
         settings.lock.clone(),
         redis.command_timeout,

@@ -24,6 +24,7 @@ mod refunds;
 mod refusals;
 mod relay;
 mod scopes;
+mod sentinel;
 mod shutdown;
 mod support;
 mod timeouts;

@@ -44,17 +44,7 @@ fn psql(server: &str, statement: &str) -> bool {
 impl OwnServer {
     /// `redis-server` without persistence: a restart comes back empty.
     pub fn redis() -> Self {
-        Self::start("redis-server", |port, _| {
-            vec![
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--port".into(),
-                port.to_string(),
-            ]
-            .into_iter()
-            .chain(["--save", "", "--appendonly", "no"].map(String::from))
-            .collect()
-        })
+        Self::redis_with(&[])
     }
 
     /// One node of a Redis Cluster, without persistence ([`RedisCluster`]).
@@ -283,7 +273,109 @@ impl RedisCluster {
     }
 }
 
+/// A primary, a replica and three Sentinels of a test's own, on free loopback ports; the
+/// Sentinels watch the primary as `master` and promote the replica a second after it
+/// stops answering.
+pub struct RedisSentinels {
+    pub master: String,
+    pub primary: OwnServer,
+    pub replica: OwnServer,
+    pub sentinels: Vec<OwnServer>,
+}
+
+impl RedisSentinels {
+    pub fn start() -> Self {
+        let primary = OwnServer::redis();
+        let replica =
+            OwnServer::redis_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let master = "wallet-test".to_string();
+        let sentinels = (0..3)
+            .map(|_| OwnServer::sentinel(&master, primary.port))
+            .collect();
+        let deployment = Self {
+            master,
+            primary,
+            replica,
+            sentinels,
+        };
+        let mut ready = false;
+        for _ in 0..200 {
+            let info = deployment.sentinels[0].cli(&["SENTINEL", "REPLICAS", &deployment.master]);
+            let others =
+                deployment.sentinels[0].cli(&["SENTINEL", "SENTINELS", &deployment.master]);
+            if info.contains(&deployment.replica.port.to_string())
+                && others.matches("127.0.0.1").count() >= 2
+            {
+                ready = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            ready,
+            "the Sentinels did not find the replica and each other"
+        );
+        deployment
+    }
+
+    /// `redis://127.0.0.1:port` of every Sentinel, for `WALLET_REDIS_SENTINELS`.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|node| format!("redis://{}", node.address()))
+            .collect()
+    }
+
+    /// The port of the primary the Sentinels name now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let answer = self.sentinels[0].cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.master]);
+        answer.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
 impl OwnServer {
+    /// `redis-server` without persistence (a restart comes back empty), with `extra`
+    /// arguments.
+    fn redis_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        Self::start("redis-server", move |port, _| {
+            [
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect()
+        })
+    }
+
+    /// A Sentinel watching the primary on `primary_port` as `master` (quorum 2).
+    fn sentinel(master: &str, primary_port: u16) -> Self {
+        let master = master.to_string();
+        Self::start("redis-server", move |port, dir| {
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "bind 127.0.0.1\nport {port}\n\
+                     sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds {master} 1000\n\
+                     sentinel failover-timeout {master} 5000\n\
+                     sentinel parallel-syncs {master} 1\n"
+                ),
+            )
+            .unwrap();
+            vec![conf.display().to_string(), "--sentinel".into()]
+        })
+    }
+
     /// What `redis-cli` answers to `command` on this node ("" when it does not answer).
     pub fn cli(&self, command: &[&str]) -> String {
         Command::new("redis-cli")

@@ -1,0 +1,51 @@
+//! Redis behind Sentinel (`WALLET_REDIS_SENTINELS`): the service finds the primary
+//! through the Sentinels, pays on the Redis path, and follows a failover. Each test
+//! starts a primary, a replica and three Sentinels of its own.
+
+use reqwest::StatusCode;
+use wallet::configuration::LockMode;
+
+use crate::support::servers::RedisSentinels;
+use crate::support::{counter, primary_killed_under_load, spawn_app_with, test_settings};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_sentinel_payments_run_on_the_primary_it_names() {
+    let deployment = RedisSentinels::start();
+    let mut settings = test_settings().await;
+    settings.redis.url = "redis://127.0.0.1:1".into(); // never used with Sentinels
+    settings.redis.sentinels = deployment.urls();
+    settings.redis.sentinel_master = deployment.master.clone();
+    settings.lock.mode = LockMode::Redis;
+    let app = spawn_app_with(settings).await;
+    app.funded_wallet("u1", 10_000).await;
+    for i in 0..20 {
+        let paid = app.pay(&format!("o{i}"), "u1", 100).await;
+        assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    }
+    assert_eq!(counter(&app, "wallet_mysql_fallback_total").await, 0.0);
+    assert!(
+        deployment.primary.key_count() > 0,
+        "the primary holds the keys"
+    );
+    let ready = app.get("/readyz").await;
+    assert!(ready.text.contains(r#""redis":"up""#), "{}", ready.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_killed_behind_sentinel_loses_no_payment_and_charges_none_twice() {
+    let mut deployment = RedisSentinels::start();
+    let mut settings = test_settings().await;
+    settings.redis.sentinels = deployment.urls();
+    settings.redis.sentinel_master = deployment.master.clone();
+    settings.lock.mode = LockMode::Auto;
+    let replica = deployment.replica.port;
+    primary_killed_under_load(settings, "the Sentinel-named primary", || {
+        deployment.primary.kill()
+    })
+    .await;
+    assert_eq!(
+        deployment.primary_port(),
+        Some(replica),
+        "the Sentinels promoted the replica"
+    );
+}
