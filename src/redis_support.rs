@@ -50,6 +50,8 @@ pub enum PubSubNodes {
     Sentinel {
         sentinels: Vec<String>,
         master: String,
+        /// How to connect to the primary they name (its credentials).
+        node: deadpool_redis::sentinel::SentinelNodeConnectionInfo,
     },
 }
 
@@ -58,11 +60,15 @@ impl PubSubNodes {
     async fn client(&self, attempt: usize) -> redis::RedisResult<redis::Client> {
         match self {
             Self::Nodes(nodes) => Ok(nodes[attempt % nodes.len()].clone()),
-            Self::Sentinel { sentinels, master } => {
+            Self::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => {
                 redis::sentinel::SentinelClient::build(
                     sentinels.clone(),
                     master.clone(),
-                    None,
+                    Some(node.clone().into()),
                     redis::sentinel::SentinelServerType::Master,
                 )?
                 .async_get_client()
@@ -240,11 +246,20 @@ pub fn connect(
         ..Default::default()
     };
     if !settings.sentinels.is_empty() {
+        let node = deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+            tls_mode: None,
+            redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+                username: settings.sentinel_master_username.clone(),
+                password: settings.sentinel_master_password.clone(),
+                ..Default::default()
+            }),
+        };
         let mut config = deadpool_redis::sentinel::Config::from_urls(
             settings.sentinels.clone(),
             settings.sentinel_master.clone(),
             deadpool_redis::sentinel::SentinelServerType::Master,
-        );
+        )
+        .with_node_connection_info(Some(node.clone()));
         config.pool = Some(pool_config);
         let pool = config
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
@@ -252,6 +267,7 @@ pub fn connect(
         let nodes = PubSubNodes::Sentinel {
             sentinels: settings.sentinels.clone(),
             master: settings.sentinel_master.clone(),
+            node,
         };
         return Ok((RedisPool::Sentinel(pool), nodes));
     }

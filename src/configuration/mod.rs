@@ -66,6 +66,11 @@ pub struct RedisSettings {
     pub sentinels: Vec<String>,
     /// The name the Sentinels monitor the primary under (`WALLET_REDIS_SENTINEL_MASTER`).
     pub sentinel_master: String,
+    /// Credentials for the primary and replicas found through the Sentinels
+    /// (`WALLET_REDIS_SENTINEL_MASTER_USERNAME`, `WALLET_REDIS_SENTINEL_MASTER_PASSWORD`);
+    /// the Sentinels' own go in their URLs.
+    pub sentinel_master_username: Option<String>,
+    pub sentinel_master_password: Option<String>,
     /// Prefix of every key and channel, so deployments (and tests) can share a Redis.
     pub key_prefix: String,
     pub pool_size: usize,
@@ -355,6 +360,8 @@ impl Settings {
             cluster_nodes: env.list("WALLET_REDIS_CLUSTER_NODES")?,
             sentinels: env.list("WALLET_REDIS_SENTINELS")?,
             sentinel_master: env.get("WALLET_REDIS_SENTINEL_MASTER", "mymaster".to_string())?,
+            sentinel_master_username: env.optional("WALLET_REDIS_SENTINEL_MASTER_USERNAME"),
+            sentinel_master_password: env.optional("WALLET_REDIS_SENTINEL_MASTER_PASSWORD"),
             key_prefix: env.get("WALLET_REDIS_KEY_PREFIX", "wallet".to_string())?,
             pool_size: env.get("WALLET_REDIS_POOL_SIZE", 16)?,
             command_timeout: env.millis("WALLET_REDIS_TIMEOUT_MS", 500)?,
@@ -445,6 +452,11 @@ impl Settings {
 struct Env<F>(F);
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// A value that has no default; `None` when unset or empty.
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|value| !value.is_empty())
+    }
+
     /// A comma-separated list; empty when unset.
     fn list(&self, name: &str) -> anyhow::Result<Vec<String>> {
         Ok(self

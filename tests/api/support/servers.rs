@@ -275,9 +275,11 @@ impl RedisCluster {
 
 /// A primary, a replica and three Sentinels of a test's own, on free loopback ports; the
 /// Sentinels watch the primary as `master` and promote the replica a second after it
-/// stops answering.
+/// stops answering. The primary and the replica require `password`, as production
+/// Redis does.
 pub struct RedisSentinels {
     pub master: String,
+    pub password: String,
     pub primary: OwnServer,
     pub replica: OwnServer,
     pub sentinels: Vec<OwnServer>,
@@ -285,15 +287,23 @@ pub struct RedisSentinels {
 
 impl RedisSentinels {
     pub fn start() -> Self {
-        let primary = OwnServer::redis();
-        let replica =
-            OwnServer::redis_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let password = "sentinel-test-secret".to_string();
+        let auth = ["--requirepass", &password, "--masterauth", &password];
+        let primary = OwnServer::redis_with(&auth);
+        let replica = OwnServer::redis_with(
+            &[
+                &auth[..],
+                &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+            ]
+            .concat(),
+        );
         let master = "wallet-test".to_string();
         let sentinels = (0..3)
-            .map(|_| OwnServer::sentinel(&master, primary.port))
+            .map(|_| OwnServer::sentinel(&master, primary.port, &password))
             .collect();
         let deployment = Self {
             master,
+            password,
             primary,
             replica,
             sentinels,
@@ -357,8 +367,8 @@ impl OwnServer {
     }
 
     /// A Sentinel watching the primary on `primary_port` as `master` (quorum 2).
-    fn sentinel(master: &str, primary_port: u16) -> Self {
-        let master = master.to_string();
+    fn sentinel(master: &str, primary_port: u16, password: &str) -> Self {
+        let (master, password) = (master.to_string(), password.to_string());
         Self::start("redis-server", move |port, dir| {
             let conf = dir.join("sentinel.conf");
             std::fs::write(
@@ -366,6 +376,7 @@ impl OwnServer {
                 format!(
                     "bind 127.0.0.1\nport {port}\n\
                      sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
+                     sentinel auth-pass {master} {password}\n\
                      sentinel down-after-milliseconds {master} 1000\n\
                      sentinel failover-timeout {master} 5000\n\
                      sentinel parallel-syncs {master} 1\n"
