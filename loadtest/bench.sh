@@ -9,7 +9,8 @@
 # per request, beside the plain debits, and the batched Redis path on a local Redis
 # Cluster (three primaries with a replica each) beside it on one Redis node. Every
 # cell runs --runs times (default 2) so their agreement can be judged, and reports the
-# CPU time per debit of the service and of MariaDB from /proc. Writes the matrix to
+# CPU time per debit of the service, of MariaDB and of Redis (every node of the cluster
+# in its cells) from /proc. Writes the matrix to
 # loadtest/results/bench-*/matrix.md.
 #
 #   ./loadtest/bench.sh [--duration 30s] [--warmup 5s] [--runs 2] [--wallets 10000]
@@ -120,7 +121,7 @@ mem = int(open("/proc/meminfo").readline().split()[1]) // (1024 * 1024)
 paths = [("batched", "Redis lock, batched (default)"), ("unbatched", "Redis lock, unbatched"),
          ("forupdate", "FOR UPDATE per request"), ("fallback", "FOR UPDATE, batched (fallback)"),
          ("floor", "database floor"), ("cluster", "Redis Cluster, batched")]
-rows, rate, p99, svc, db, gen = [], {}, {}, {}, {}, {}
+rows, rate, p99, svc, db, rds, gen = [], {}, {}, {}, {}, {}, {}
 for scenario in ["hot-wallet", "spread"]:
     for cell, label in paths:
         cells = [load(f"{scenario}-{cell}-{r}.json") for r in range(1, runs + 1)]
@@ -131,12 +132,14 @@ for scenario in ["hot-wallet", "spread"]:
         rate[key], p99[key] = m, cells[-1]["p99"]
         svc[key] = mean([c.get("serviceCpuUsPerDebit") for c in cells])
         db[key] = mean([c.get("dbCpuUsPerDebit") for c in cells])
+        rds[key] = mean([c.get("redisCpuUsPerDebit") for c in cells])
+        rds_cell = "—" if rds[key] != rds[key] else f"{rds[key]:,.0f}"
         gen[key] = mean([c.get("clientCpuUsPerRequest") for c in cells])
         gen_cell = "—" if gen[key] != gen[key] else f"{gen[key]:,.0f}"
         errors = sum(c.get("errors", 0) for c in cells)
         last = cells[-1]
         rows.append(f"| {scenario} | {label} | {m:,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} ({spread_pct:.1f} %) "
-                    f"| {last['p50']:.1f} | {last['p95']:.1f} | {last['p99']:.1f} | {svc[key]:,.0f} | {db[key]:,.0f} | {gen_cell} | {errors} |")
+                    f"| {last['p50']:.1f} | {last['p95']:.1f} | {last['p99']:.1f} | {svc[key]:,.0f} | {db[key]:,.0f} | {rds_cell} | {gen_cell} | {errors} |")
 def target(name, value, goal, ok):
     return f"| {name} | {value} | {goal} | {'met' if ok else 'not met'} |"
 h, s = "hot-wallet", "spread"
@@ -185,13 +188,13 @@ text = f"""## Latest matrix
 - command: `{command}`
 - each cell: 2 release instances, 150 VUs, Kafka workers off, {runs} runs; debits/s over the measured part only
   (after warm-up, set-up excluded); latency percentiles from the last run; spread = {wallets} wallets
-- CPU per debit: the kernel's accounting (`/proc/<pid>/stat`, user + system) of the two instances and of
-  MariaDB over the measured part, divided by the debits written in it; mean of the runs. For the floor,
+- CPU per debit: the kernel's accounting (`/proc/<pid>/stat`, user + system) of the two instances, of
+  MariaDB and of Redis (all six nodes in the cluster cells, replicas included) over the measured part, divided by the debits written in it; mean of the runs. For the floor,
   the `db-floor` client and MariaDB over its whole run at its measured rate. The load client's own CPU per
   request (load-client only) is in its column; k6's is not measured.
 
-| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | service CPU µs/debit | MariaDB CPU µs/debit | load client CPU µs/request | errors |
-|---|---|---|---|---|---|---|---|---|---|---|
+| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | service CPU µs/debit | MariaDB CPU µs/debit | Redis CPU µs/debit | load client CPU µs/request | errors |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {nl.join(rows)}
 
 | target (same run) | measured | goal | |

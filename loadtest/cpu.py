@@ -4,7 +4,8 @@
   cpu.py sample OUT DB_ARGS... -- PID...   one line a second: time, ticks of each pid group, ledger id
   cpu.py window OUT SECONDS                µs per debit over the last SECONDS of load, as JSON
 
-Pid groups are comma-separated (the service's instances; MariaDB). The ledger's highest
+Pid groups are comma-separated (the service's instances; MariaDB; the Redis servers:
+one, or every node of a cluster, replicas included). The ledger's highest
 entry id counts debits (every debit writes one entry), read with an O(1) query.
 """
 import json, os, subprocess, sys, time
@@ -46,8 +47,11 @@ def window(out, measured):
     if debits <= 0:
         return {}
     per = lambda i: (end[i] - start[i]) / TICK * 1e6 / debits
-    return {"serviceCpuUsPerDebit": per(1), "dbCpuUsPerDebit": per(2), "cpuWindowDebits": int(debits),
-            "cpuWindowSeconds": round(end[0] - start[0], 1)}
+    report = {"serviceCpuUsPerDebit": per(1), "dbCpuUsPerDebit": per(2), "cpuWindowDebits": int(debits),
+              "cpuWindowSeconds": round(end[0] - start[0], 1)}
+    if len(end) > 4:
+        report["redisCpuUsPerDebit"] = per(3)
+    return report
 
 
 if __name__ == "__main__":

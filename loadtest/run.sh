@@ -14,8 +14,9 @@
 # Redis Cluster (three primaries with a replica each, scripts/deps.sh) instead of the
 # single Redis.
 #
-# The report carries the CPU time per debit of the instances and of MariaDB over the
-# measured part (loadtest/cpu.py), from the kernel's accounting of each process.
+# The report carries the CPU time per debit of the instances, of MariaDB and of the Redis
+# servers (every node of a cluster) over the measured part (loadtest/cpu.py), from the
+# kernel's accounting of each process.
 #
 # --client native drives hot-wallet, spread and holds with load-client (src/bin/load-client.rs),
 # a closed loop like k6's that costs the machine a few µs per request instead of k6's
@@ -130,8 +131,11 @@ log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && e
 
 db_pid=$(pgrep -f -- "--port=$DB_PORT" | head -n 1 || true)
 [ -n "$db_pid" ] || db_pid=$(pgrep -xo mariadbd || pgrep -xo mysqld || true)
+# The Redis servers the instances use: the one node, or every node of the cluster.
+if [ "$cluster" = 1 ]; then redis_ports=$(redis_cluster_ports); else redis_ports=$REDIS_PORT; fi
+redis_pids=$(for port in $redis_ports; do pgrep -f "^redis-server [^ ]*:$port( |$)" || true; done | paste -sd, -)
 python3 loadtest/cpu.py sample "$results/cpu.tsv" --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" \
-  -u "$DB_USER" -p"$DB_PASSWORD" wallet_load -- "$(IFS=,; echo "${instance_pids[*]}")" "${db_pid:-0}" &
+  -u "$DB_USER" -p"$DB_PASSWORD" wallet_load -- "$(IFS=,; echo "${instance_pids[*]}")" "${db_pid:-0}" "${redis_pids:-0}" &
 sampler=$!
 
 secs() { python3 -c "import re,sys; print(sum(int(n)*{'s':1,'m':60,'h':3600}[u] for n,u in re.findall(r'(\d+)([smh])', sys.argv[1])))" "$1"; }
@@ -208,8 +212,8 @@ print(f"debits: {debits} ({rate:.0f}/s)")
 print(f"pay latency: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
 print(f"replies by status: {statuses}")
 if cpu:
-    print(f"cpu per debit: service {cpu['serviceCpuUsPerDebit']:.0f} µs, MariaDB {cpu['dbCpuUsPerDebit']:.0f} µs "
-          f"({cpu['cpuWindowDebits']} debits over {cpu['cpuWindowSeconds']} s)")
+    print(f"cpu per debit: service {cpu['serviceCpuUsPerDebit']:.0f} µs, MariaDB {cpu['dbCpuUsPerDebit']:.0f} µs, "
+          f"Redis {cpu.get('redisCpuUsPerDebit', 0):.0f} µs ({cpu['cpuWindowDebits']} debits over {cpu['cpuWindowSeconds']} s)")
 print(f"ledger: {a['wallets']} wallets, {a['payments']} payments, outbox pending {a['outboxPending']}, points mismatches {a['pointsMismatches']}")
 if a.get("eventLatencyMs"):
     e = a["eventLatencyMs"]
