@@ -74,8 +74,10 @@ async fn half_sent_requests_beyond_the_cap_leave_room_for_others_and_are_closed_
         held.push(stream);
     }
     // One more that keeps sending a header byte by byte: the clock runs from its first byte.
-    let mut trickle = TcpStream::connect(socket(&app)).await.unwrap();
+    // Timed from before the connection exists, so the server's clock cannot have
+    // started earlier than ours.
     let trickled = Instant::now();
+    let mut trickle = TcpStream::connect(socket(&app)).await.unwrap();
     trickle
         .write_all(b"GET /healthz HTTP/1.1\r\n")
         .await
