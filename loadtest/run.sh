@@ -133,9 +133,10 @@ db_pid=$(pgrep -f -- "--port=$DB_PORT" | head -n 1 || true)
 [ -n "$db_pid" ] || db_pid=$(pgrep -xo mariadbd || pgrep -xo mysqld || true)
 # The Redis servers the instances use: the one node, or every node of the cluster.
 if [ "$cluster" = 1 ]; then redis_ports=$(redis_cluster_ports); else redis_ports=$REDIS_PORT; fi
+# Found by their process titles; a Redis this machine does not run gets no column.
 redis_pids=$(for port in $redis_ports; do pgrep -f "^redis-server [^ ]*:$port( |$)" || true; done | paste -sd, -)
 python3 loadtest/cpu.py sample "$results/cpu.tsv" --protocol=tcp -h 127.0.0.1 -P "$DB_PORT" \
-  -u "$DB_USER" -p"$DB_PASSWORD" wallet_load -- "$(IFS=,; echo "${instance_pids[*]}")" "${db_pid:-0}" "${redis_pids:-0}" &
+  -u "$DB_USER" -p"$DB_PASSWORD" wallet_load -- "$(IFS=,; echo "${instance_pids[*]}")" "${db_pid:-0}" ${redis_pids:+"$redis_pids"} &
 sampler=$!
 
 secs() { python3 -c "import re,sys; print(sum(int(n)*{'s':1,'m':60,'h':3600}[u] for n,u in re.findall(r'(\d+)([smh])', sys.argv[1])))" "$1"; }
@@ -212,8 +213,9 @@ print(f"debits: {debits} ({rate:.0f}/s)")
 print(f"pay latency: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
 print(f"replies by status: {statuses}")
 if cpu:
-    print(f"cpu per debit: service {cpu['serviceCpuUsPerDebit']:.0f} µs, MariaDB {cpu['dbCpuUsPerDebit']:.0f} µs, "
-          f"Redis {cpu.get('redisCpuUsPerDebit', 0):.0f} µs ({cpu['cpuWindowDebits']} debits over {cpu['cpuWindowSeconds']} s)")
+    redis = f", Redis {cpu['redisCpuUsPerDebit']:.0f} µs" if "redisCpuUsPerDebit" in cpu else ""
+    print(f"cpu per debit: service {cpu['serviceCpuUsPerDebit']:.0f} µs, MariaDB {cpu['dbCpuUsPerDebit']:.0f} µs{redis} "
+          f"({cpu['cpuWindowDebits']} debits over {cpu['cpuWindowSeconds']} s)")
 print(f"ledger: {a['wallets']} wallets, {a['payments']} payments, outbox pending {a['outboxPending']}, points mismatches {a['pointsMismatches']}")
 if a.get("eventLatencyMs"):
     e = a["eventLatencyMs"]

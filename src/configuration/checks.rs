@@ -198,6 +198,11 @@ mod tests {
         Ok(settings)
     }
 
+    /// Why settings with `vars` are refused.
+    fn refusal(vars: &[(&str, &str)]) -> String {
+        settings_with(vars).unwrap_err().to_string()
+    }
+
     #[test]
     fn the_defaults_are_valid() {
         settings_with(&[]).unwrap();
@@ -217,19 +222,17 @@ mod tests {
             ("WALLET_HTTP_KEEP_ALIVE_TIMEOUT_MS", "0"),
             ("WALLET_HTTP_MAX_CONNECTIONS", "0"),
         ] {
-            let error = settings_with(&[(var, value)]).unwrap_err().to_string();
+            let error = refusal(&[(var, value)]);
             assert!(error.contains(var), "{var}={value}: {error}");
         }
     }
 
     #[test]
     fn a_cluster_and_sentinels_at_once_are_refused() {
-        let error = settings_with(&[
+        let error = refusal(&[
             ("WALLET_REDIS_CLUSTER_NODES", "redis://127.0.0.1:7000"),
             ("WALLET_REDIS_SENTINELS", "redis://127.0.0.1:26379"),
-        ])
-        .unwrap_err()
-        .to_string();
+        ]);
         assert!(error.contains("WALLET_REDIS_SENTINELS"), "{error}");
         let sentinels = settings_with(&[(
             "WALLET_REDIS_SENTINELS",
@@ -246,9 +249,7 @@ mod tests {
         if limit == u64::MAX {
             return;
         }
-        let error = settings_with(&[("WALLET_HTTP_MAX_CONNECTIONS", &limit.to_string())])
-            .unwrap_err()
-            .to_string();
+        let error = refusal(&[("WALLET_HTTP_MAX_CONNECTIONS", &limit.to_string())]);
         assert!(error.contains("WALLET_HTTP_MAX_CONNECTIONS"), "{error}");
         assert!(error.contains("open-files limit"), "{error}");
         let default = settings_with(&[]).unwrap();
@@ -259,12 +260,10 @@ mod tests {
 
     #[test]
     fn a_claim_must_outlive_the_request() {
-        let error = settings_with(&[
+        let error = refusal(&[
             ("WALLET_REQUEST_TIMEOUT_MS", "30000"),
             ("WALLET_IDEMPOTENCY_CLAIM_TTL_MS", "20000"),
-        ])
-        .unwrap_err()
-        .to_string();
+        ]);
         assert!(error.contains("WALLET_IDEMPOTENCY_CLAIM_TTL_MS"), "{error}");
         settings_with(&[
             ("WALLET_REQUEST_TIMEOUT_MS", "30000"),
