@@ -43,11 +43,24 @@ pub struct IdempotencyCache {
     settle: Arc<Script>,
 }
 
-/// A key to claim: its hash tag, its scope, its id and what the request asked for.
-pub struct ClaimRequest<'a> {
+/// What names a request's entry in the cache: its hash tag (`Keyed::cache_tag`), its
+/// scope and its id.
+#[derive(Clone, Copy)]
+pub struct CacheKey<'a> {
     pub tag: &'a Identifier,
     pub scope: &'static str,
     pub id: &'a Identifier,
+}
+
+impl CacheKey<'_> {
+    fn in_space(&self, keys: &KeySpace) -> String {
+        keys.idempotency(self.tag, self.scope, self.id)
+    }
+}
+
+/// A key to claim, and what the request asked for.
+pub struct ClaimRequest<'a> {
+    pub key: CacheKey<'a>,
     pub fingerprint: &'a str,
 }
 
@@ -64,9 +77,7 @@ pub enum Settlement<'a> {
 
 /// A claim to settle, with the token that proves it is ours.
 pub struct Settle<'a> {
-    pub tag: &'a Identifier,
-    pub scope: &'static str,
-    pub id: &'a Identifier,
+    pub key: CacheKey<'a>,
     pub token: &'a ClaimToken,
     pub how: Settlement<'a>,
 }
@@ -104,10 +115,7 @@ impl IdempotencyCache {
             .iter()
             .map(|_| uuid::Uuid::new_v4().to_string())
             .collect();
-        let key = |i: usize| {
-            self.keys
-                .idempotency(requests[i].tag, requests[i].scope, requests[i].id)
-        };
+        let key = |i: usize| requests[i].key.in_space(&self.keys);
         let answers: Vec<(Vec<usize>, Vec<Vec<redis::Value>>)> = bounded(
             self.timeout,
             per_slot(conn, &self.claim, requests.len(), key, |call, items| {
@@ -131,14 +139,12 @@ impl IdempotencyCache {
     pub async fn is_pending<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        tag: &Identifier,
-        scope: &'static str,
-        id: &Identifier,
+        key: CacheKey<'_>,
     ) -> Result<bool, RedisFault> {
         let state: Option<String> = bounded(
             self.timeout,
             redis::cmd("HGET")
-                .arg(self.keys.idempotency(tag, scope, id))
+                .arg(key.in_space(&self.keys))
                 .arg("state")
                 .query_async(conn),
         )
@@ -156,10 +162,7 @@ impl IdempotencyCache {
         if claims.is_empty() {
             return Ok(());
         }
-        let key = |i: usize| {
-            self.keys
-                .idempotency(claims[i].tag, claims[i].scope, claims[i].id)
-        };
+        let key = |i: usize| claims[i].key.in_space(&self.keys);
         let build = |call: &mut redis::ScriptInvocation<'_>, items: &[usize]| {
             call.arg(self.reply_ttl.as_millis() as u64);
             for &i in items {

@@ -310,7 +310,7 @@ impl WalletService {
         let pending = async {
             let mut conn = self.redis.connection().await?;
             self.idempotency
-                .is_pending(&mut conn, hold_id, "hold", hold_id)
+                .is_pending(&mut conn, PlaceHold::placement_key(hold_id))
                 .await
         };
         pending.await.unwrap_or(false)

@@ -9,6 +9,7 @@ use super::views::{HoldView, RefundView};
 use super::{Outcome, ServiceError};
 use crate::domain::events::{points_for, HoldEvent, PaymentEvent};
 use crate::domain::{Amount, Currency, Identifier};
+use crate::idempotency::CacheKey;
 use crate::store::holds::{HoldRow, HoldStatus};
 use crate::store::{payments, top_ups};
 
@@ -237,6 +238,18 @@ impl Keyed for SettleHold {
     /// first answer comes from the cache or from MySQL.
     fn fingerprint(&self) -> String {
         self.scope().to_owned()
+    }
+}
+
+impl PlaceHold {
+    /// The cache entry of the placement of `hold_id`, which names it alone
+    /// ([`Keyed::cache_tag`]).
+    pub fn placement_key(hold_id: &Identifier) -> CacheKey<'_> {
+        CacheKey {
+            tag: hold_id,
+            scope: "hold",
+            id: hold_id,
+        }
     }
 }
 

@@ -39,7 +39,7 @@ use super::rules::{Answer, Book};
 use super::views::{HoldView, PaymentView, RefundView, TopUpView};
 use super::{unavailable, ServiceError, WalletCore};
 use crate::domain::Identifier;
-use crate::idempotency::{Claim, ClaimToken};
+use crate::idempotency::{CacheKey, Claim, ClaimToken};
 
 /// A request and its caller, who waits for an answer of the request's own type.
 pub struct Ticket<R, T> {
@@ -125,8 +125,14 @@ impl Request {
         self.keyed().key()
     }
 
-    fn cache_tag(&self) -> &Identifier {
-        self.keyed().cache_tag()
+    /// The request's entry in the idempotency cache.
+    fn cache_key(&self) -> CacheKey<'_> {
+        let keyed = self.keyed();
+        CacheKey {
+            tag: keyed.cache_tag(),
+            scope: keyed.scope(),
+            id: keyed.key(),
+        }
     }
 
     /// The order whose payment or hold the request reads, if any: its key, but a

@@ -135,9 +135,7 @@ impl Batch<'_> {
                     None => Settlement::Abandon,
                 };
                 Some(Settle {
-                    tag: job.request.cache_tag(),
-                    scope: job.request.scope(),
-                    id: job.request.key(),
+                    key: job.request.cache_key(),
                     token,
                     how,
                 })
@@ -192,9 +190,7 @@ impl Batch<'_> {
         let requests: Vec<ClaimRequest<'_>> = to_claim
             .iter()
             .map(|&i| ClaimRequest {
-                tag: jobs[i].request.cache_tag(),
-                scope: jobs[i].request.scope(),
-                id: jobs[i].request.key(),
+                key: jobs[i].request.cache_key(),
                 fingerprint: &jobs[i].fingerprint,
             })
             .collect();
@@ -282,9 +278,7 @@ impl Batch<'_> {
             .iter()
             .filter_map(|job| {
                 Some(Settle {
-                    tag: job.request.cache_tag(),
-                    scope: job.request.scope(),
-                    id: job.request.key(),
+                    key: job.request.cache_key(),
                     token: job.claim.as_ref()?,
                     how: Settlement::Abandon,
                 })
