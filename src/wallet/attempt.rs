@@ -24,6 +24,10 @@ pub(super) enum Failure {
     /// A deadlock, a conditional update that lost a race, or a key recorded by someone
     /// else meanwhile: safe to retry.
     Retry(anyhow::Error),
+    /// What the transaction took on trust instead of reading it did not hold (a wallet
+    /// remembered, a key whose fresh claim said it was new): the next try reads it
+    /// ([`crate::wallet::known`]). Not counted against [`MAX_ATTEMPTS`] the first time.
+    Guessed,
 }
 
 impl From<sqlx::Error> for Failure {
@@ -54,6 +58,9 @@ impl Failure {
             Self::Failed(e) => e,
             Self::Stale { .. } | Self::LeaseLost => ServiceError::LockTimeout,
             Self::Retry(e) => ServiceError::Unavailable(e.context("retries exhausted")),
+            Self::Guessed => {
+                ServiceError::Unavailable(anyhow::anyhow!("the wallet changed under every try"))
+            }
         }
     }
 }
@@ -80,17 +87,24 @@ pub(super) trait Attempts: Send {
 /// moved forward ([`Attempts::refence`]); anything else ends the tries.
 pub(super) async fn retrying<A: Attempts>(attempts: &mut A) -> Result<A::Output, Failure> {
     let mut tried = 1;
+    let mut guessed = false;
     loop {
         let failure = match attempts.attempt().await {
             Ok(done) => return Ok(done),
             Err(failure) => failure,
         };
+        if matches!(failure, Failure::Guessed) && !guessed {
+            // The next try reads what this one guessed: it does not count.
+            guessed = true;
+            continue;
+        }
         if tried >= MAX_ATTEMPTS {
             return Err(failure);
         }
         tried += 1;
         match failure {
             Failure::Retry(e) => tracing::debug!(error = %e, "retrying the transaction"),
+            Failure::Guessed => tracing::debug!("retrying the transaction, reading its wallets"),
             Failure::Stale { user_id, seen } => {
                 metrics::stale_fence();
                 attempts.refence(&user_id, seen).await?;

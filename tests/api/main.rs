@@ -28,3 +28,4 @@ mod sentinel;
 mod shutdown;
 mod support;
 mod timeouts;
+mod trust;

@@ -149,6 +149,20 @@ impl Request {
         self.keyed().user_id()
     }
 
+    /// True when the request makes the record its key names (a payment, top-up, hold
+    /// or refund), so a fresh claim of the key says the record is not there yet.
+    fn creates_own_key(&self) -> bool {
+        match self {
+            Self::Debit(_) | Self::TopUp(_) | Self::Hold(_) | Self::Refund(_) => true,
+            Self::Cancel(_) | Self::Settle(_) => false,
+        }
+    }
+
+    /// True when the request was answered with a refusal or an error.
+    fn is_refused(&self) -> bool {
+        each!(self, t => matches!(t.answer, Some(Err(_))))
+    }
+
     fn is_answered(&self) -> bool {
         each!(self, t => t.answer.is_some())
     }

@@ -230,6 +230,7 @@ impl Batch<'_> {
             batch: self,
             jobs: &mut *jobs,
             held,
+            careful: false,
         };
         let result = retrying(&mut progress).await;
         let open = jobs
@@ -305,6 +306,8 @@ struct Progress<'a, 'b> {
     batch: &'a Batch<'b>,
     jobs: &'a mut [Job],
     held: Option<&'a mut Held>,
+    /// Take nothing on trust: an earlier try's trust did not hold.
+    careful: bool,
 }
 
 impl Attempts for Progress<'_, '_> {
@@ -329,8 +332,11 @@ impl Attempts for Progress<'_, '_> {
         }
         let result = self
             .batch
-            .apply_batch(&mut open, self.held.as_deref_mut())
+            .apply_batch(&mut open, self.held.as_deref_mut(), self.careful)
             .await;
+        if matches!(result, Err(Failure::Guessed)) {
+            self.careful = true;
+        }
         if result.is_err() {
             // Nothing was committed: what the rules decided does not stand.
             open.iter_mut().for_each(|job| job.request.undecide());

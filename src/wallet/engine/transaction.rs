@@ -2,6 +2,8 @@
 //! keys read, each request decided in order by the money rules, one `UPDATE wallets`
 //! for the net changes and one multi-row `INSERT` per table, one commit.
 
+use std::collections::HashSet;
+
 use crate::redis_support::RedisConnection;
 use tokio::time::Instant;
 
@@ -12,7 +14,7 @@ use crate::store::{holds, ledger, orders, payments, refunds, top_ups, wallets};
 use crate::telemetry::metrics;
 use crate::wallet::attempt::Failure;
 use crate::wallet::requests::Context;
-use crate::wallet::rules::{Book, Records};
+use crate::wallet::rules::{Book, Funds, Records};
 
 /// The Redis locks a batch holds and the connection that renews them.
 pub(super) struct Held {
@@ -22,18 +24,58 @@ pub(super) struct Held {
 
 impl Batch<'_> {
     /// One transaction for `jobs`, each answered (in its ticket) when it commits.
+    ///
+    /// Under the batch's Redis locks, unless `careful`, it takes on trust what the lock
+    /// and the claims established ([`crate::wallet::known`]): a wallet this process
+    /// remembers is not read, and a key whose claim was fresh is not looked up before
+    /// its insert. When that trust proves wrong it fails with [`Failure::Guessed`] and
+    /// the next try is careful.
     pub(super) async fn apply_batch(
         &self,
         jobs: &mut [&mut Job],
         held: Option<&mut Held>,
+        careful: bool,
+    ) -> Result<(), Failure> {
+        let guessing = held.is_some() && !careful;
+        let result = self.try_batch(jobs, held, guessing).await;
+        if result.is_err() {
+            self.known.forget(jobs.iter().map(|job| job.user_id()));
+        }
+        match result {
+            // A duplicate key, or a wallet that was not as remembered.
+            Err(Failure::Retry(e)) if guessing => {
+                tracing::debug!(error = %e, "a batch decided on trust did not hold");
+                Err(Failure::Guessed)
+            }
+            other => other,
+        }
+    }
+
+    async fn try_batch(
+        &self,
+        jobs: &mut [&mut Job],
+        held: Option<&mut Held>,
+        guessing: bool,
     ) -> Result<(), Failure> {
         let started = Instant::now();
         let mut tx = self.db.begin().await?;
         let mut user_ids: Vec<&str> = jobs.iter().map(|job| job.user_id()).collect();
         user_ids.sort_unstable();
         user_ids.dedup();
-        let rows = wallets::lock_many(&mut tx, &user_ids).await?;
         let wallet_count = user_ids.len();
+        let mut funds: Vec<(String, Funds)> = Vec::with_capacity(wallet_count);
+        let mut remembered: HashSet<String> = HashSet::new();
+        if guessing {
+            user_ids.retain(|user_id| match self.known.get(user_id) {
+                Some(known) => {
+                    funds.push(((*user_id).to_owned(), known));
+                    remembered.insert((*user_id).to_owned());
+                    false
+                }
+                None => true,
+            });
+        }
+        let rows = wallets::lock_many(&mut tx, &user_ids).await?;
         if let Some(held) = held.as_deref() {
             for row in &rows {
                 let fence = held.locks.fence(&row.user_id).unwrap_or(0);
@@ -46,15 +88,26 @@ impl Batch<'_> {
                 }
             }
         }
+        funds.extend(rows.into_iter().map(|row| {
+            let read = Funds::of(&row);
+            (row.user_id, read)
+        }));
+        // A key whose claim was fresh is new unless Redis lost it: its insert's unique
+        // key says so, and the careful try then reads it.
+        let trusted = |job: &Job| guessing && job.claim.is_some() && job.request.creates_own_key();
         // A payment and a hold are both keyed by their order id (one charge per order):
         // both are read under every order id of the batch.
-        let order_ids = ids(jobs, Request::order_id);
-        let top_up_ids = ids(jobs, |r| match r {
-            Request::TopUp(_) => Some(r.key()),
+        let order_ids = ids(jobs, |job| match &job.request {
+            Request::Refund(t) => Some(&t.request.order_id),
+            _ if trusted(job) => None,
+            request => request.order_id(),
+        });
+        let top_up_ids = ids(jobs, |job| match &job.request {
+            Request::TopUp(_) if !trusted(job) => Some(job.request.key()),
             _ => None,
         });
-        let refund_ids = ids(jobs, |r| match r {
-            Request::Refund(_) => Some(r.key()),
+        let refund_ids = ids(jobs, |job| match &job.request {
+            Request::Refund(_) if !trusted(job) => Some(job.request.key()),
             _ => None,
         });
         let records = Records {
@@ -69,7 +122,7 @@ impl Batch<'_> {
             currency: self.currency,
             points_rate: self.points_rate,
         };
-        let mut book = Book::new(ctx, rows, records);
+        let mut book = Book::over(ctx, funds, records);
         // The earliest deadline of a request that writes: past it, nothing commits.
         let mut written_deadline: Option<Instant> = None;
         for job in jobs.iter_mut() {
@@ -79,8 +132,17 @@ impl Batch<'_> {
                     Some(written_deadline.map_or(job.deadline, |d| d.min(job.deadline)));
             }
         }
+        if jobs
+            .iter()
+            .any(|job| job.request.is_refused() && remembered.contains(job.user_id()))
+        {
+            // A refusal is the truth only about the row itself.
+            tx.rollback().await?;
+            return Err(Failure::Guessed);
+        }
         if book.is_empty() {
             tx.rollback().await?;
+            self.known.remember(book.funds_after());
             return Ok(());
         }
 
@@ -89,11 +151,14 @@ impl Batch<'_> {
         let deltas: Vec<wallets::Delta<'_>> = writes
             .deltas
             .iter()
-            .map(|(user_id, change)| wallets::Delta {
+            .map(|(user_id, before, change)| wallets::Delta {
                 user_id,
                 amount: change.balance,
                 held: change.held,
                 fence: fence(user_id),
+                expected: remembered
+                    .contains(*user_id)
+                    .then_some((before.balance, before.held)),
             })
             .collect();
         if !wallets::apply_deltas(&mut tx, &deltas, ctx.now).await? {
@@ -126,6 +191,7 @@ impl Batch<'_> {
             return Err(Failure::Retry(anyhow::anyhow!("a request ran out of time")));
         }
         tx.commit().await?;
+        self.known.remember(book.funds_after());
         if !writes.events.is_empty() {
             self.outbox_wake.notify_one();
         }
@@ -138,11 +204,11 @@ impl Batch<'_> {
 /// The ids `id` picks of the jobs, each once, in order.
 fn ids<'a>(
     jobs: &'a [&mut Job],
-    id: impl Fn(&'a Request) -> Option<&'a crate::domain::Identifier>,
+    id: impl Fn(&'a Job) -> Option<&'a crate::domain::Identifier>,
 ) -> Vec<&'a str> {
     let mut keys: Vec<&str> = jobs
         .iter()
-        .filter_map(|job| id(&job.request))
+        .filter_map(|job| id(job))
         .map(|key| key.as_str())
         .collect();
     keys.sort_unstable();

@@ -133,8 +133,8 @@ enum Kind {
 
 /// What a book decided, for the transaction to write.
 pub struct Writes<'a> {
-    /// Every wallet whose funds changed, with the net change.
-    pub deltas: Vec<(&'a str, Funds)>,
+    /// Every wallet whose funds changed: its funds before, and the net change.
+    pub deltas: Vec<(&'a str, Funds, Funds)>,
     pub new_payments: Vec<&'a PaymentRow>,
     /// Payments read before and changed (refunded, cancelled), each with its status and
     /// refunded amount as read.
@@ -153,7 +153,20 @@ pub struct Writes<'a> {
 
 impl Book {
     /// A book over the wallets and records a batch read.
+    #[cfg(test)]
     pub fn new(ctx: Context, wallets: Vec<WalletRow>, records: Records) -> Self {
+        let wallets = wallets
+            .into_iter()
+            .map(|row| {
+                let funds = Funds::of(&row);
+                (row.user_id, funds)
+            })
+            .collect();
+        Self::over(ctx, wallets, records)
+    }
+
+    /// A book over wallets' funds, read or remembered, and the records a batch read.
+    pub fn over(ctx: Context, wallets: Vec<(String, Funds)>, records: Records) -> Self {
         let Records {
             payments,
             top_ups,
@@ -164,10 +177,7 @@ impl Book {
             ctx,
             wallets: wallets
                 .into_iter()
-                .map(|row| {
-                    let funds = Funds::of(&row);
-                    (row.user_id, (funds, funds))
-                })
+                .map(|(user_id, funds)| (user_id, (funds, funds)))
                 .collect(),
             payments_read: payments
                 .iter()
@@ -200,6 +210,13 @@ impl Book {
         self.entries.is_empty()
     }
 
+    /// Every wallet's funds as the book leaves them.
+    pub fn funds_after(&self) -> impl Iterator<Item = (&str, Funds)> {
+        self.wallets
+            .iter()
+            .map(|(user_id, (_, after))| (user_id.as_str(), *after))
+    }
+
     /// The funds of `user_id` as the book leaves them, if it read that wallet.
     #[cfg(test)]
     pub fn funds(&self, user_id: &str) -> Option<Funds> {
@@ -218,7 +235,7 @@ impl Book {
 
     /// What the book decided, for the transaction to write.
     pub fn writes(&self) -> Writes<'_> {
-        let mut deltas: Vec<(&str, Funds)> = self
+        let mut deltas: Vec<(&str, Funds, Funds)> = self
             .wallets
             .iter()
             .filter(|(_, (before, after))| before != after)
@@ -227,10 +244,10 @@ impl Book {
                     balance: after.balance - before.balance,
                     held: after.held - before.held,
                 };
-                (user_id.as_str(), change)
+                (user_id.as_str(), *before, change)
             })
             .collect();
-        deltas.sort_unstable_by_key(|(user_id, _)| *user_id);
+        deltas.sort_unstable_by_key(|(user_id, _, _)| *user_id);
         let made = |kind: Kind| {
             self.made
                 .iter()

@@ -330,7 +330,7 @@ impl Model {
     /// Writes what `book` decided, checking what the transaction's conditions check.
     fn commit(&mut self, book: &Book) {
         let writes = book.writes();
-        for (user_id, change) in &writes.deltas {
+        for (user_id, _, change) in &writes.deltas {
             let funds = self.wallets.get_mut(*user_id).unwrap();
             funds.balance += change.balance;
             funds.held += change.held;

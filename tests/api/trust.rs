@@ -1,0 +1,175 @@
+//! What the Redis path takes on trust, and what happens when the trust is wrong: a
+//! fresh claim for a record the database already has, a remembered wallet written
+//! meanwhile by another instance or by the fallback path, and two instances taking
+//! turns on one hot wallet.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::json;
+use tokio::task::JoinSet;
+use wallet::configuration::LockMode;
+
+use crate::support::{spawn_app_with, test_settings, Reply, TestApp};
+
+fn balance_after(reply: &Reply) -> String {
+    reply.json()["balanceAfter"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fresh_claim_for_a_record_the_database_has_replays_the_record() {
+    let app = spawn_app_with(test_settings().await).await;
+    app.funded_wallet("u1", 10_000).await;
+    let paid = app.pay("o1", "u1", 1_000).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    let topped = app
+        .post(
+            "/api/v1/wallets/u1/top-ups",
+            &json!({ "topUpId": "t1", "amount": "500" }),
+        )
+        .await;
+    assert_eq!(topped.status, StatusCode::CREATED, "{}", topped.text);
+    let refund_body = json!({ "refundId": "r1", "amount": "200", "reason": "one item" });
+    let refunded = app.post("/api/v1/payments/o1/refunds", &refund_body).await;
+    assert_eq!(refunded.status, StatusCode::CREATED, "{}", refunded.text);
+    let held = app.hold("h1", "u1", 300).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.text);
+    let balance = app.balance("u1").await;
+
+    // Redis loses every claim and reply: each key is claimed fresh again, and only the
+    // database knows the records.
+    app.forget_cached_replies().await;
+    let again = [
+        (app.pay("o1", "u1", 1_000).await, &paid),
+        (
+            app.post(
+                "/api/v1/wallets/u1/top-ups",
+                &json!({ "topUpId": "t1", "amount": "500" }),
+            )
+            .await,
+            &topped,
+        ),
+        (
+            app.post("/api/v1/payments/o1/refunds", &refund_body).await,
+            &refunded,
+        ),
+        (app.hold("h1", "u1", 300).await, &held),
+    ];
+    for (reply, first) in again {
+        // A replay answers 200 with the first answer's body.
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        assert!(reply.replayed, "{}", reply.text);
+        assert_eq!(reply.json(), first.json());
+    }
+    // The same order id for another amount, and a payment under the hold's order id:
+    // refused as reused keys, from the database.
+    app.forget_cached_replies().await;
+    for reply in [
+        app.pay("o1", "u1", 999).await,
+        app.pay("h1", "u1", 300).await,
+    ] {
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.json()["code"], "idempotency_key_reused");
+    }
+    assert_eq!(app.balance("u1").await, balance);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payments").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM top_ups").await, 2);
+    assert_eq!(app.count("SELECT COUNT(*) FROM refunds").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM holds").await, 1);
+    app.assert_ledger_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remembered_wallet_written_elsewhere_is_read_again() {
+    let settings = test_settings().await;
+    let remembering = spawn_app_with(settings.clone()).await;
+    let other = spawn_app_with(settings.clone()).await;
+    let mut fallback = settings;
+    fallback.lock.mode = LockMode::Mysql;
+    let fallback = spawn_app_with(fallback).await;
+    remembering.funded_wallet("u1", 10_000).await;
+
+    // The first instance commits and remembers 9,000.
+    let first = remembering.pay("o1", "u1", 1_000).await;
+    assert_eq!(balance_after(&first), "9000", "{}", first.text);
+    // The fallback path takes 8,500 without a Redis lock: 500 remain.
+    let elsewhere = fallback.pay("o2", "u1", 8_500).await;
+    assert_eq!(balance_after(&elsewhere), "500", "{}", elsewhere.text);
+    // Remembered, 1,000 would fit; the row says it does not.
+    let refused = remembering.pay("o3", "u1", 1_000).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYMENT_REQUIRED,
+        "{}",
+        refused.text
+    );
+    // Another instance on the Redis path tops up 10,000: 10,500.
+    let topped = other
+        .post(
+            "/api/v1/wallets/u1/top-ups",
+            &json!({ "topUpId": "t1", "amount": "10000" }),
+        )
+        .await;
+    assert_eq!(topped.status, StatusCode::CREATED, "{}", topped.text);
+    // Remembered, 3,000 would not fit (500); the row says it does.
+    let paid = remembering.pay("o4", "u1", 3_000).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert_eq!(balance_after(&paid), "7500");
+    // And the fallback path again, then the remembering instance: its memory of 7,500
+    // is wrong by 2,000 and its answer is not.
+    assert_eq!(
+        fallback.pay("o5", "u1", 2_000).await.status,
+        StatusCode::CREATED
+    );
+    let last = remembering.pay("o6", "u1", 100).await;
+    assert_eq!(balance_after(&last), "5400", "{}", last.text);
+
+    assert_eq!(remembering.balance("u1").await, Decimal::from(5_400));
+    remembering.assert_ledger_invariants().await;
+}
+
+/// Two instances on the Redis path pay from one wallet at once: each gets the wallet in
+/// turn, and neither's payments wait until they time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_take_turns_on_one_hot_wallet() {
+    let settings = test_settings().await;
+    let apps = [
+        Arc::new(spawn_app_with(settings.clone()).await),
+        Arc::new(spawn_app_with(settings).await),
+    ];
+    apps[0].funded_wallet("hot", 1_000_000).await;
+    let mut payers = JoinSet::new();
+    for i in 0..200 {
+        let app: Arc<TestApp> = apps[i % 2].clone();
+        payers.spawn(async move {
+            let started = std::time::Instant::now();
+            let reply = app.pay(&format!("o-{i}"), "hot", 1_000).await;
+            (i % 2, reply, started.elapsed())
+        });
+    }
+    let mut waited = [Vec::new(), Vec::new()];
+    for (instance, reply, elapsed) in payers.join_all().await {
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        waited[instance].push(elapsed);
+    }
+    for (instance, times) in waited.iter_mut().enumerate() {
+        times.sort();
+        println!(
+            "instance {instance}: {} payments, median {:?}, slowest {:?}",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
+    assert_eq!(apps[0].balance("hot").await, Decimal::from(800_000));
+    apps[0].assert_ledger_invariants().await;
+}
