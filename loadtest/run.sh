@@ -18,14 +18,16 @@
 # servers (every node of a cluster) over the measured part (loadtest/cpu.py), from the
 # kernel's accounting of each process.
 #
-# --client native drives hot-wallet, spread and holds with load-client (src/bin/load-client.rs),
+# --client native drives hot-wallet, spread, hot-spread and holds with load-client (src/bin/load-client.rs),
 # a closed loop like k6's that costs the machine a few µs per request instead of k6's
 # hundred or more: the benchmark matrix uses it, so the cores measure the service.
 #
 # WALLET_BIN_DIR=dir runs the wallet, load-client and ledger-audit binaries in dir instead of building
 # them (to alternate two builds of a change).
 #
-# SCENARIO: pay-150, hot-wallet, spread, holds, refunds, retry-storm, mixed. `refunds` pays
+# SCENARIO: pay-150, hot-wallet, spread, hot-spread, holds, refunds, retry-storm, mixed.
+# `hot-spread` pays a quarter of its debits from one hot wallet, the rest from the spread
+# wallets; `mixed` mixes top-ups, payments, cancels and reads. `refunds` pays
 # and refunds part (a quarter of the orders then in full). `holds` places a hold
 # and then captures or voids it, turn after turn; it reports settled holds as its debits. Every run gets a fresh
 # database (wallet_load), its own Redis key prefix and its own topics.
@@ -54,8 +56,8 @@ while [ $# -gt 0 ]; do
 done
 [ -f "loadtest/$scenario.js" ] || { echo "no scenario loadtest/$scenario.js" >&2; exit 2; }
 case "$client/$scenario/$skew" in
-  k6/*|native/hot-wallet/0|native/spread/0|native/holds/0) ;;
-  *) echo "--client $client runs hot-wallet, spread and holds (without --skew) only" >&2; exit 2 ;;
+  k6/*|native/hot-wallet/0|native/spread/0|native/hot-spread/0|native/holds/0) ;;
+  *) echo "--client $client runs hot-wallet, spread, hot-spread and holds (without --skew) only" >&2; exit 2 ;;
 esac
 
 # shellcheck source=scripts/deps.sh

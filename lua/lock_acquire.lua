@@ -7,11 +7,13 @@
 -- ARGV[1]    owner token    random per acquisition, shared by the wallets of a batch
 -- ARGV[2]    lease in ms
 --
--- Returns one answer per wallet, in the order of KEYS: the fencing token (> 0) when the
--- lock was taken. Otherwise the lock is marked contended (so its release is announced)
--- and the answer is minus the time in ms the current lease still has to run (at least
--- 1), so a waiter knows how long it may sleep. A wallet held elsewhere never stops the
--- others of the batch.
+-- Returns two answers per wallet, in the order of KEYS. When the lock was taken: the
+-- fencing token (> 0), and the counter as it was found (0 when there was none), which
+-- equals the caller's own last token exactly when no one took the lock since. Otherwise
+-- the lock is marked contended (so its release is announced) and the answers are minus
+-- the time in ms the current lease still has to run (at least 1), so a waiter knows how
+-- long it may sleep, and 0. A wallet held elsewhere never stops the others of the
+-- batch.
 --
 -- Each counter is first raised to Redis's clock, in microseconds since the epoch, when
 -- it is behind it, so a token issued at time t is t + 1 (a little more when several are
@@ -29,17 +31,21 @@ for i = 1, #KEYS, 3 do
       local time = redis.call('TIME')
       now = tonumber(time[1]) * 1000000 + tonumber(time[2])
     end
-    local current = tonumber(redis.call('GET', fence) or '0')
+    local found = redis.call('GET', fence) or '0'
+    local current = tonumber(found)
     if current < now then
       -- '%.0f': tostring would print an exponent and drop digits.
       redis.call('SET', fence, string.format('%.0f', now))
     end
     answers[#answers + 1] = redis.call('INCR', fence)
+    -- As a string: exact, whatever the size.
+    answers[#answers + 1] = found
   else
     local ttl = redis.call('PTTL', lock)
     if ttl < 1 then ttl = 1 end
     redis.call('SET', contended, '1', 'PX', ARGV[2])
     answers[#answers + 1] = -ttl
+    answers[#answers + 1] = '0'
   end
 end
 return answers

@@ -3,7 +3,9 @@
 //! `--warmup` then `--seconds` seconds, spread over the instances in `--urls`. The
 //! `holds` scenario walks the spread wallets too, but each turn places a hold and then
 //! settles it: four in five captured (90 % of the amount, the rest released), one in
-//! five voided; it counts a settled hold where the others count a debit.
+//! five voided; it counts a settled hold where the others count a debit. The
+//! `hot-spread` scenario pays a quarter of its debits from one hot wallet and the rest
+//! from the spread wallets.
 //!
 //! k6 costs more CPU per request than the service itself spends on a batched debit;
 //! on a two-core machine that shares its cores with the service, MariaDB and Redis, the
@@ -12,7 +14,7 @@
 //!
 //! ```text
 //! load-client --urls URL[,URL] --api-key KEY --funding-key KEY --run RUN_ID
-//!             [--scenario hot-wallet|spread|holds] [--wallets 10000] [--vus 150]
+//!             [--scenario hot-wallet|spread|hot-spread|holds] [--wallets 10000] [--vus 150]
 //!             [--seconds 30] [--warmup 5] [--paid FILE]
 //! ```
 //! Funds the wallets first (not measured), prints one JSON line at the end, and writes
@@ -39,6 +41,8 @@ struct Options {
     hot: bool,
     /// Hold, then capture or void, instead of a debit.
     holds: bool,
+    /// A quarter of the debits on one hot wallet, the rest on the spread wallets.
+    mixed: bool,
     wallets: usize,
     vus: usize,
     seconds: u64,
@@ -54,6 +58,7 @@ fn options() -> anyhow::Result<Options> {
         run: String::new(),
         hot: true,
         holds: false,
+        mixed: false,
         wallets: 10_000,
         vus: 150,
         seconds: 30,
@@ -67,10 +72,11 @@ fn options() -> anyhow::Result<Options> {
             "--funding-key" => o.funding_key = value,
             "--run" => o.run = value,
             "--scenario" => {
-                (o.hot, o.holds) = match value.as_str() {
-                    "hot-wallet" => (true, false),
-                    "spread" => (false, false),
-                    "holds" => (false, true),
+                (o.hot, o.holds, o.mixed) = match value.as_str() {
+                    "hot-wallet" => (true, false, false),
+                    "spread" => (false, false, false),
+                    "hot-spread" => (false, false, true),
+                    "holds" => (false, true, false),
                     other => bail!("unknown scenario {other}"),
                 }
             }
@@ -210,8 +216,9 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Wallet `i`; in `hot-spread`, the hot wallet comes after the spread ones.
 fn user(o: &Options, i: usize) -> String {
-    if o.hot {
+    if o.hot || (o.mixed && i == o.wallets) {
         format!("{}-hot", o.run)
     } else {
         format!("{}-w{i}", o.run)
@@ -220,15 +227,17 @@ fn user(o: &Options, i: usize) -> String {
 
 /// Creates every wallet and tops it up, 32 requests at a time.
 async fn fund(o: &Arc<Options>) -> anyhow::Result<()> {
-    let amount = if o.hot { "1000000000000" } else { "1000000000" };
+    let wallets = o.wallets + usize::from(o.mixed);
     let mut tasks = JoinSet::new();
-    let workers = 32.min(o.wallets);
+    let workers = 32.min(wallets);
     for worker in 0..workers {
         let o = o.clone();
         tasks.spawn(async move {
             let mut conn = Connection::new(&o.urls[worker % o.urls.len()])?;
-            for i in (worker..o.wallets).step_by(workers) {
+            for i in (worker..wallets).step_by(workers) {
                 let user = user(&o, i);
+                let hot = o.hot || i == o.wallets;
+                let amount = if hot { "1000000000000" } else { "1000000000" };
                 let status = conn
                     .post(
                         "/api/v1/wallets",
@@ -277,7 +286,11 @@ async fn pay(o: Arc<Options>, vu: usize, start: Instant, stop: Instant) -> anyho
         if sent >= stop {
             break;
         }
-        let wallet = user(&o, next % o.wallets);
+        let wallet = if o.mixed && (iteration + vu).is_multiple_of(4) {
+            user(&o, o.wallets)
+        } else {
+            user(&o, next % o.wallets)
+        };
         next = next.wrapping_mul(31).wrapping_add(17);
         let order = format!("{}-{vu}-{iteration}", o.run);
         let amount = 10 * (1 + iteration % 10);

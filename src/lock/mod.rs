@@ -66,6 +66,8 @@ pub struct BatchLocks {
     taken_at: Instant,
     /// The wallets held and their fencing tokens.
     fences: Vec<(Identifier, u64)>,
+    /// For each wallet held, its counter as the acquisition found it.
+    found: Vec<u64>,
 }
 
 impl BatchLocks {
@@ -75,6 +77,17 @@ impl BatchLocks {
             .iter()
             .find(|(id, _)| id.as_str() == user_id)
             .map(|(_, fence)| *fence)
+    }
+
+    /// True when `token` was the last token handed out for `user_id` before this batch
+    /// took its lock: no one held the wallet in between.
+    pub fn next_after(&self, user_id: &str, token: u64) -> bool {
+        token > 0
+            && self
+                .fences
+                .iter()
+                .zip(&self.found)
+                .any(|((id, _), found)| id.as_str() == user_id && *found == token)
     }
 }
 
@@ -155,7 +168,9 @@ impl WalletLock {
         let started = Instant::now();
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let lock_key = |i: usize| self.keys.lock(&wallets[i]);
-        let answers: Vec<(Vec<usize>, Vec<i64>)> = bounded(
+        // Per call: its wallets' indices, and each wallet's answer and counter found.
+        type Answers = Vec<(Vec<usize>, Vec<(i64, u64)>)>;
+        let answers: Answers = bounded(
             self.timeout,
             per_slot(
                 conn,
@@ -177,13 +192,15 @@ impl WalletLock {
             owner,
             taken_at: started,
             fences: Vec::with_capacity(wallets.len()),
+            found: Vec::with_capacity(wallets.len()),
         };
         let mut refused = Vec::new();
         for (user_id, answer) in wallets.iter().zip(in_item_order(wallets.len(), answers)) {
-            let answer = answer.ok_or_else(unanswered)?;
+            let (answer, found) = answer.ok_or_else(unanswered)?;
             if answer > 0 {
                 metrics::lock_acquired("acquired", started.elapsed());
                 locks.fences.push((user_id.clone(), answer as u64));
+                locks.found.push(found);
             } else {
                 metrics::lock_acquired("busy", started.elapsed());
                 refused.push((

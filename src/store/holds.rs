@@ -129,7 +129,7 @@ pub async fn find_many(
         return Ok(Vec::new());
     }
     let mut query = QueryBuilder::new("SELECT * FROM holds WHERE hold_id IN ");
-    query.push_tuples(hold_ids, |mut tuple, id| {
+    query.push_tuples(super::padded(hold_ids), |mut tuple, id| {
         tuple.push_bind(*id);
     });
     query.build_query_as().fetch_all(conn).await

@@ -13,6 +13,17 @@ use sqlx::{Decode, Executor, Type};
 
 use crate::configuration::DatabaseSettings;
 
+/// `items` and the last of them again, up to the next power of two: for the `IN` lists
+/// and `CASE`s of batched statements. MariaDB and MySQL prepare each statement text once
+/// per connection, and a list of any length would make a text per length.
+pub fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
+    let len = items.len();
+    let extra = len.next_power_of_two() - len;
+    items
+        .iter()
+        .chain(items.last().into_iter().cycle().take(extra))
+}
+
 /// Opens the pool. Every connection runs READ COMMITTED (no gap locks between inserts of
 /// different orders) and waits for a row lock no longer than `lock_wait_secs`.
 pub async fn connect(

@@ -106,7 +106,7 @@ pub async fn find_many(
         return Ok(Vec::new());
     }
     let mut query = QueryBuilder::new("SELECT * FROM payments WHERE order_id IN ");
-    query.push_tuples(order_ids, |mut tuple, id| {
+    query.push_tuples(super::padded(order_ids), |mut tuple, id| {
         tuple.push_bind(*id);
     });
     query.build_query_as().fetch_all(conn).await

@@ -63,7 +63,7 @@ pub async fn find_many(
         return Ok(Vec::new());
     }
     let mut query = QueryBuilder::new("SELECT * FROM refunds WHERE refund_id IN ");
-    query.push_tuples(refund_ids, |mut tuple, id| {
+    query.push_tuples(super::padded(refund_ids), |mut tuple, id| {
         tuple.push_bind(*id);
     });
     query.build_query_as().fetch_all(conn).await

@@ -51,7 +51,7 @@ pub async fn find_many(
         return Ok(Vec::new());
     }
     let mut query = QueryBuilder::new("SELECT * FROM top_ups WHERE top_up_id IN ");
-    query.push_tuples(top_up_ids, |mut tuple, id| {
+    query.push_tuples(super::padded(top_up_ids), |mut tuple, id| {
         tuple.push_bind(*id);
     });
     query.build_query_as().fetch_all(conn).await

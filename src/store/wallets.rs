@@ -109,7 +109,7 @@ pub async fn apply_deltas(
         T: for<'q> sqlx::Encode<'q, MySql> + sqlx::Type<MySql> + Send + 'static,
     {
         query.push("CASE user_id");
-        for delta in deltas {
+        for delta in super::padded(deltas) {
             query.push(" WHEN ").push_bind(delta.user_id.to_owned());
             query.push(" THEN ").push_bind(value(delta));
         }
@@ -123,7 +123,7 @@ pub async fn apply_deltas(
     case(&mut query, deltas, |d| d.fence.unwrap_or(0));
     query.push("), updated_at = ").push_bind(now);
     query.push(" WHERE user_id IN ");
-    query.push_tuples(deltas, |mut tuple, delta| {
+    query.push_tuples(super::padded(deltas), |mut tuple, delta| {
         tuple.push_bind(delta.user_id.to_owned());
     });
     // The old values: MySQL evaluates `WHERE` before `SET`. What stays held must be
@@ -146,7 +146,7 @@ pub async fn apply_deltas(
             ("held", |e: (Decimal, Decimal)| e.1),
         ] {
             query.push(format!(" AND {column} = CASE user_id"));
-            for delta in deltas {
+            for delta in super::padded(deltas) {
                 if let Some(expected) = delta.expected {
                     query.push(" WHEN ").push_bind(delta.user_id.to_owned());
                     query.push(" THEN ").push_bind(pick(expected));
@@ -170,7 +170,7 @@ pub async fn lock_many(
         return Ok(Vec::new());
     }
     let mut query = QueryBuilder::new("SELECT * FROM wallets WHERE user_id IN ");
-    query.push_tuples(user_ids, |mut tuple, id| {
+    query.push_tuples(super::padded(user_ids), |mut tuple, id| {
         tuple.push_bind(*id);
     });
     query.push(" ORDER BY user_id FOR UPDATE");

@@ -14,7 +14,11 @@
 //!    top-ups and holds already recorded under the batch's keys, lets the money rules
 //!    ([`super::rules`]) decide each request in order, then writes one `UPDATE wallets`
 //!    for every wallet's net change (with each fencing check) and one multi-row
-//!    `INSERT` per table;
+//!    `INSERT` per table. Under Redis locks it skips the reads the locks and claims
+//!    made needless: a wallet this process held last is decided from memory
+//!    ([`super::known`]), a key whose claim was fresh is not looked up; the `UPDATE`'s
+//!    conditions and the unique keys check both, and the batch runs again reading when
+//!    either was wrong;
 //! 4. one round trip caches the replies, one releases the locks, and every caller is
 //!    answered.
 //!
