@@ -1,4 +1,7 @@
-//! The Redis idempotency cache: one Lua script claims a key or answers from it.
+//! The Redis idempotency cache: a Lua function claims a key or answers from it
+//! (`lua/lib/claim.lua`, run by the engine's batch start with the locks,
+//! `lua/batch_begin.lua`), another caches the reply or frees the key
+//! (`lua/lib/settle.lua`).
 //!
 //! The cache spares the database and the lock for repeats; it is not the last line.
 //! A key lost with Redis (or past its TTL) is caught by the database's unique keys,
@@ -10,9 +13,7 @@ use std::time::Duration;
 use redis::Script;
 
 use crate::domain::Identifier;
-use crate::redis_support::{
-    bounded, in_item_order, per_slot, unanswered, KeySpace, RedisFault, SlotAware,
-};
+use crate::redis_support::{bounded, per_slot, KeySpace, RedisFault, SlotAware};
 
 /// What the cache knows about a key.
 #[derive(Debug)]
@@ -39,7 +40,6 @@ pub struct IdempotencyCache {
     claim_ttl: Duration,
     timeout: Duration,
     /// Shared: a `Script` carries its source, and the cache is cloned with every request.
-    claim: Arc<Script>,
     settle: Arc<Script>,
 }
 
@@ -94,45 +94,53 @@ impl IdempotencyCache {
             reply_ttl,
             claim_ttl,
             timeout,
-            claim: Arc::new(Script::new(include_str!("../../lua/idempotency_claim.lua"))),
-            settle: Arc::new(Script::new(include_str!(
-                "../../lua/idempotency_settle.lua"
+            settle: Arc::new(Script::new(concat!(
+                include_str!("../../lua/lib/settle.lua"),
+                include_str!("../../lua/idempotency_settle.lua")
             ))),
         }
     }
 
-    /// Claims every key of a batch in one round trip (one call per node on a cluster);
-    /// one [`Claim`] per request, in order.
-    pub async fn claim_all<C: SlotAware>(
+    /// The Redis key of `key` (its hash slot is its tag's).
+    pub fn redis_key(&self, key: CacheKey<'_>) -> String {
+        key.in_space(&self.keys)
+    }
+
+    /// How long a claim lives when its process dies, in ms: a batch start's argument.
+    pub fn claim_ttl_ms(&self) -> u64 {
+        self.claim_ttl.as_millis() as u64
+    }
+
+    /// How long a reply is cached, in ms: a batch end's argument.
+    pub fn reply_ttl_ms(&self) -> u64 {
+        self.reply_ttl.as_millis() as u64
+    }
+
+    /// Adds claiming `request` under `token` to a script call (`lua/lib/claim.lua`'s
+    /// key, fingerprint and owner).
+    pub fn push_claim(
         &self,
-        conn: &mut C,
-        requests: &[ClaimRequest<'_>],
-    ) -> Result<Vec<Claim>, RedisFault> {
-        if requests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let tokens: Vec<String> = requests
-            .iter()
-            .map(|_| uuid::Uuid::new_v4().to_string())
-            .collect();
-        let key = |i: usize| requests[i].key.in_space(&self.keys);
-        let answers: Vec<(Vec<usize>, Vec<Vec<redis::Value>>)> = bounded(
-            self.timeout,
-            per_slot(conn, &self.claim, requests.len(), key, |call, items| {
-                call.arg(self.claim_ttl.as_millis() as u64);
-                for &i in items {
-                    call.key(key(i))
-                        .arg(requests[i].fingerprint)
-                        .arg(&tokens[i]);
-                }
-            }),
-        )
-        .await?;
-        in_item_order(requests.len(), answers)
-            .into_iter()
-            .zip(tokens)
-            .map(|(reply, token)| Ok(parse_claim(&reply.ok_or_else(unanswered)?, token)))
-            .collect()
+        call: &mut redis::ScriptInvocation<'_>,
+        request: &ClaimRequest<'_>,
+        token: &ClaimToken,
+    ) {
+        call.key(self.redis_key(request.key))
+            .arg(request.fingerprint)
+            .arg(&token.0);
+    }
+
+    /// Adds settling `claim` to a script call (`lua/lib/settle.lua`'s key, action,
+    /// owner, fingerprint and reply).
+    pub fn push_settle(&self, call: &mut redis::ScriptInvocation<'_>, claim: &Settle<'_>) {
+        call.key(self.redis_key(claim.key));
+        match claim.how {
+            Settlement::Done { fingerprint, reply } => call
+                .arg("done")
+                .arg(&claim.token.0)
+                .arg(fingerprint)
+                .arg(reply),
+            Settlement::Abandon => call.arg("abandon").arg(&claim.token.0).arg("").arg(""),
+        };
     }
 
     /// True when a request holds the key's claim now (claimed, not yet answered).
@@ -162,20 +170,11 @@ impl IdempotencyCache {
         if claims.is_empty() {
             return Ok(());
         }
-        let key = |i: usize| claims[i].key.in_space(&self.keys);
+        let key = |i: usize| self.redis_key(claims[i].key);
         let build = |call: &mut redis::ScriptInvocation<'_>, items: &[usize]| {
-            call.arg(self.reply_ttl.as_millis() as u64);
+            call.arg(self.reply_ttl_ms());
             for &i in items {
-                let claim = &claims[i];
-                call.key(key(i));
-                match claim.how {
-                    Settlement::Done { fingerprint, reply } => call
-                        .arg("done")
-                        .arg(&claim.token.0)
-                        .arg(fingerprint)
-                        .arg(reply),
-                    Settlement::Abandon => call.arg("abandon").arg(&claim.token.0).arg("").arg(""),
-                };
+                self.push_settle(call, &claims[i]);
             }
         };
         bounded(
@@ -187,23 +186,43 @@ impl IdempotencyCache {
     }
 }
 
-/// One answer of `lua/idempotency_claim.lua`.
-fn parse_claim(reply: &[redis::Value], token: String) -> Claim {
-    let text = |i: usize| -> Option<String> {
-        reply
-            .get(i)
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-    };
-    match text(0).as_deref() {
-        Some("claimed") => Claim::Claimed(ClaimToken(token)),
-        Some("done") => Claim::Done(text(1).unwrap_or_default()),
-        Some("mismatch") => Claim::Mismatch,
-        _ => {
-            let ttl_ms: i64 = reply
-                .get(1)
+impl ClaimToken {
+    /// A random token, which proves the claim taken with it is ours.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+}
+
+impl Default for ClaimToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Claim {
+    /// One answer of `claim` (`lua/lib/claim.lua`), for the claim made with `token`.
+    pub fn read(reply: &redis::Value, token: ClaimToken) -> Claim {
+        let empty = Vec::new();
+        let reply = match reply {
+            redis::Value::Array(items) => items,
+            _ => &empty,
+        };
+        let text = |i: usize| -> Option<String> {
+            reply
+                .get(i)
                 .and_then(|v| redis::from_redis_value_ref(v).ok())
-                .unwrap_or(1_000);
-            Claim::Pending(Duration::from_millis(ttl_ms.max(1) as u64))
+        };
+        match text(0).as_deref() {
+            Some("claimed") => Claim::Claimed(token),
+            Some("done") => Claim::Done(text(1).unwrap_or_default()),
+            Some("mismatch") => Claim::Mismatch,
+            _ => {
+                let ttl_ms: i64 = reply
+                    .get(1)
+                    .and_then(|v| redis::from_redis_value_ref(v).ok())
+                    .unwrap_or(1_000);
+                Claim::Pending(Duration::from_millis(ttl_ms.max(1) as u64))
+            }
         }
     }
 }

@@ -79,6 +79,64 @@ impl BatchLocks {
             .map(|(_, fence)| *fence)
     }
 
+    /// The locks a batch took, from the answers of `acquire` (`lua/lib/acquire.lua`) for
+    /// each of `wallets`, in order; and the wallets held elsewhere, with how long their
+    /// leases still run.
+    pub fn taken(
+        owner: String,
+        started: Instant,
+        wallets: &[Identifier],
+        answers: Vec<Option<(i64, u64)>>,
+    ) -> Result<(Self, Vec<(Identifier, Duration)>), RedisFault> {
+        let mut locks = BatchLocks {
+            owner,
+            taken_at: started,
+            fences: Vec::with_capacity(wallets.len()),
+            found: Vec::with_capacity(wallets.len()),
+        };
+        let mut refused = Vec::new();
+        for (user_id, answer) in wallets.iter().zip(answers) {
+            let (answer, found) = answer.ok_or_else(unanswered)?;
+            if answer > 0 {
+                metrics::lock_acquired("acquired", started.elapsed());
+                locks.fences.push((user_id.clone(), answer as u64));
+                locks.found.push(found);
+            } else {
+                metrics::lock_acquired("busy", started.elapsed());
+                refused.push((
+                    user_id.clone(),
+                    Duration::from_millis(answer.unsigned_abs()),
+                ));
+            }
+        }
+        Ok((locks, refused))
+    }
+
+    /// The owner token the locks were taken under.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The wallets held, in the order they were taken.
+    pub fn wallets(&self) -> impl Iterator<Item = &Identifier> {
+        self.fences.iter().map(|(user_id, _)| user_id)
+    }
+
+    /// Ends the locks given the answers of `release` (`lua/lib/release.lua`) for each
+    /// wallet, in order: the wallets another process was waiting for.
+    pub fn released(self, answers: Vec<Option<i64>>) -> Vec<Identifier> {
+        let lost = answers.iter().filter(|answer| **answer == Some(0)).count();
+        if lost > 0 {
+            tracing::warn!(lost, "batch lock leases had expired before release");
+        }
+        self.fences
+            .into_iter()
+            .zip(answers)
+            .filter(|(_, answer)| *answer == Some(2))
+            .map(|((user_id, _), _)| user_id)
+            .collect()
+    }
+
     /// True when `token` was the last token handed out for `user_id` before this batch
     /// took its lock: no one held the wallet in between.
     pub fn next_after(&self, user_id: &str, token: u64) -> bool {
@@ -123,8 +181,14 @@ impl WalletLock {
             timeout,
             releases: Arc::new(Releases::default()),
             scripts: Arc::new(Scripts {
-                acquire: Script::new(include_str!("../../lua/lock_acquire.lua")),
-                release: Script::new(include_str!("../../lua/lock_release.lua")),
+                acquire: Script::new(concat!(
+                    include_str!("../../lua/lib/acquire.lua"),
+                    include_str!("../../lua/lock_acquire.lua")
+                )),
+                release: Script::new(concat!(
+                    include_str!("../../lua/lib/release.lua"),
+                    include_str!("../../lua/lock_release.lua")
+                )),
                 extend: Script::new(include_str!("../../lua/lock_extend.lua")),
                 refence: Script::new(include_str!("../../lua/lock_refence.lua")),
             }),
@@ -166,8 +230,7 @@ impl WalletLock {
         wallets: &[Identifier],
     ) -> Result<(BatchLocks, Vec<(Identifier, Duration)>), RedisFault> {
         let started = Instant::now();
-        let owner = uuid::Uuid::new_v4().simple().to_string();
-        let lock_key = |i: usize| self.keys.lock(&wallets[i]);
+        let owner = Self::new_owner();
         // Per call: its wallets' indices, and each wallet's answer and counter found.
         type Answers = Vec<(Vec<usize>, Vec<(i64, u64)>)>;
         let answers: Answers = bounded(
@@ -176,40 +239,62 @@ impl WalletLock {
                 conn,
                 &self.scripts.acquire,
                 wallets.len(),
-                lock_key,
+                |i| self.lock_key(&wallets[i]),
                 |call, items| {
-                    call.arg(&owner).arg(self.settings.lease.as_millis() as u64);
+                    call.arg(&owner).arg(self.lease_ms());
                     for &i in items {
-                        call.key(lock_key(i))
-                            .key(self.keys.fence(&wallets[i]))
-                            .key(self.keys.contended(&wallets[i]));
+                        self.push_acquire(call, &wallets[i]);
                     }
                 },
             ),
         )
         .await?;
-        let mut locks = BatchLocks {
+        BatchLocks::taken(
             owner,
-            taken_at: started,
-            fences: Vec::with_capacity(wallets.len()),
-            found: Vec::with_capacity(wallets.len()),
-        };
-        let mut refused = Vec::new();
-        for (user_id, answer) in wallets.iter().zip(in_item_order(wallets.len(), answers)) {
-            let (answer, found) = answer.ok_or_else(unanswered)?;
-            if answer > 0 {
-                metrics::lock_acquired("acquired", started.elapsed());
-                locks.fences.push((user_id.clone(), answer as u64));
-                locks.found.push(found);
-            } else {
-                metrics::lock_acquired("busy", started.elapsed());
-                refused.push((
-                    user_id.clone(),
-                    Duration::from_millis(answer.unsigned_abs()),
-                ));
-            }
-        }
-        Ok((locks, refused))
+            started,
+            wallets,
+            in_item_order(wallets.len(), answers),
+        )
+    }
+
+    /// A random owner token, for the locks of one batch.
+    pub fn new_owner() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// The lease, in ms: an acquisition's argument.
+    pub fn lease_ms(&self) -> u64 {
+        self.settings.lease.as_millis() as u64
+    }
+
+    /// The Redis commands' time limit.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The key of `user_id`'s lock (its hash slot is the wallet's).
+    pub fn lock_key(&self, user_id: &Identifier) -> String {
+        self.keys.lock(user_id)
+    }
+
+    /// Adds acquiring `user_id`'s lock to a script call (`lua/lib/acquire.lua`'s keys).
+    pub fn push_acquire(&self, call: &mut redis::ScriptInvocation<'_>, user_id: &Identifier) {
+        call.key(self.keys.lock(user_id))
+            .key(self.keys.fence(user_id))
+            .key(self.keys.contended(user_id));
+    }
+
+    /// Adds releasing `user_id`'s lock to a script call (`lua/lib/release.lua`'s keys,
+    /// and the wallet's user id, the message to waiters).
+    pub fn push_release(&self, call: &mut redis::ScriptInvocation<'_>, user_id: &Identifier) {
+        call.key(self.keys.lock(user_id))
+            .key(self.keys.contended(user_id))
+            .arg(user_id.as_str());
+    }
+
+    /// The channel releases are announced on: a release's argument.
+    pub fn release_channel(&self) -> String {
+        self.keys.release_channel()
     }
 
     /// Renews every lease of a batch in one round trip (one call per node on a
@@ -288,37 +373,24 @@ impl WalletLock {
             return Ok(Vec::new());
         }
         let fences = &locks.fences;
-        let lock_key = |i: usize| self.keys.lock(&fences[i].0);
         let answers: Vec<(Vec<usize>, Vec<i64>)> = bounded(
             self.timeout,
             per_slot(
                 conn,
                 &self.scripts.release,
                 fences.len(),
-                lock_key,
+                |i| self.lock_key(&fences[i].0),
                 |call, items| {
-                    call.arg(&locks.owner).arg(self.keys.release_channel());
+                    call.arg(&locks.owner).arg(self.release_channel());
                     for &i in items {
-                        call.key(lock_key(i))
-                            .key(self.keys.contended(&fences[i].0))
-                            .arg(fences[i].0.as_str());
+                        self.push_release(call, &fences[i].0);
                     }
                 },
             ),
         )
         .await?;
         let answers = in_item_order(fences.len(), answers);
-        let lost = answers.iter().filter(|answer| **answer == Some(0)).count();
-        if lost > 0 {
-            tracing::warn!(lost, "batch lock leases had expired before release");
-        }
-        Ok(locks
-            .fences
-            .into_iter()
-            .zip(answers)
-            .filter(|(_, answer)| *answer == Some(2))
-            .map(|((user_id, _), _)| user_id)
-            .collect())
+        Ok(locks.released(answers))
     }
 
     /// How many releases have been announced on the channel so far, for any wallet.

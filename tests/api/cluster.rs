@@ -84,6 +84,17 @@ async fn on_a_redis_cluster_payments_run_on_the_redis_path_in_batches() {
         assert!(again.replayed);
     }
 
+    // A hold's placement is claimed under the hold's own hash tag, in another slot than
+    // its wallet's lock: the batch's start and end send it in a call of its own.
+    for w in 0..5 {
+        let (hold, user) = (format!("h{w}"), format!("w{w}"));
+        let placed = app.hold(&hold, &user, 100).await;
+        assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.text);
+        let captured = app.capture(&hold, None).await;
+        assert_eq!(captured.status, StatusCode::OK, "{}", captured.text);
+        assert_eq!(app.balance(&user).await, Decimal::from(4_900));
+    }
+
     // Every order's reply is cached on the node of its key: the Redis path settled it
     // (a batch on the fallback takes no claim). The metrics are the process's, shared
     // with the other tests, so the keys tell. A node slowed past the timeout by the

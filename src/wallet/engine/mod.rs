@@ -28,6 +28,7 @@
 //! same batches run on row locks alone.
 
 mod queue;
+mod redis_steps;
 mod run;
 mod transaction;
 

@@ -4,15 +4,15 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::redis_support::RedisConnection;
 use tokio::time::Instant;
 
+use super::redis_steps::{self, Begun};
 use super::transaction::Held;
 use super::{Finished, Job};
 use crate::breaker::ActiveMode;
 use crate::configuration::LockMode;
 use crate::domain::Identifier;
-use crate::idempotency::{ClaimRequest, Settle, Settlement};
+use crate::idempotency::{Claim, ClaimRequest, Settle, Settlement};
 use crate::redis_support::RedisFault;
 use crate::telemetry::metrics;
 use crate::wallet::attempt::{retrying, Attempts, Failure, MAX_ATTEMPTS};
@@ -77,28 +77,48 @@ impl Batch<'_> {
         finished
     }
 
-    /// Claims, locks, transaction, cached replies, release. Hands the jobs back when
-    /// Redis failed before anything was committed.
+    /// Claims and locks, transaction, cached replies and release. Hands the jobs back
+    /// when Redis failed before anything was committed.
     async fn run_on_redis(
         &self,
         jobs: Vec<Job>,
         finished: &mut Finished,
     ) -> Result<(), (RedisFault, Vec<Job>)> {
-        let mut conn = match self.redis.connection().await {
+        let conn = match self.redis.connection().await {
             Ok(conn) => conn,
             Err(fault) => return Err((fault, jobs)),
         };
-        let jobs = self.claim(&mut conn, jobs).await?;
-        self.breaker.record_success();
-        if jobs.is_empty() {
-            return Ok(());
-        }
+        // Every wallet is locked with the claims, before their answers are known: a
+        // wallet whose requests all turn out answered by the cache is released unused.
         let wallets = distinct_wallets(&jobs);
         let releases_seen = self.lock.release_count();
-        let (locks, refused) = match self.lock.acquire_batch(&mut conn, &wallets).await {
-            Ok(taken) => taken,
+        let to_claim: Vec<usize> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| job.claim.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        let requests: Vec<ClaimRequest<'_>> = to_claim
+            .iter()
+            .map(|&i| ClaimRequest {
+                key: jobs[i].request.cache_key(),
+                fingerprint: &jobs[i].fingerprint,
+            })
+            .collect();
+        let begun =
+            redis_steps::begin(&self.idempotency, &self.lock, &conn, &requests, &wallets).await;
+        drop(requests);
+        let Begun {
+            claims,
+            locks,
+            refused,
+        } = match begun {
+            Ok(begun) => begun,
+            // Locks taken before the failure run out with their lease.
             Err(fault) => return Err((fault, jobs)),
         };
+        self.breaker.record_success();
+        let jobs = answer_from_claims(jobs, to_claim, claims);
         let (mut ready, held): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .partition(|job| locks.fence(job.user_id()).is_some());
@@ -113,11 +133,11 @@ impl Batch<'_> {
             finished.retry.push(job);
         }
         let mut held = Held { locks, conn };
-        self.transact_batch(&mut ready, Some(&mut held)).await;
-        let Held { locks, mut conn } = held;
+        if !ready.is_empty() {
+            self.transact_batch(&mut ready, Some(&mut held)).await;
+        }
+        let Held { locks, conn } = held;
 
-        let mut release_conn = conn.clone();
-        let released = self.lock.release_batch(&mut release_conn, locks);
         let replies: Vec<Option<String>> = ready.iter().map(|job| job.request.reply()).collect();
         let settles: Vec<Settle<'_>> = ready
             .iter()
@@ -141,21 +161,17 @@ impl Batch<'_> {
                 })
             })
             .collect();
-        let settled = self.idempotency.settle_all(&mut conn, &settles);
-        let (released, settled) = tokio::join!(released, settled);
+        let ended =
+            redis_steps::finish(&self.idempotency, &self.lock, &conn, &settles, locks).await;
         drop(settles);
-        match released {
+        match ended {
             Ok(waited_for) => finished.yielded = waited_for,
             Err(fault) => {
-                // The leases run out by themselves; count it against Redis all the same.
-                tracing::warn!(error = %fault, "could not release the batch's wallet locks");
+                // The answers stand: the database replays them if the cache missed them,
+                // and the leases run out by themselves. Counted against Redis all the same.
+                tracing::warn!(error = %fault, "could not cache the batch's replies and release its locks");
                 self.redis_failed(&fault);
             }
-        }
-        if let Err(fault) = settled {
-            // The answers stand: the database replays them if the cache missed them.
-            tracing::warn!(error = %fault, "could not update the idempotency cache");
-            self.redis_failed(&fault);
         }
         for mut job in ready {
             if !job.requeue {
@@ -171,56 +187,6 @@ impl Batch<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Claims the keys of the jobs that have no claim yet, in one round trip, and
-    /// answers those the cache already knows. A batch has each key once
-    /// (`queue::take_batch`).
-    async fn claim(
-        &self,
-        conn: &mut RedisConnection,
-        jobs: Vec<Job>,
-    ) -> Result<Vec<Job>, (RedisFault, Vec<Job>)> {
-        let to_claim: Vec<usize> = jobs
-            .iter()
-            .enumerate()
-            .filter(|(_, job)| job.claim.is_none())
-            .map(|(i, _)| i)
-            .collect();
-        let requests: Vec<ClaimRequest<'_>> = to_claim
-            .iter()
-            .map(|&i| ClaimRequest {
-                key: jobs[i].request.cache_key(),
-                fingerprint: &jobs[i].fingerprint,
-            })
-            .collect();
-        let claims_taken = match self.idempotency.claim_all(conn, &requests).await {
-            Ok(claims) => claims,
-            Err(fault) => {
-                drop(requests);
-                return Err((fault, jobs));
-            }
-        };
-        drop(requests);
-        let mut claims: Vec<Option<_>> = jobs.iter().map(|_| None).collect();
-        for (i, claim) in to_claim.into_iter().zip(claims_taken) {
-            claims[i] = Some(claim);
-        }
-        let mut kept = Vec::with_capacity(jobs.len());
-        for (mut job, claim) in jobs.into_iter().zip(claims) {
-            let Some(claim) = claim else {
-                kept.push(job);
-                continue;
-            };
-            match job.request.claimed(claim) {
-                Some(token) => {
-                    job.claim = Some(token);
-                    kept.push(job);
-                }
-                None => job.request.send(),
-            }
-        }
-        Ok(kept)
     }
 
     /// Runs the batch's transaction, retrying what may be retried ([`retrying`]).
@@ -374,4 +340,29 @@ fn distinct_wallets(jobs: &[Job]) -> Vec<Identifier> {
         .filter(|user_id| seen.insert(user_id.as_str()))
         .cloned()
         .collect()
+}
+
+/// Reads the claims taken for the jobs at `claimed` (in order) and answers those the
+/// cache already knows; returns the jobs still to run. A batch has each key once
+/// (`queue::take_batch`).
+fn answer_from_claims(jobs: Vec<Job>, claimed: Vec<usize>, claims: Vec<Claim>) -> Vec<Job> {
+    let mut by_job: Vec<Option<Claim>> = jobs.iter().map(|_| None).collect();
+    for (i, claim) in claimed.into_iter().zip(claims) {
+        by_job[i] = Some(claim);
+    }
+    let mut kept = Vec::with_capacity(jobs.len());
+    for (mut job, claim) in jobs.into_iter().zip(by_job) {
+        let Some(claim) = claim else {
+            kept.push(job);
+            continue;
+        };
+        match job.request.claimed(claim) {
+            Some(token) => {
+                job.claim = Some(token);
+                kept.push(job);
+            }
+            None => job.request.send(),
+        }
+    }
+    kept
 }
