@@ -1,6 +1,8 @@
-//! The per-wallet Redis lock: Lua scripts in `lua/lock_*.lua`, taken for a whole batch
-//! of wallets in one round trip, a fencing token per wallet and acquisition, a lease
-//! renewed while held, and waiters woken by pub/sub ([`releases`]).
+//! The per-wallet Redis lock: Lua in `lua/lib/acquire.lua`, `lua/lib/release.lua` and
+//! `lua/lock_*.lua`, taken for a whole batch of wallets in one round trip (with the
+//! batch's claims, by the engine's `lua/batch_begin.lua`), a fencing token per wallet
+//! and acquisition, a lease renewed while held, and waiters woken by pub/sub
+//! ([`releases`]).
 //!
 //! The lock keeps a wallet's requests out of each other's way; it does not keep money
 //! safe on its own. The database refuses a write whose fencing token is older than one it
@@ -11,7 +13,7 @@
 //! That only holds if a successor's token is above its predecessor's even when Redis
 //! lost the counter in between (a restart without persistence, a failover to a replica
 //! that lagged, an older snapshot restored). So the counter follows Redis's clock
-//! (`lua/lock_acquire.lua`): before each increment it is raised to the time in
+//! (`lua/lib/acquire.lua`): before each increment it is raised to the time in
 //! microseconds since the epoch, and a token issued at Redis time `t` is `t + 1`, a few
 //! more if several fall in one microsecond. The first token issued after a loss, at time
 //! `t'`, is at least `t' + 1`, above every token issued before it, provided Redis's clock

@@ -1,7 +1,7 @@
 //! Lock releases announced by other holders, heard on one pub/sub channel per process.
 //!
 //! A batch that found a wallet held elsewhere queues its jobs until the holder
-//! announces the release (`lua/lock_release.lua` publishes it when someone waited), or
+//! announces the release (`lua/lib/release.lua` publishes it when someone waited), or
 //! a short jittered poll interval passes: the safety net for a lost message or an
 //! expired lease.
 
