@@ -1,6 +1,6 @@
 //! Redis Cluster mode (`WALLET_REDIS_CLUSTER_NODES`): batches whose wallets and keys
-//! live on different nodes, and a primary killed while two instances pay on it. Each
-//! test starts a cluster of its own.
+//! live on different nodes, a primary killed while two instances pay on it, and slots
+//! moved between primaries under the same load. Each test starts a cluster of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -127,8 +127,98 @@ async fn a_primary_killed_under_load_loses_no_payment_and_charges_none_twice() {
     let mut cluster = RedisCluster::start(3, 1);
     let settings = cluster_settings(&cluster, LockMode::Auto).await;
     let victim = cluster.primaries()[0];
-    primary_killed_under_load(settings, "a cluster primary", || {
+    primary_killed_under_load(settings, "a cluster primary killed", || {
         cluster.nodes[victim].kill()
     })
     .await;
+}
+
+/// Moves the hash slots of wallets `w0` to `w29` that one primary serves to another,
+/// one slot at a time as `redis-cli --cluster reshard` does (`IMPORTING`/`MIGRATING`,
+/// `MIGRATE` of the slot's keys, `SETSLOT … NODE` on every primary), while two
+/// instances pay on those wallets: calls to a slot in the middle of its move are
+/// answered `ASK` or `TRYAGAIN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slots_moved_under_load_lose_no_payment_and_charge_none_twice() {
+    let cluster = RedisCluster::start(3, 0);
+    let settings = cluster_settings(&cluster, LockMode::Auto).await;
+    let moved = std::cell::Cell::new(0);
+    primary_killed_under_load(settings, "wallet slots moved between primaries", || {
+        moved.set(move_wallet_slots(&cluster))
+    })
+    .await;
+    assert!(moved.get() > 0, "some wallets' slots were moved");
+    eprintln!("{} slots moved under load", moved.get());
+}
+
+/// Moves the slots of `w0`…`w29` served by the first primary to the second; returns
+/// how many slots moved.
+fn move_wallet_slots(cluster: &RedisCluster) -> usize {
+    let node = &cluster.nodes[0];
+    // `CLUSTER NODES`: id, address@bus, flags, …, then the slot ranges served.
+    let listing = node.cli(&["CLUSTER", "NODES"]);
+    // Each primary's id, port and slot ranges.
+    type Primary = (String, u16, Vec<(u16, u16)>);
+    let primaries: Vec<Primary> = listing
+        .lines()
+        .filter(|line| line.contains("master"))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap();
+            let ranges = fields[8..]
+                .iter()
+                .filter_map(|range| {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    Some((from.parse().ok()?, to.parse().ok()?))
+                })
+                .collect();
+            (fields[0].to_owned(), port, ranges)
+        })
+        .collect();
+    let (source_id, source_port, source_ranges) = &primaries[0];
+    let (target_id, target_port, _) = &primaries[1];
+    let node_on = |port: u16| cluster.nodes.iter().find(|n| n.port == port).unwrap();
+    let (source, target) = (node_on(*source_port), node_on(*target_port));
+    let mut slots: Vec<u16> = (0..30)
+        .filter_map(|w| {
+            node.cli(&["CLUSTER", "KEYSLOT", &format!("w{w}")])
+                .trim()
+                .parse()
+                .ok()
+        })
+        .filter(|slot| {
+            source_ranges
+                .iter()
+                .any(|(from, to)| from <= slot && slot <= to)
+        })
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    for slot in &slots {
+        let slot = slot.to_string();
+        target.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", source_id]);
+        source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", target_id]);
+        loop {
+            let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = target_port.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys);
+            source.cli(&migrate);
+        }
+        // The target first, then the source, then the others.
+        target.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]);
+        source.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]);
+        for (_, port, _) in &primaries[2..] {
+            node_on(*port).cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]);
+        }
+    }
+    slots.len()
 }

@@ -49,7 +49,7 @@ async fn a_primary_killed_behind_sentinel_loses_no_payment_and_charges_none_twic
     settings.redis.sentinel_master_password = Some(deployment.password.clone());
     settings.lock.mode = LockMode::Auto;
     let replica = deployment.replica.port;
-    primary_killed_under_load(settings, "the Sentinel-named primary", || {
+    primary_killed_under_load(settings, "the Sentinel-named primary killed", || {
         deployment.primary.kill()
     })
     .await;

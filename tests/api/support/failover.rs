@@ -1,4 +1,4 @@
-//! A Redis primary killed while two instances pay on it: what must hold whichever way
+//! A Redis primary killed (or slots moved) while two instances pay on it: what must hold whichever way
 //! the service reaches Redis (a Redis Cluster, Sentinel).
 
 use std::collections::HashSet;
@@ -13,7 +13,7 @@ use wallet::configuration::Settings;
 use super::{counter, eventually, spawn_app_with};
 
 /// Two instances on `settings` pay for six seconds, each order sent to both; `kill`
-/// (`what` names its victim) runs after two. Then: each order charged once, every
+/// (`what` says what it does) runs after two. Then: each order charged once, every
 /// acknowledged payment written, balances and payments agree, both instances back on
 /// the Redis path by themselves, and the share of movements that ran on the fallback
 /// reported.
@@ -91,7 +91,7 @@ pub async fn primary_killed_under_load(settings: Settings, what: &str, kill: imp
     let fallback = counter(&one, "wallet_mysql_fallback_total").await
         + counter(&two, "wallet_mysql_fallback_total").await;
     eprintln!(
-        "{what} killed under load: {} payments, {fallback} movements on the fallback ({:.1} %; \
+        "{what} under load: {} payments, {fallback} movements on the fallback ({:.1} %; \
          the process's counter, alone only when this test runs alone)",
         rows.len(),
         100.0 * fallback / rows.len() as f64
