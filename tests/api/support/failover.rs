@@ -1,5 +1,5 @@
-//! A Redis primary killed (or slots moved) while two instances pay on it: what must hold whichever way
-//! the service reaches Redis (a Redis Cluster, Sentinel).
+//! A Redis primary killed (or a cluster's slots moved) while two instances pay on it:
+//! what must hold whichever way the service reaches Redis (a Redis Cluster, Sentinel).
 
 use std::collections::HashSet;
 use std::sync::Arc;
