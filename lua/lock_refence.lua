@@ -1,7 +1,7 @@
 -- Moves the fencing counter past the token the database has already seen and hands the
 -- caller, who must still own the lock, a fresh token above it.
 --
--- Tokens follow Redis's clock (see lock_acquire.lua), so the counter is found below the
+-- Tokens follow Redis's clock (see lib/acquire.lua), so the counter is found below the
 -- database's token only when Redis lost its data and came back with a clock behind the
 -- one that issued that token. Holders from before the loss may still hold tokens above
 -- the database's, issued after its last write; the counter therefore jumps `margin`

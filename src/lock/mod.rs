@@ -1,7 +1,7 @@
-//! The per-wallet Redis lock: Lua in `lua/lib/acquire.lua`, `lua/lib/release.lua` and
-//! `lua/lock_*.lua`, taken for a whole batch of wallets in one round trip (with the
-//! batch's claims, by the engine's `lua/batch_begin.lua`), a fencing token per wallet
-//! and acquisition, a lease renewed while held, and waiters woken by pub/sub
+//! The per-wallet Redis lock: taken for a whole batch of wallets in one round trip,
+//! with the batch's idempotency claims, and released with its cached replies
+//! (`steps.rs`, `lua/batch_*.lua`), a fencing token per wallet and acquisition, a lease
+//! renewed while held (`lua/lock_extend.lua`), and waiters woken by pub/sub
 //! ([`releases`]).
 //!
 //! The lock keeps a wallet's requests out of each other's way; it does not keep money
@@ -33,6 +33,7 @@
 //! refused payment, a replay) leave tokens above the row's.
 
 mod releases;
+mod steps;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,11 +44,9 @@ use tokio::time::Instant;
 
 use crate::configuration::LockSettings;
 use crate::domain::Identifier;
-use crate::redis_support::{
-    bounded, in_item_order, per_slot, unanswered, KeySpace, RedisFault, SlotAware,
-};
-use crate::telemetry::metrics;
+use crate::redis_support::{bounded, per_slot, KeySpace, RedisFault, SlotAware};
 use releases::Releases;
+pub use steps::{Begun, InCache};
 
 /// How far past the database's token [`WalletLock::refence`] moves a counter found
 /// behind it, in the clock's time (tokens are microseconds). It must cover the tokens
@@ -61,93 +60,41 @@ pub const REFENCE_MARGIN: Duration = Duration::from_secs(3_600);
 pub const YIELD: Duration = Duration::from_millis(3);
 
 /// The Redis locks one batch holds, under one owner token. Give them back with
-/// [`WalletLock::release_batch`]; dropped, they run out with their lease.
+/// [`WalletLock::finish_batch`] or [`WalletLock::release_batch`]; dropped, they run out
+/// with their lease.
 pub struct BatchLocks {
     owner: String,
     /// When the leases were last set: taken or renewed.
     taken_at: Instant,
-    /// The wallets held and their fencing tokens.
-    fences: Vec<(Identifier, u64)>,
-    /// For each wallet held, its counter as the acquisition found it.
-    found: Vec<u64>,
+    /// The wallets held.
+    held: Vec<Held>,
+}
+
+/// One wallet a batch holds.
+struct Held {
+    user_id: Identifier,
+    /// Its fencing token.
+    fence: u64,
+    /// Its counter as the acquisition found it: the token of the lock's last holder.
+    found: u64,
 }
 
 impl BatchLocks {
+    fn get(&self, user_id: &str) -> Option<&Held> {
+        self.held
+            .iter()
+            .find(|held| held.user_id.as_str() == user_id)
+    }
+
     /// The fencing token of `user_id`'s lock, if the batch holds it.
     pub fn fence(&self, user_id: &str) -> Option<u64> {
-        self.fences
-            .iter()
-            .find(|(id, _)| id.as_str() == user_id)
-            .map(|(_, fence)| *fence)
-    }
-
-    /// The locks a batch took, from the answers of `acquire` (`lua/lib/acquire.lua`) for
-    /// each of `wallets`, in order; and the wallets held elsewhere, with how long their
-    /// leases still run.
-    pub fn taken(
-        owner: String,
-        started: Instant,
-        wallets: &[Identifier],
-        answers: Vec<Option<(i64, u64)>>,
-    ) -> Result<(Self, Vec<(Identifier, Duration)>), RedisFault> {
-        let mut locks = BatchLocks {
-            owner,
-            taken_at: started,
-            fences: Vec::with_capacity(wallets.len()),
-            found: Vec::with_capacity(wallets.len()),
-        };
-        let mut refused = Vec::new();
-        for (user_id, answer) in wallets.iter().zip(answers) {
-            let (answer, found) = answer.ok_or_else(unanswered)?;
-            if answer > 0 {
-                metrics::lock_acquired("acquired", started.elapsed());
-                locks.fences.push((user_id.clone(), answer as u64));
-                locks.found.push(found);
-            } else {
-                metrics::lock_acquired("busy", started.elapsed());
-                refused.push((
-                    user_id.clone(),
-                    Duration::from_millis(answer.unsigned_abs()),
-                ));
-            }
-        }
-        Ok((locks, refused))
-    }
-
-    /// The owner token the locks were taken under.
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
-    /// The wallets held, in the order they were taken.
-    pub fn wallets(&self) -> impl Iterator<Item = &Identifier> {
-        self.fences.iter().map(|(user_id, _)| user_id)
-    }
-
-    /// Ends the locks given the answers of `release` (`lua/lib/release.lua`) for each
-    /// wallet, in order: the wallets another process was waiting for.
-    pub fn released(self, answers: Vec<Option<i64>>) -> Vec<Identifier> {
-        let lost = answers.iter().filter(|answer| **answer == Some(0)).count();
-        if lost > 0 {
-            tracing::warn!(lost, "batch lock leases had expired before release");
-        }
-        self.fences
-            .into_iter()
-            .zip(answers)
-            .filter(|(_, answer)| *answer == Some(2))
-            .map(|((user_id, _), _)| user_id)
-            .collect()
+        self.get(user_id).map(|held| held.fence)
     }
 
     /// True when `token` was the last token handed out for `user_id` before this batch
     /// took its lock: no one held the wallet in between.
     pub fn next_after(&self, user_id: &str, token: u64) -> bool {
-        token > 0
-            && self
-                .fences
-                .iter()
-                .zip(&self.found)
-                .any(|((id, _), found)| id.as_str() == user_id && *found == token)
+        token > 0 && self.get(user_id).is_some_and(|held| held.found == token)
     }
 }
 
@@ -162,8 +109,9 @@ pub struct WalletLock {
 }
 
 struct Scripts {
-    acquire: Script,
-    release: Script,
+    /// A batch's start and end (`steps.rs`).
+    begin: Script,
+    finish: Script,
     extend: Script,
     refence: Script,
 }
@@ -183,13 +131,15 @@ impl WalletLock {
             timeout,
             releases: Arc::new(Releases::default()),
             scripts: Arc::new(Scripts {
-                acquire: Script::new(concat!(
+                begin: Script::new(concat!(
+                    include_str!("../../lua/lib/claim.lua"),
                     include_str!("../../lua/lib/acquire.lua"),
-                    include_str!("../../lua/lock_acquire.lua")
+                    include_str!("../../lua/batch_begin.lua")
                 )),
-                release: Script::new(concat!(
+                finish: Script::new(concat!(
+                    include_str!("../../lua/lib/settle.lua"),
                     include_str!("../../lua/lib/release.lua"),
-                    include_str!("../../lua/lock_release.lua")
+                    include_str!("../../lua/batch_finish.lua")
                 )),
                 extend: Script::new(include_str!("../../lua/lock_extend.lua")),
                 refence: Script::new(include_str!("../../lua/lock_refence.lua")),
@@ -223,82 +173,6 @@ impl WalletLock {
         Ok((fence > 0).then_some(fence))
     }
 
-    /// Tries to take the locks of a batch's wallets, all in one round trip (one call per
-    /// node on a cluster) and under one owner token. A wallet held elsewhere is left out
-    /// (with how long its lease still runs) and never holds up the others.
-    pub async fn acquire_batch<C: SlotAware>(
-        &self,
-        conn: &mut C,
-        wallets: &[Identifier],
-    ) -> Result<(BatchLocks, Vec<(Identifier, Duration)>), RedisFault> {
-        let started = Instant::now();
-        let owner = Self::new_owner();
-        // Per call: its wallets' indices, and each wallet's answer and counter found.
-        type Answers = Vec<(Vec<usize>, Vec<(i64, u64)>)>;
-        let answers: Answers = bounded(
-            self.timeout,
-            per_slot(
-                conn,
-                &self.scripts.acquire,
-                wallets.len(),
-                |i| self.lock_key(&wallets[i]),
-                |call, items| {
-                    call.arg(&owner).arg(self.lease_ms());
-                    for &i in items {
-                        self.push_acquire(call, &wallets[i]);
-                    }
-                },
-            ),
-        )
-        .await?;
-        BatchLocks::taken(
-            owner,
-            started,
-            wallets,
-            in_item_order(wallets.len(), answers),
-        )
-    }
-
-    /// A random owner token, for the locks of one batch.
-    pub fn new_owner() -> String {
-        uuid::Uuid::new_v4().simple().to_string()
-    }
-
-    /// The lease, in ms: an acquisition's argument.
-    pub fn lease_ms(&self) -> u64 {
-        self.settings.lease.as_millis() as u64
-    }
-
-    /// The Redis commands' time limit.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// The key of `user_id`'s lock (its hash slot is the wallet's).
-    pub fn lock_key(&self, user_id: &Identifier) -> String {
-        self.keys.lock(user_id)
-    }
-
-    /// Adds acquiring `user_id`'s lock to a script call (`lua/lib/acquire.lua`'s keys).
-    pub fn push_acquire(&self, call: &mut redis::ScriptInvocation<'_>, user_id: &Identifier) {
-        call.key(self.keys.lock(user_id))
-            .key(self.keys.fence(user_id))
-            .key(self.keys.contended(user_id));
-    }
-
-    /// Adds releasing `user_id`'s lock to a script call (`lua/lib/release.lua`'s keys,
-    /// and the wallet's user id, the message to waiters).
-    pub fn push_release(&self, call: &mut redis::ScriptInvocation<'_>, user_id: &Identifier) {
-        call.key(self.keys.lock(user_id))
-            .key(self.keys.contended(user_id))
-            .arg(user_id.as_str());
-    }
-
-    /// The channel releases are announced on: a release's argument.
-    pub fn release_channel(&self) -> String {
-        self.keys.release_channel()
-    }
-
     /// Renews every lease of a batch in one round trip (one call per node on a
     /// cluster), once a third of the lease has passed since they were set. Returns false
     /// when one was lost: the batch must not commit.
@@ -307,18 +181,18 @@ impl WalletLock {
         conn: &mut C,
         locks: &mut BatchLocks,
     ) -> Result<bool, RedisFault> {
-        if locks.fences.is_empty() || locks.taken_at.elapsed() < self.settings.lease / 3 {
+        if locks.held.is_empty() || locks.taken_at.elapsed() < self.settings.lease / 3 {
             return Ok(true);
         }
         let renewed_at = Instant::now();
-        let fences = &locks.fences;
-        let lock_key = |i: usize| self.keys.lock(&fences[i].0);
+        let held = &locks.held;
+        let lock_key = |i: usize| self.keys.lock(&held[i].user_id);
         let renewed: Vec<(Vec<usize>, usize)> = bounded(
             self.timeout,
             per_slot(
                 conn,
                 &self.scripts.extend,
-                fences.len(),
+                held.len(),
                 lock_key,
                 |call, items| {
                     call.arg(&locks.owner)
@@ -332,7 +206,7 @@ impl WalletLock {
         .await?;
         let renewed: usize = renewed.into_iter().map(|(_, count)| count).sum();
         locks.taken_at = renewed_at;
-        Ok(renewed == locks.fences.len())
+        Ok(renewed == locks.held.len())
     }
 
     /// Moves one wallet's token of a batch [`REFENCE_MARGIN`] past `seen_by_database`
@@ -345,54 +219,23 @@ impl WalletLock {
         user_id: &str,
         seen_by_database: u64,
     ) -> Result<bool, RedisFault> {
-        let Some(slot) = locks
-            .fences
+        let Some(held) = locks
+            .held
             .iter_mut()
-            .find(|(id, _)| id.as_str() == user_id)
+            .find(|held| held.user_id.as_str() == user_id)
         else {
             return Ok(false);
         };
         match self
-            .refence_owned(conn, &slot.0, &locks.owner, seen_by_database)
+            .refence_owned(conn, &held.user_id, &locks.owner, seen_by_database)
             .await?
         {
             Some(fence) => {
-                slot.1 = fence;
+                held.fence = fence;
                 Ok(true)
             }
             None => Ok(false),
         }
-    }
-
-    /// Releases every lock of a batch in one round trip (one call per node on a
-    /// cluster). Returns the wallets another process was waiting for.
-    pub async fn release_batch<C: SlotAware>(
-        &self,
-        conn: &mut C,
-        locks: BatchLocks,
-    ) -> Result<Vec<Identifier>, RedisFault> {
-        if locks.fences.is_empty() {
-            return Ok(Vec::new());
-        }
-        let fences = &locks.fences;
-        let answers: Vec<(Vec<usize>, Vec<i64>)> = bounded(
-            self.timeout,
-            per_slot(
-                conn,
-                &self.scripts.release,
-                fences.len(),
-                |i| self.lock_key(&fences[i].0),
-                |call, items| {
-                    call.arg(&locks.owner).arg(self.release_channel());
-                    for &i in items {
-                        self.push_release(call, &fences[i].0);
-                    }
-                },
-            ),
-        )
-        .await?;
-        let answers = in_item_order(fences.len(), answers);
-        Ok(locks.released(answers))
     }
 
     /// How many releases have been announced on the channel so far, for any wallet.

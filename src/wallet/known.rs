@@ -3,7 +3,7 @@
 //! A batch on the Redis path decides a wallet without reading its row when this process
 //! remembers it from the last holder of its lock, this process itself: the counter the
 //! lock's acquisition found is the token of the batch that left the funds remembered, so
-//! no one took the lock in between (`lua/lock_acquire.lua`). It is never trusted beyond
+//! no one took the lock in between (`lua/lib/acquire.lua`). It is never trusted beyond
 //! that: the batch's `UPDATE wallets` matches only a row whose balance and sum held are
 //! still what was remembered (and whose fencing token is not newer), and a refusal
 //! decided from memory is decided again from the row. When the memory was wrong (the

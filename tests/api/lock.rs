@@ -99,7 +99,7 @@ async fn a_token_issued_after_redis_lost_its_data_is_above_every_earlier_one() {
     // past the database's token.
     for _ in 0..3 {
         let (locks, _) = take(&lock, &mut conn, &u1).await.unwrap();
-        lock.release_batch(&mut conn, locks).await.unwrap();
+        lock.release_batch(&conn, locks).await.unwrap();
     }
     let (stale, stale_fence) = take(&lock, &mut conn, &u1).await.unwrap();
     assert!(stale_fence > fence_of(&app, "u1").await);
@@ -129,8 +129,8 @@ async fn a_token_issued_after_redis_lost_its_data_is_above_every_earlier_one() {
     );
     assert_eq!(fence_of(&app, "u1").await, fresh_fence);
     assert_eq!(app.balance("u1").await, Decimal::from(990));
-    twin.release_batch(&mut conn, fresh).await.unwrap();
-    lock.release_batch(&mut conn, stale).await.unwrap();
+    twin.release_batch(&conn, fresh).await.unwrap();
+    lock.release_batch(&conn, stale).await.unwrap();
 
     // The service itself goes on debiting after the loss.
     let paid = app.pay("after-loss", "u1", 5).await;
@@ -152,7 +152,7 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
     let u2 = user("u2");
     for _ in 0..3 {
         let (locks, _) = take(&lock, &mut conn, &u2).await.unwrap();
-        lock.release_batch(&mut conn, locks).await.unwrap();
+        lock.release_batch(&conn, locks).await.unwrap();
     }
     let (stale, stale_fence) = take(&lock, &mut conn, &u2).await.unwrap();
 
@@ -185,7 +185,7 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
         "the holder from before the loss is refused"
     );
     assert_eq!(app.balance("u2").await, Decimal::from(100));
-    lock.release_batch(&mut conn, stale).await.unwrap();
+    lock.release_batch(&conn, stale).await.unwrap();
 }
 
 #[tokio::test]
@@ -212,7 +212,7 @@ async fn a_counter_found_behind_the_database_jumps_well_past_it() {
     let margin = REFENCE_MARGIN.as_micros() as u64;
     let fence = locks.fence("u3").unwrap();
     assert!(fence > seen + margin, "{fence} is well above {seen}");
-    lock.release_batch(&mut conn, locks).await.unwrap();
+    lock.release_batch(&conn, locks).await.unwrap();
 
     // The service takes the same path on its own and debits.
     sqlx::query("UPDATE wallets SET fence_token = fence_token + ? WHERE user_id = 'u3'")
@@ -274,7 +274,7 @@ async fn a_lock_taken_under_churn_is_always_released() {
                 } else {
                     tokio::time::sleep(Duration::from_micros(work)).await;
                 }
-                lock.release_batch(&mut conn, locks).await.unwrap();
+                lock.release_batch(&conn, locks).await.unwrap();
                 true
             });
         }
@@ -305,5 +305,5 @@ async fn a_lock_taken_under_churn_is_always_released() {
     )
     .await
     .expect("another instance acquires promptly");
-    other.release_batch(&mut check, locks).await.unwrap();
+    other.release_batch(&check, locks).await.unwrap();
 }

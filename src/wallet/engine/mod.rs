@@ -6,11 +6,12 @@
 //! `WALLET_BATCH_MAX` requests and never a wallet that a running batch already has, and
 //! runs the batch:
 //!
-//! 1. one Redis round trip claims every idempotency key of the batch; a key already
-//!    answered is replayed from the cache at once, one in progress is a 409;
-//! 2. one round trip takes the locks of all its wallets, each with its fencing token;
-//!    a wallet another process holds is left out and queued again until it is released;
-//! 3. one MySQL transaction locks the wallet rows in key order, reads the payments,
+//! 1. one Redis round trip claims every idempotency key of the batch and takes the
+//!    locks of all its wallets, each with its fencing token
+//!    ([`crate::lock::WalletLock::begin_batch`]); a key already answered is replayed
+//!    from the cache at once, one in progress is a 409; a wallet another process holds
+//!    is left out and queued again until it is released;
+//! 2. one MySQL transaction locks the wallet rows in key order, reads the payments,
 //!    top-ups and holds already recorded under the batch's keys, lets the money rules
 //!    ([`super::rules`]) decide each request in order, then writes one `UPDATE wallets`
 //!    for every wallet's net change (with each fencing check) and one multi-row
@@ -19,8 +20,8 @@
 //!    ([`super::known`]), a key whose claim was fresh is not looked up; the `UPDATE`'s
 //!    conditions and the unique keys check both, and the batch runs again reading when
 //!    either was wrong;
-//! 4. one round trip caches the replies, one releases the locks, and every caller is
-//!    answered.
+//! 3. one round trip caches the replies and releases the locks
+//!    ([`crate::lock::WalletLock::finish_batch`]), and every caller is answered.
 //!
 //! There is no linger: a lone request is a batch of one as soon as it is queued, and a
 //! busy wallet's requests pile up behind its running batch and go together in the next.
@@ -28,7 +29,6 @@
 //! same batches run on row locks alone.
 
 mod queue;
-mod redis_steps;
 mod run;
 mod transaction;
 

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::redis_steps::{self, Begun};
 use super::transaction::Held;
 use super::{Finished, Job};
 use crate::breaker::ActiveMode;
 use crate::configuration::LockMode;
 use crate::domain::Identifier;
 use crate::idempotency::{Claim, ClaimRequest, Settle, Settlement};
+use crate::lock::Begun;
 use crate::redis_support::RedisFault;
 use crate::telemetry::metrics;
 use crate::wallet::attempt::{retrying, Attempts, Failure, MAX_ATTEMPTS};
@@ -105,8 +105,10 @@ impl Batch<'_> {
                 fingerprint: &jobs[i].fingerprint,
             })
             .collect();
-        let begun =
-            redis_steps::begin(&self.idempotency, &self.lock, &conn, &requests, &wallets).await;
+        let begun = self
+            .lock
+            .begin_batch(&conn, Some((&self.idempotency, &requests)), &wallets)
+            .await;
         drop(requests);
         let Begun {
             claims,
@@ -161,8 +163,10 @@ impl Batch<'_> {
                 })
             })
             .collect();
-        let ended =
-            redis_steps::finish(&self.idempotency, &self.lock, &conn, &settles, locks).await;
+        let ended = self
+            .lock
+            .finish_batch(&conn, Some((&self.idempotency, &settles)), locks)
+            .await;
         drop(settles);
         match ended {
             Ok(waited_for) => finished.yielded = waited_for,
