@@ -84,9 +84,9 @@ pub struct Delta<'a> {
     /// The change of the sum held: positive for net new holds.
     pub held: Decimal,
     pub fence: Option<u64>,
-    /// The balance and sum held the change was decided on, when they were not read
-    /// under the row lock (a wallet its lock holder remembers): the row is written only
-    /// if it still holds them.
+    /// The balance and sum held the change was decided on: the row is written only if
+    /// it still holds them (a batch may decide a wallet from memory, without reading
+    /// its row). `None` leaves them unchecked.
     pub expected: Option<(Decimal, Decimal)>,
 }
 
@@ -136,25 +136,14 @@ pub async fn apply_deltas(
     case(&mut query, deltas, |d| d.held);
     query.push(" >= 0 AND fence_token <= ");
     case(&mut query, deltas, |d| d.fence.unwrap_or(u64::MAX));
-    if deltas.iter().any(|d| d.expected.is_some()) {
-        // A wallet decided from memory: its row must be as remembered.
-        for (column, pick) in [
-            (
-                "balance",
-                (|e: (Decimal, Decimal)| e.0) as fn((Decimal, Decimal)) -> Decimal,
-            ),
-            ("held", |e: (Decimal, Decimal)| e.1),
-        ] {
-            query.push(format!(" AND {column} = CASE user_id"));
-            for delta in super::padded(deltas) {
-                if let Some(expected) = delta.expected {
-                    query.push(" WHEN ").push_bind(delta.user_id.to_owned());
-                    query.push(" THEN ").push_bind(pick(expected));
-                }
-            }
-            query.push(format!(" ELSE {column} END"));
-        }
-    }
+    // The funds the change was decided on, where given (NULL: unchecked).
+    query.push(" AND balance = COALESCE(");
+    case(&mut query, deltas, |d| {
+        d.expected.map(|(balance, _)| balance)
+    });
+    query.push(", balance) AND held = COALESCE(");
+    case(&mut query, deltas, |d| d.expected.map(|(_, held)| held));
+    query.push(", held)");
     let updated = query.build().execute(conn).await?;
     Ok(updated.rows_affected() == deltas.len() as u64)
 }

@@ -2,8 +2,6 @@
 //! keys read, each request decided in order by the money rules, one `UPDATE wallets`
 //! for the net changes and one multi-row `INSERT` per table, one commit.
 
-use std::collections::HashSet;
-
 use crate::redis_support::RedisConnection;
 use tokio::time::Instant;
 
@@ -64,17 +62,17 @@ impl Batch<'_> {
         user_ids.dedup();
         let wallet_count = user_ids.len();
         let mut funds: Vec<(String, Funds)> = Vec::with_capacity(wallet_count);
-        let mut remembered: HashSet<String> = HashSet::new();
         if let Some(held) = held.as_deref().filter(|_| guessing) {
             user_ids.retain(|user_id| match self.known.get(user_id) {
                 Some((known, token)) if held.locks.next_after(user_id, token) => {
                     funds.push(((*user_id).to_owned(), known));
-                    remembered.insert((*user_id).to_owned());
                     false
                 }
                 _ => true,
             });
         }
+        // The wallets decided from memory.
+        let remembered = funds.len();
         let rows = wallets::lock_many(&mut tx, &user_ids).await?;
         if let Some(held) = held.as_deref() {
             for row in &rows {
@@ -132,7 +130,7 @@ impl Batch<'_> {
                     Some(written_deadline.map_or(job.deadline, |d| d.min(job.deadline)));
             }
         }
-        let trusted_any = !remembered.is_empty() || jobs.iter().any(|job| trusted(job));
+        let trusted_any = remembered > 0 || jobs.iter().any(|job| trusted(job));
         if trusted_any && jobs.iter().any(|job| job.request.is_refused()) {
             // A refusal writes nothing that would check it: it is decided again over
             // the rows and records themselves (a 402 may be a replay of a recorded
@@ -199,9 +197,7 @@ impl Batch<'_> {
         metrics::batch(jobs.len(), wallet_count);
         Ok(())
     }
-}
 
-impl Batch<'_> {
     /// Keeps the funds `book` leaves under the batch's tokens; without Redis locks
     /// there is no token to check them by later, and they are forgotten.
     fn remember(&self, book: &Book, held: Option<&Held>) {
