@@ -51,12 +51,7 @@ async fn top_ups_that_differ_only_in_case_are_two_credits() {
     let app = spawn_app().await;
     app.funded_wallet("u1", 0).await;
     for id in ["tc-1", "TC-1"] {
-        let credited = app
-            .post(
-                "/api/v1/wallets/u1/top-ups",
-                &json!({ "topUpId": id, "amount": "500" }),
-            )
-            .await;
+        let credited = app.top_up("u1", id, "500").await;
         assert_eq!(
             credited.status,
             StatusCode::CREATED,

@@ -30,12 +30,7 @@ async fn fill_to_cap(app: &TestApp, user_id: &str) {
 async fn a_top_up_replay_at_the_cap_is_a_replay_not_a_limit() {
     let app = spawn_app().await;
     fill_to_cap(&app, "u1").await;
-    let over = app
-        .post(
-            "/api/v1/wallets/u1/top-ups",
-            &json!({ "topUpId": "one-more", "amount": "1" }),
-        )
-        .await;
+    let over = app.top_up("u1", "one-more", "1").await;
     assert_eq!(
         over.status,
         StatusCode::UNPROCESSABLE_ENTITY,

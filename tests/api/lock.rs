@@ -7,7 +7,6 @@ use std::time::Duration;
 use rand::Rng;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
-use serde_json::json;
 use tokio::time::Instant;
 use wallet::configuration::Settings;
 use wallet::domain::Identifier;
@@ -158,12 +157,7 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
 
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     // Another instance tops the wallet up after the loss.
-    let top_up = app
-        .post(
-            "/api/v1/wallets/u2/top-ups",
-            &json!({ "topUpId": "after-loss", "amount": "100" }),
-        )
-        .await;
+    let top_up = app.top_up("u2", "after-loss", "100").await;
     assert_eq!(top_up.status, StatusCode::CREATED, "{}", top_up.text);
     let written = fence_of(&app, "u2").await;
     assert!(

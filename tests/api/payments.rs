@@ -154,12 +154,7 @@ async fn a_top_up_credits_once() {
     assert_eq!(again.status, StatusCode::OK);
     assert!(again.replayed);
     assert_eq!(again.text, first.text);
-    let other = app
-        .post(
-            "/api/v1/wallets/u1/top-ups",
-            &json!({ "topUpId": "t-1", "amount": "2600" }),
-        )
-        .await;
+    let other = app.top_up("u1", "t-1", "2600").await;
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.balance("u1").await, Decimal::from(2_500));
     let unknown = app

@@ -26,12 +26,7 @@ async fn a_fresh_claim_for_a_record_the_database_has_replays_the_record() {
     app.funded_wallet("u1", 10_000).await;
     let paid = app.pay("o1", "u1", 1_000).await;
     assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
-    let topped = app
-        .post(
-            "/api/v1/wallets/u1/top-ups",
-            &json!({ "topUpId": "t1", "amount": "500" }),
-        )
-        .await;
+    let topped = app.top_up("u1", "t1", "500").await;
     assert_eq!(topped.status, StatusCode::CREATED, "{}", topped.text);
     let refund_body = json!({ "refundId": "r1", "amount": "200", "reason": "one item" });
     let refunded = app.post("/api/v1/payments/o1/refunds", &refund_body).await;
@@ -45,14 +40,7 @@ async fn a_fresh_claim_for_a_record_the_database_has_replays_the_record() {
     app.forget_cached_replies().await;
     let again = [
         (app.pay("o1", "u1", 1_000).await, &paid),
-        (
-            app.post(
-                "/api/v1/wallets/u1/top-ups",
-                &json!({ "topUpId": "t1", "amount": "500" }),
-            )
-            .await,
-            &topped,
-        ),
+        (app.top_up("u1", "t1", "500").await, &topped),
         (
             app.post("/api/v1/payments/o1/refunds", &refund_body).await,
             &refunded,
@@ -113,12 +101,7 @@ async fn a_remembered_wallet_written_elsewhere_is_read_again() {
         refused.text
     );
     // Another instance on the Redis path tops up 10,000: 10,500.
-    let topped = other
-        .post(
-            "/api/v1/wallets/u1/top-ups",
-            &json!({ "topUpId": "t1", "amount": "10000" }),
-        )
-        .await;
+    let topped = other.top_up("u1", "t1", "10000").await;
     assert_eq!(topped.status, StatusCode::CREATED, "{}", topped.text);
     // Remembered, 3,000 would not fit (500); the row says it does.
     let paid = remembering.pay("o4", "u1", 3_000).await;

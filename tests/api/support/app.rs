@@ -268,13 +268,20 @@ impl TestApp {
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
         if balance > 0 {
             let top_up = self
-                .post(
-                    &format!("/api/v1/wallets/{user_id}/top-ups"),
-                    &json!({ "topUpId": format!("seed-{user_id}"), "amount": balance.to_string() }),
-                )
+                .top_up(user_id, &format!("seed-{user_id}"), &balance.to_string())
                 .await;
             assert_eq!(top_up.status, StatusCode::CREATED, "{}", top_up.text);
         }
+    }
+
+    /// Credits `user_id` once per `top_up_id` (with a funding key, as `post` chooses by
+    /// path).
+    pub async fn top_up(&self, user_id: &str, top_up_id: &str, amount: &str) -> Reply {
+        self.post(
+            &format!("/api/v1/wallets/{user_id}/top-ups"),
+            &json!({ "topUpId": top_up_id, "amount": amount }),
+        )
+        .await
     }
 
     pub async fn pay(&self, order_id: &str, user_id: &str, amount: u64) -> Reply {
