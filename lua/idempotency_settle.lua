@@ -1,5 +1,5 @@
 -- Settles claims once their requests are answered: one key, or a whole batch in one
--- round trip. Runs after lib/settle.lua.
+-- round trip. Runs after lib/entry.lua and lib/settle.lua.
 --
 -- KEYS[i]      idempotency key
 -- ARGV[1]      reply TTL in ms (24 h by default)

@@ -17,7 +17,8 @@
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+-- The holder's own acquisition wrote the bare token; the match also reads a note's.
+local current = tonumber(string.match(redis.call('GET', KEYS[2]) or '0', '^%d+')) or 0
 local seen = tonumber(ARGV[2])
 if current < seen then
   local time = redis.call('TIME')

@@ -389,10 +389,10 @@ impl KeySpace {
         format!("{}:wallet:{{{user_id}}}:fence", self.prefix)
     }
 
-    /// `wallet:idem:{u1}:payment:order-1`, the cached reply of one request, tagged
+    /// `wallet:request:{u1}:payment:order-1`, the claim or cached reply of one request, tagged
     /// with its wallet (a hold placement with its hold id, `Keyed::cache_tag`).
     pub fn idempotency(&self, tag: &Identifier, scope: &str, id: &Identifier) -> String {
-        format!("{}:idem:{{{tag}}}:{scope}:{id}", self.prefix)
+        format!("{}:request:{{{tag}}}:{scope}:{id}", self.prefix)
     }
 
     /// `wallet:wallet:{u1}:contended`, set while someone waits for the lock, so a

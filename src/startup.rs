@@ -113,7 +113,6 @@ impl Application {
                 lock_poll: settings.lock.poll_interval,
                 outbox_stall_after: settings.kafka.outbox_stall_after,
                 holds: settings.holds,
-                known: Default::default(),
             },
             settings.lock.batch_max,
         );

@@ -1,8 +1,10 @@
 -- acquire(lock, fence, contended, owner, lease_ms): takes one wallet's lock if it is
--- free and hands out its next fencing token. Returns the token (> 0) and the counter as
--- it was found (a string, '0' when there was none), which equals the caller's own last
--- token exactly when no one took the lock since. Otherwise marks the lock contended (so
--- its release is announced) and returns minus the time in ms its lease still has to run
+-- free and hands out its next fencing token. Returns the token (> 0) and the fence key
+-- as it was found: '0' when there was none, the last token handed out, or that token
+-- followed by '|' and the note its holder left at release (lib/release.lua). A note is
+-- found only when no one took the lock since that holder released it: every
+-- acquisition writes the bare token. Otherwise marks the lock contended (so its
+-- release is announced) and returns minus the time in ms its lease still has to run
 -- (at least 1), so a waiter knows how long it may sleep, and '0'.
 --
 -- The counter is first raised to Redis's clock, in microseconds since the epoch, when it
@@ -20,15 +22,13 @@ local function acquire(lock, fence, contended, owner, lease_ms)
       acquire_now = tonumber(time[1]) * 1000000 + tonumber(time[2])
     end
     local found = redis.call('GET', fence) or '0'
-    if tonumber(found) < acquire_now then
-      -- '%.0f': tostring would print an exponent and drop digits.
-      redis.call('SET', fence, string.format('%.0f', acquire_now))
-    end
-    return redis.call('INCR', fence), found
+    local token = math.max(tonumber(string.match(found, '^%d+')) or 0, acquire_now) + 1
+    -- '%.0f': tostring would print an exponent and drop digits.
+    redis.call('SET', fence, string.format('%.0f', token))
+    return token, found
   end
   local ttl = redis.call('PTTL', lock)
   if ttl < 1 then ttl = 1 end
   redis.call('SET', contended, '1', 'PX', lease_ms)
   return -ttl, '0'
 end
-

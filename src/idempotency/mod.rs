@@ -95,6 +95,7 @@ impl IdempotencyCache {
             claim_ttl,
             timeout,
             settle: Arc::new(Script::new(concat!(
+                include_str!("../../lua/lib/entry.lua"),
                 include_str!("../../lua/lib/settle.lua"),
                 include_str!("../../lua/idempotency_settle.lua")
             ))),
@@ -149,15 +150,14 @@ impl IdempotencyCache {
         conn: &mut C,
         key: CacheKey<'_>,
     ) -> Result<bool, RedisFault> {
-        let state: Option<String> = bounded(
+        let entry: Option<String> = bounded(
             self.timeout,
-            redis::cmd("HGET")
+            redis::cmd("GET")
                 .arg(key.in_space(&self.keys))
-                .arg("state")
                 .query_async(conn),
         )
         .await?;
-        Ok(state.as_deref() == Some("pending"))
+        Ok(entry.is_some_and(|entry| is_pending_entry(&entry)))
     }
 
     /// Completes or abandons every claim of a batch in one round trip (one call per node
@@ -184,6 +184,12 @@ impl IdempotencyCache {
         .await?;
         Ok(())
     }
+}
+
+/// True for an entry (as `lua/lib/entry.lua` writes them) whose request holds its
+/// claim now.
+pub fn is_pending_entry(entry: &str) -> bool {
+    entry.starts_with("p\n")
 }
 
 impl ClaimToken {

@@ -75,8 +75,11 @@ struct Held {
     user_id: Identifier,
     /// Its fencing token.
     fence: u64,
-    /// Its counter as the acquisition found it: the token of the lock's last holder.
-    found: u64,
+    /// The note the wallet's last holder left at release, when no one took the lock
+    /// since (`lua/lib/acquire.lua`).
+    found: Option<String>,
+    /// The note this batch leaves at release, if any.
+    leave: Option<String>,
 }
 
 impl BatchLocks {
@@ -91,10 +94,28 @@ impl BatchLocks {
         self.get(user_id).map(|held| held.fence)
     }
 
-    /// True when `token` was the last token handed out for `user_id` before this batch
-    /// took its lock: no one held the wallet in between.
-    pub fn next_after(&self, user_id: &str, token: u64) -> bool {
-        token > 0 && self.get(user_id).is_some_and(|held| held.found == token)
+    /// What `user_id`'s last holder noted of it at release, if the batch holds it and
+    /// no one held it in between. A hint: whoever writes past the lock (the fallback
+    /// path) does not update it, and Redis may have lost the latest one.
+    pub fn found_note(&self, user_id: &str) -> Option<&str> {
+        self.get(user_id)?.found.as_deref()
+    }
+
+    /// Leaves `note` for `user_id`'s next holder, written when the lock is released
+    /// (and only if this batch still owns it then).
+    pub fn leave_note(&mut self, user_id: &str, note: String) {
+        if let Some(held) = self
+            .held
+            .iter_mut()
+            .find(|held| held.user_id.as_str() == user_id)
+        {
+            held.leave = Some(note);
+        }
+    }
+
+    /// Leaves no note for any wallet (what was decided did not commit).
+    pub fn leave_no_notes(&mut self) {
+        self.held.iter_mut().for_each(|held| held.leave = None);
     }
 }
 
@@ -132,11 +153,13 @@ impl WalletLock {
             releases: Arc::new(Releases::default()),
             scripts: Arc::new(Scripts {
                 begin: Script::new(concat!(
+                    include_str!("../../lua/lib/entry.lua"),
                     include_str!("../../lua/lib/claim.lua"),
                     include_str!("../../lua/lib/acquire.lua"),
                     include_str!("../../lua/batch_begin.lua")
                 )),
                 finish: Script::new(concat!(
+                    include_str!("../../lua/lib/entry.lua"),
                     include_str!("../../lua/lib/settle.lua"),
                     include_str!("../../lua/lib/release.lua"),
                     include_str!("../../lua/batch_finish.lua")

@@ -77,7 +77,7 @@ impl WalletLock {
         )
         .await?;
         let mut claim_answers: Vec<Option<redis::Value>> = (0..n).map(|_| None).collect();
-        let mut lock_answers: Vec<Option<(i64, u64)>> = vec![None; wallets.len()];
+        let mut lock_answers: Vec<Option<(i64, String)>> = vec![None; wallets.len()];
         for (items, values) in answers {
             let mut values = values.into_iter();
             let mut wallet_items = Vec::new();
@@ -93,7 +93,7 @@ impl WalletLock {
                 };
                 let (Ok(token), Ok(found)) = (
                     redis::from_redis_value::<i64>(token),
-                    redis::from_redis_value::<u64>(found),
+                    redis::from_redis_value::<String>(found),
                 ) else {
                     return Err(unanswered());
                 };
@@ -151,9 +151,16 @@ impl WalletLock {
                             Some(cache) => cache.push_settle(call, &settles[i]),
                             None => {
                                 let user_id = wallets[i - n];
+                                let held = &locks.held[i - n];
+                                let left = held
+                                    .leave
+                                    .as_ref()
+                                    .map_or(String::new(), |note| format!("{}|{note}", held.fence));
                                 call.key(self.keys.lock(user_id))
                                     .key(self.keys.contended(user_id))
-                                    .arg(user_id.as_str());
+                                    .key(self.keys.fence(user_id))
+                                    .arg(user_id.as_str())
+                                    .arg(left);
                             }
                         }
                     }
@@ -202,7 +209,7 @@ impl BatchLocks {
         owner: String,
         started: Instant,
         wallets: &[Identifier],
-        answers: Vec<Option<(i64, u64)>>,
+        answers: Vec<Option<(i64, String)>>,
     ) -> Result<(Self, Vec<(Identifier, Duration)>), RedisFault> {
         let mut locks = BatchLocks {
             owner,
@@ -217,7 +224,8 @@ impl BatchLocks {
                 locks.held.push(Held {
                     user_id: user_id.clone(),
                     fence: answer as u64,
-                    found,
+                    found: found.split_once('|').map(|(_, note)| note.to_owned()),
+                    leave: None,
                 });
             } else {
                 metrics::lock_acquired("busy", started.elapsed());

@@ -24,9 +24,9 @@ pub(super) enum Failure {
     /// A deadlock, a conditional update that lost a race, or a key recorded by someone
     /// else meanwhile: safe to retry.
     Retry(anyhow::Error),
-    /// What the transaction took on trust instead of reading it did not hold (a wallet
-    /// remembered, a key whose fresh claim said it was new): the next try reads it
-    /// ([`crate::wallet::known`]). Not counted against [`MAX_ATTEMPTS`] the first time.
+    /// What the transaction took on trust instead of reading it did not hold (a
+    /// wallet's funds as its last holder noted them, a key whose fresh claim said it was
+    /// new): the next try reads it. Not counted against [`MAX_ATTEMPTS`] the first time.
     Guessed,
 }
 

@@ -9,7 +9,6 @@
 mod attempt;
 mod engine;
 mod holds;
-pub(crate) mod known;
 mod refusals;
 mod replay;
 pub mod requests;
@@ -108,8 +107,6 @@ pub struct WalletCore {
     /// When waiting events make the outbox `lagging` or `stalled` in `/readyz`.
     pub(crate) outbox_stall_after: Duration,
     pub(crate) holds: crate::configuration::HoldSettings,
-    /// Wallets' funds as this process last committed them ([`known`]).
-    pub(crate) known: known::KnownFunds,
 }
 
 impl std::ops::Deref for WalletService {

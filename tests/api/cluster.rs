@@ -100,7 +100,7 @@ async fn on_a_redis_cluster_payments_run_on_the_redis_path_in_batches() {
     // with the other tests, so the keys tell. A node slowed past the timeout by the
     // suite's other tests may send a batch to the fallback now and then; a cluster the
     // service could not use would send them all.
-    let pattern = format!("{}:idem:*:payment:*", app.settings.redis.key_prefix);
+    let pattern = format!("{}:request:*:payment:*", app.settings.redis.key_prefix);
     let cached: usize = cluster
         .nodes
         .iter()

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use wallet::domain::{Amount, Currency, Identifier, RawAmount};
+use wallet::domain::{Amount, Currency, RawAmount};
 use wallet::redis_support::KeySpace;
 use wallet::startup::Application;
 use wallet::wallet::{HoldRefusal, PlaceHold, Refusal};
 
 use crate::support::kafka::{produce, WAIT};
 use crate::support::{
-    eventually, hold_wallet, kafka_settings, spawn_app, spawn_app_with, test_settings, TestApp,
+    eventually, hold_wallet, id, kafka_settings, spawn_app, spawn_app_with, test_settings, TestApp,
 };
 
 /// The types and payloads of the outbox events whose `path` is `id`, oldest first.
@@ -35,10 +35,6 @@ async fn events_where(app: &TestApp, path: &str, id: &str) -> Vec<(String, Value
 
 fn types(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(kind, _)| kind.as_str()).collect()
-}
-
-fn id(text: &str) -> Identifier {
-    Identifier::parse("id", text.to_owned()).unwrap()
 }
 
 fn krw(value: i64) -> Amount {
@@ -198,24 +194,7 @@ async fn a_capture_by_event_waits_for_its_holds_placement_in_flight() {
     };
     let key =
         KeySpace::new(&app.settings.redis.key_prefix).idempotency(&id("h1"), "hold", &id("h1"));
-    let mut redis = redis::Client::open(app.settings.redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let pending = eventually(Duration::from_secs(5), || {
-        let (mut redis, key) = (redis.clone(), key.clone());
-        async move {
-            let state: Option<String> = redis::cmd("HGET")
-                .arg(&key)
-                .arg("state")
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            state.as_deref() == Some("pending")
-        }
-    })
-    .await;
+    let pending = app.entry_pending(key).await;
     assert!(pending, "the placement holds its claim");
     let body = json!({ "type": "capture", "holdId": "h1", "amount": "3000" });
     let topic = &settings.kafka.requests_topic;
@@ -238,7 +217,6 @@ async fn a_capture_by_event_waits_for_its_holds_placement_in_flight() {
         0,
         "not dead-lettered"
     );
-    let _: () = redis::cmd("PING").query_async(&mut redis).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

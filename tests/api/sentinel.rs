@@ -26,7 +26,7 @@ async fn behind_sentinel_payments_run_on_the_primary_it_names() {
     // Lock mode redis has no fallback: every payment ran on the Redis path, and its
     // reply is cached on the primary (the metrics are the process's, shared with the
     // other tests, so the keys tell).
-    let pattern = format!("{}:idem:*:payment:*", app.settings.redis.key_prefix);
+    let pattern = format!("{}:request:*:payment:*", app.settings.redis.key_prefix);
     let cached = deployment.primary.cli(&[
         "-a",
         &deployment.password,

@@ -1,17 +1,19 @@
 //! What the Redis path takes on trust, and what happens when the trust is wrong: a
-//! fresh claim for a record the database already has, a remembered wallet written
-//! meanwhile by another instance or by the fallback path, and two instances taking
-//! turns on one hot wallet.
+//! fresh claim for a record the database already has, a wallet's noted funds made
+//! stale by the fallback path or wrong in Redis itself, another instance reading the
+//! note, and two instances taking turns on one hot wallet.
 
 use std::sync::Arc;
 
+use redis::AsyncCommands;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::json;
 use tokio::task::JoinSet;
 use wallet::configuration::LockMode;
+use wallet::redis_support::KeySpace;
 
-use crate::support::{spawn_app_with, test_settings, Reply, TestApp};
+use crate::support::{id, spawn_app_with, test_settings, Reply, TestApp};
 
 fn balance_after(reply: &Reply) -> String {
     reply.json()["balanceAfter"]
@@ -77,7 +79,7 @@ async fn a_fresh_claim_for_a_record_the_database_has_replays_the_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_remembered_wallet_written_elsewhere_is_read_again() {
+async fn a_noted_wallet_written_past_the_lock_is_read_again() {
     let settings = test_settings().await;
     let remembering = spawn_app_with(settings.clone()).await;
     let other = spawn_app_with(settings.clone()).await;
@@ -86,13 +88,13 @@ async fn a_remembered_wallet_written_elsewhere_is_read_again() {
     let fallback = spawn_app_with(fallback).await;
     remembering.funded_wallet("u1", 10_000).await;
 
-    // The first instance commits and remembers 9,000.
+    // The first instance commits and notes 9,000 in the lock.
     let first = remembering.pay("o1", "u1", 1_000).await;
     assert_eq!(balance_after(&first), "9000", "{}", first.text);
     // The fallback path takes 8,500 without a Redis lock: 500 remain.
     let elsewhere = fallback.pay("o2", "u1", 8_500).await;
     assert_eq!(balance_after(&elsewhere), "500", "{}", elsewhere.text);
-    // Remembered, 1,000 would fit; the row says it does not.
+    // By the note, 1,000 would fit; the row says it does not.
     let refused = remembering.pay("o3", "u1", 1_000).await;
     assert_eq!(
         refused.status,
@@ -100,15 +102,15 @@ async fn a_remembered_wallet_written_elsewhere_is_read_again() {
         "{}",
         refused.text
     );
-    // Another instance on the Redis path tops up 10,000: 10,500.
+    // Another instance on the Redis path tops up 10,000: 10,500, noted.
     let topped = other.top_up("u1", "t1", "10000").await;
     assert_eq!(topped.status, StatusCode::CREATED, "{}", topped.text);
-    // Remembered, 3,000 would not fit (500); the row says it does.
+    // The note it left says 3,000 fits, and so does the row.
     let paid = remembering.pay("o4", "u1", 3_000).await;
     assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
     assert_eq!(balance_after(&paid), "7500");
-    // And the fallback path again, then the remembering instance: its memory of 7,500
-    // is wrong by 2,000 and its answer is not.
+    // And the fallback path again, then the first instance: the note of 7,500 is
+    // wrong by 2,000 and its answer is not.
     assert_eq!(
         fallback.pay("o5", "u1", 2_000).await.status,
         StatusCode::CREATED
@@ -118,6 +120,52 @@ async fn a_remembered_wallet_written_elsewhere_is_read_again() {
 
     assert_eq!(remembering.balance("u1").await, Decimal::from(5_400));
     remembering.assert_ledger_invariants().await;
+}
+
+/// Redis holds a wrong note under the right token (a failover to a replica that lagged
+/// behind, a snapshot restored): the wallet is decided by its row all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_note_in_redis_is_caught_by_the_wallet_update() {
+    let app = spawn_app_with(test_settings().await).await;
+    app.funded_wallet("u1", 10_000).await;
+    let fence_key = KeySpace::new(&app.settings.redis.key_prefix).fence(&id("u1"));
+    let client = redis::Client::open(app.settings.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Puts `funds` in the note under the token the last holder left; returns the note
+    // that holder wrote (balance and sum held, as the commit left them).
+    let mut replace_note = async |funds: &str| -> (Decimal, Decimal) {
+        let found: String = conn.get(&fence_key).await.unwrap();
+        let (token, note) = found.split_once('|').expect("the last holder left a note");
+        let _: () = conn
+            .set(&fence_key, format!("{token}|{funds}"))
+            .await
+            .unwrap();
+        let (balance, held) = note.split_once(':').unwrap();
+        (balance.parse().unwrap(), held.parse().unwrap())
+    };
+    let funds = |balance: i64, held: i64| (Decimal::from(balance), Decimal::from(held));
+
+    // Noted far richer than it is: the payment the note allows is refused by the row.
+    assert_eq!(replace_note("1000000:0").await, funds(10_000, 0));
+    let refused = app.pay("o1", "u1", 20_000).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYMENT_REQUIRED,
+        "{}",
+        refused.text
+    );
+    // Noted poorer than it is: the payment the note refuses is made by the row.
+    assert_eq!(replace_note("10:0").await, funds(10_000, 0));
+    let paid = app.pay("o2", "u1", 2_000).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert_eq!(balance_after(&paid), "8000");
+    // The right balance and a wrong sum held.
+    assert_eq!(replace_note("8000:7500").await, funds(8_000, 0));
+    let paid = app.pay("o3", "u1", 1_000).await;
+    assert_eq!(balance_after(&paid), "7000", "{}", paid.text);
+
+    assert_eq!(app.balance("u1").await, Decimal::from(7_000));
+    app.assert_ledger_invariants().await;
 }
 
 /// Two instances on the Redis path pay from one wallet at once: each gets the wallet in

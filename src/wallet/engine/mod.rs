@@ -16,12 +16,14 @@
 //!    ([`super::rules`]) decide each request in order, then writes one `UPDATE wallets`
 //!    for every wallet's net change (with each fencing check) and one multi-row
 //!    `INSERT` per table. Under Redis locks it skips the reads the locks and claims
-//!    made needless: a wallet this process held last is decided from memory
-//!    ([`super::known`]), a key whose claim was fresh is not looked up; the `UPDATE`'s
+//!    made needless: a wallet whose last holder (on any instance) noted its funds in
+//!    the lock's fence key at release, with no holder since, is decided from that
+//!    note, and a key whose claim was fresh is not looked up; the `UPDATE`'s
 //!    conditions and the unique keys check both, and the batch runs again reading when
 //!    either was wrong;
-//! 3. one round trip caches the replies and releases the locks
-//!    ([`crate::lock::WalletLock::finish_batch`]), and every caller is answered.
+//! 3. one round trip caches the replies, releases the locks and leaves each committed
+//!    wallet's funds in its note ([`crate::lock::WalletLock::finish_batch`]), and every
+//!    caller is answered.
 //!
 //! There is no linger: a lone request is a batch of one as soon as it is queued, and a
 //! busy wallet's requests pile up behind its running batch and go together in the next.

@@ -24,20 +24,21 @@ impl Batch<'_> {
     /// One transaction for `jobs`, each answered (in its ticket) when it commits.
     ///
     /// Under the batch's Redis locks, unless `careful`, it takes on trust what the lock
-    /// and the claims established ([`crate::wallet::known`]): a wallet this process
-    /// remembers is not read, and a key whose claim was fresh is not looked up before
-    /// its insert. When that trust proves wrong it fails with [`Failure::Guessed`] and
-    /// the next try is careful.
+    /// and the claims established: a wallet whose last holder noted its funds at
+    /// release, with no holder since, is not read (`lua/lib/acquire.lua`), and a key
+    /// whose claim was fresh is not looked up before its insert. When that trust proves
+    /// wrong it fails with [`Failure::Guessed`] and the next try is careful. A commit
+    /// notes each wallet's funds for its next holder, on any instance.
     pub(super) async fn apply_batch(
         &self,
         jobs: &mut [&mut Job],
-        held: Option<&mut Held>,
+        mut held: Option<&mut Held>,
         careful: bool,
     ) -> Result<(), Failure> {
         let guessing = held.is_some() && !careful;
-        let result = self.try_batch(jobs, held, guessing).await;
-        if result.is_err() {
-            self.known.forget(jobs.iter().map(|job| job.user_id()));
+        let result = self.try_batch(jobs, held.as_deref_mut(), guessing).await;
+        if let (Err(_), Some(held)) = (&result, held) {
+            held.locks.leave_no_notes();
         }
         match result {
             // A duplicate key, or a wallet that was not as remembered.
@@ -63,16 +64,18 @@ impl Batch<'_> {
         let wallet_count = user_ids.len();
         let mut funds: Vec<(String, Funds)> = Vec::with_capacity(wallet_count);
         if let Some(held) = held.as_deref().filter(|_| guessing) {
-            user_ids.retain(|user_id| match self.known.get(user_id) {
-                Some((known, token)) if held.locks.next_after(user_id, token) => {
-                    funds.push(((*user_id).to_owned(), known));
-                    false
+            user_ids.retain(|user_id| {
+                match held.locks.found_note(user_id).and_then(Funds::from_note) {
+                    Some(noted) => {
+                        funds.push(((*user_id).to_owned(), noted));
+                        false
+                    }
+                    None => true,
                 }
-                _ => true,
             });
         }
-        // The wallets decided from memory.
-        let remembered = funds.len();
+        // The wallets decided from their last holder's note.
+        let noted = funds.len();
         let rows = wallets::lock_many(&mut tx, &user_ids).await?;
         if let Some(held) = held.as_deref() {
             for row in &rows {
@@ -130,7 +133,7 @@ impl Batch<'_> {
                     Some(written_deadline.map_or(job.deadline, |d| d.min(job.deadline)));
             }
         }
-        let trusted_any = remembered > 0 || jobs.iter().any(|job| trusted(job));
+        let trusted_any = noted > 0 || jobs.iter().any(|job| trusted(job));
         if trusted_any && jobs.iter().any(|job| job.request.is_refused()) {
             // A refusal writes nothing that would check it: it is decided again over
             // the rows and records themselves (a 402 may be a replay of a recorded
@@ -140,7 +143,7 @@ impl Batch<'_> {
         }
         if book.is_empty() {
             tx.rollback().await?;
-            self.remember(&book, held.as_deref());
+            leave_notes(&book, held);
             return Ok(());
         }
 
@@ -189,7 +192,7 @@ impl Batch<'_> {
             return Err(Failure::Retry(anyhow::anyhow!("a request ran out of time")));
         }
         tx.commit().await?;
-        self.remember(&book, held.as_deref());
+        leave_notes(&book, held);
         if !writes.events.is_empty() {
             self.outbox_wake.notify_one();
         }
@@ -197,20 +200,14 @@ impl Batch<'_> {
         metrics::batch(jobs.len(), wallet_count);
         Ok(())
     }
+}
 
-    /// Keeps the funds `book` leaves under the batch's tokens; without Redis locks
-    /// there is no token to check them by later, and they are forgotten.
-    fn remember(&self, book: &Book, held: Option<&Held>) {
-        match held {
-            Some(held) => {
-                self.known
-                    .remember(book.funds_after().filter_map(|(user_id, funds)| {
-                        Some((user_id, funds, held.locks.fence(user_id)?))
-                    }))
-            }
-            None => self
-                .known
-                .forget(book.funds_after().map(|(user_id, _)| user_id)),
+/// Notes the funds `book` leaves for each wallet's next holder: what the commit wrote,
+/// or what was read when nothing was written.
+fn leave_notes(book: &Book, held: Option<&mut Held>) {
+    if let Some(held) = held {
+        for (user_id, funds) in book.funds_after() {
+            held.locks.leave_note(user_id, funds.note());
         }
     }
 }

@@ -63,6 +63,20 @@ impl Funds {
     pub fn available(&self) -> Decimal {
         self.balance - self.held
     }
+
+    /// As a lock holder notes them for the next holder: `balance:held`.
+    pub fn note(&self) -> String {
+        format!("{}:{}", self.balance, self.held)
+    }
+
+    /// Funds from [`Funds::note`]; `None` for anything else.
+    pub fn from_note(note: &str) -> Option<Self> {
+        let (balance, held) = note.split_once(':')?;
+        Some(Self {
+            balance: balance.parse().ok()?,
+            held: held.parse().ok()?,
+        })
+    }
 }
 
 /// A record the book knows: read before it, or made by it.

@@ -10,6 +10,7 @@ use sqlx::mysql::MySqlPoolOptions;
 use sqlx::MySqlPool;
 use wallet::configuration::{ApiKey, Scope, Settings};
 use wallet::domain::Identifier;
+use wallet::idempotency::is_pending_entry;
 use wallet::redis_support::KeySpace;
 use wallet::startup::Application;
 
@@ -336,23 +337,27 @@ impl TestApp {
     /// Waits (at most 5 s) until `user_id`'s payment `order_id` holds its idempotency
     /// claim in Redis: its request reached a batch, which waits on the wallet.
     pub async fn claim_pending(&self, order_id: &str, user_id: &str) -> bool {
-        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
         let key = KeySpace::new(&self.settings.redis.key_prefix).idempotency(
             &Identifier::parse("userId", user_id.into()).unwrap(),
             "payment",
             &Identifier::parse("orderId", order_id.into()).unwrap(),
         );
+        self.entry_pending(key).await
+    }
+
+    /// Waits (at most 5 s) until the idempotency entry `key` holds a request's claim.
+    pub async fn entry_pending(&self, key: String) -> bool {
+        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
         crate::support::eventually(Duration::from_secs(5), || {
             let (mut conn, key) = (conn.clone(), key.clone());
             async move {
-                let state: Option<String> = redis::cmd("HGET")
+                let entry: Option<String> = redis::cmd("GET")
                     .arg(&key)
-                    .arg("state")
                     .query_async(&mut conn)
                     .await
                     .unwrap();
-                state.as_deref() == Some("pending")
+                entry.is_some_and(|entry| is_pending_entry(&entry))
             }
         })
         .await

@@ -13,3 +13,8 @@ mod wait;
 pub use app::*;
 pub use failover::*;
 pub use wait::*;
+
+/// An identifier the test knows is valid.
+pub fn id(value: &str) -> wallet::domain::Identifier {
+    wallet::domain::Identifier::parse("id", value.to_owned()).unwrap()
+}
