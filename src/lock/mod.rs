@@ -13,9 +13,9 @@
 //! That only holds if a successor's token is above its predecessor's even when Redis
 //! lost the counter in between (a restart without persistence, a failover to a replica
 //! that lagged, an older snapshot restored). So the counter follows Redis's clock
-//! (`lua/lib/acquire.lua`): before each increment it is raised to the time in
-//! microseconds since the epoch, and a token issued at Redis time `t` is `t + 1`, a few
-//! more if several fall in one microsecond. The first token issued after a loss, at time
+//! (`lua/lib/acquire.lua`): each acquisition sets it to the larger of the counter and
+//! the time in microseconds since the epoch, plus one, so a token issued at Redis time
+//! `t` is `t + 1`, a few more if several fall in one microsecond. The first token issued after a loss, at time
 //! `t'`, is at least `t' + 1`, above every token issued before it, provided Redis's clock
 //! read later at `t'` than at the last token before the loss, by more than the counter
 //! ran ahead of the clock then. A restart takes far longer than a microsecond, so the
@@ -48,7 +48,7 @@ use crate::redis_support::{bounded, per_slot, KeySpace, RedisFault, SlotAware};
 use releases::Releases;
 pub use steps::{Begun, InCache};
 
-/// How far past the database's token [`WalletLock::refence`] moves a counter found
+/// How far past the database's token [`WalletLock::refence_batch`] moves a counter found
 /// behind it, in the clock's time (tokens are microseconds). It must cover the tokens
 /// handed out after the database's last write of the wallet and before Redis lost its
 /// data. An hour is far more than a request lives; larger would keep the counter ahead

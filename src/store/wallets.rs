@@ -85,7 +85,7 @@ pub struct Delta<'a> {
     pub held: Decimal,
     pub fence: Option<u64>,
     /// The balance and sum held the change was decided on: the row is written only if
-    /// it still holds them (a batch may decide a wallet from memory, without reading
+    /// it still holds them (a batch may decide a wallet from its lock's note, without reading
     /// its row). `None` leaves them unchecked.
     pub expected: Option<(Decimal, Decimal)>,
 }

@@ -8,28 +8,13 @@ use rand::Rng;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use tokio::time::Instant;
-use wallet::configuration::Settings;
 use wallet::domain::Identifier;
 use wallet::lock::{BatchLocks, WalletLock, REFENCE_MARGIN};
-use wallet::redis_support::{KeySpace, PubSubNodes};
+use wallet::redis_support::KeySpace;
 use wallet::store::wallets::apply_delta;
 
 use crate::support::servers::OwnServer;
-use crate::support::{key_gone, spawn_app, spawn_app_with, test_settings};
-
-/// One more instance's lock on the Redis and key prefix of `settings`, its upkeep
-/// running for the rest of the test.
-fn wallet_lock(settings: &Settings) -> WalletLock {
-    let redis = &settings.redis;
-    let (lock, upkeep) = WalletLock::new(
-        PubSubNodes::Nodes(vec![redis::Client::open(redis.url.as_str()).unwrap()]),
-        KeySpace::new(&redis.key_prefix),
-        settings.lock.clone(),
-        redis.command_timeout,
-    );
-    tokio::spawn(upkeep.listen());
-    lock
-}
+use crate::support::{connection, key_gone, spawn_app, spawn_app_with, test_settings, wallet_lock};
 
 /// Takes `user_id`'s lock as a batch of one would; `None` while someone else holds it.
 async fn take(
@@ -61,14 +46,6 @@ async fn take_by(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-async fn connection(settings: &Settings) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(settings.redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
 }
 
 fn user(id: &str) -> Identifier {

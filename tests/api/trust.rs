@@ -4,6 +4,7 @@
 //! note, and two instances taking turns on one hot wallet.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use reqwest::StatusCode;
@@ -13,7 +14,9 @@ use tokio::task::JoinSet;
 use wallet::configuration::LockMode;
 use wallet::redis_support::KeySpace;
 
-use crate::support::{id, spawn_app_with, test_settings, Reply, TestApp};
+use crate::support::{
+    connection, id, pay_in_background, spawn_app_with, test_settings, wallet_lock, Reply, TestApp,
+};
 
 fn balance_after(reply: &Reply) -> String {
     reply.json()["balanceAfter"]
@@ -165,6 +168,39 @@ async fn a_wrong_note_in_redis_is_caught_by_the_wallet_update() {
     assert_eq!(balance_after(&paid), "7000", "{}", paid.text);
 
     assert_eq!(app.balance("u1").await, Decimal::from(7_000));
+    app.assert_ledger_invariants().await;
+}
+
+/// A wrong note and a batch that nets to nothing on its wallet: a payment the row cannot
+/// cover and a top-up of the same amount. No funds change, and the wallet's row is
+/// checked all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_noted_wallet_whose_batch_nets_to_nothing_is_checked() {
+    let app = Arc::new(spawn_app_with(test_settings().await).await);
+    app.funded_wallet("u1", 10_000).await;
+    // The test holds the wallet's lock as another instance would, while a payment of
+    // 20,000 and a top-up of 20,000 queue for it; its release leaves a note of
+    // 1,000,000 and wakes them.
+    let lock = wallet_lock(&app.settings);
+    let conn = connection(&app.settings).await;
+    let (mut locks, _) = lock.acquire_batch(&conn, &[id("u1")]).await.unwrap();
+    assert!(locks.fence("u1").is_some());
+    let paying = pay_in_background(&app, "o1", "u1", 20_000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let topping = {
+        let app = app.clone();
+        tokio::spawn(async move { app.top_up("u1", "t1", "20000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    locks.leave_note("u1", "1000000:0".to_owned());
+    lock.release_batch(&conn, locks).await.unwrap();
+
+    let paid = paying.await.unwrap();
+    assert_eq!(paid.status, StatusCode::PAYMENT_REQUIRED, "{}", paid.text);
+    let topped = topping.await.unwrap();
+    assert_eq!(topped.status, StatusCode::CREATED, "{}", topped.text);
+    assert_eq!(balance_after(&topped), "30000");
+    assert_eq!(app.balance("u1").await, Decimal::from(30_000));
     app.assert_ledger_invariants().await;
 }
 

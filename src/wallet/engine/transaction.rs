@@ -2,6 +2,8 @@
 //! keys read, each request decided in order by the money rules, one `UPDATE wallets`
 //! for the net changes and one multi-row `INSERT` per table, one commit.
 
+use rust_decimal::Decimal;
+
 use crate::redis_support::RedisConnection;
 use tokio::time::Instant;
 
@@ -41,7 +43,7 @@ impl Batch<'_> {
             held.locks.leave_no_notes();
         }
         match result {
-            // A duplicate key, or a wallet that was not as remembered.
+            // A duplicate key, or a wallet that was not as noted.
             Err(Failure::Retry(e)) if guessing => {
                 tracing::debug!(error = %e, "a batch decided on trust did not hold");
                 Err(Failure::Guessed)
@@ -75,7 +77,7 @@ impl Batch<'_> {
             });
         }
         // The wallets decided from their last holder's note.
-        let noted = funds.len();
+        let noted: Vec<String> = funds.iter().map(|(user_id, _)| user_id.clone()).collect();
         let rows = wallets::lock_many(&mut tx, &user_ids).await?;
         if let Some(held) = held.as_deref() {
             for row in &rows {
@@ -133,11 +135,11 @@ impl Batch<'_> {
                     Some(written_deadline.map_or(job.deadline, |d| d.min(job.deadline)));
             }
         }
-        let trusted_any = noted > 0 || jobs.iter().any(|job| trusted(job));
+        let trusted_any = !noted.is_empty() || jobs.iter().any(|job| trusted(job));
         if trusted_any && jobs.iter().any(|job| job.request.is_refused()) {
             // A refusal writes nothing that would check it: it is decided again over
             // the rows and records themselves (a 402 may be a replay of a recorded
-            // payment, a wallet may hold more than remembered).
+            // payment, a wallet may hold more than its note said).
             tx.rollback().await?;
             return Err(Failure::Guessed);
         }
@@ -149,7 +151,7 @@ impl Batch<'_> {
 
         let writes = book.writes();
         let fence = |user_id: &str| held.as_deref().and_then(|h| h.locks.fence(user_id));
-        let deltas: Vec<wallets::Delta<'_>> = writes
+        let mut deltas: Vec<wallets::Delta<'_>> = writes
             .deltas
             .iter()
             .map(|(user_id, before, change)| wallets::Delta {
@@ -157,11 +159,24 @@ impl Batch<'_> {
                 amount: change.balance,
                 held: change.held,
                 fence: fence(user_id),
-                // Every wallet, remembered or read: one statement shape per batch size
+                // Every wallet, noted or read: one statement shape per batch size
                 // (MariaDB prepares each shape), and a read row holds them anyway.
                 expected: Some((before.balance, before.held)),
             })
             .collect();
+        // A noted wallet whose requests net to nothing (a payment and a top-up of the
+        // same amount) is checked all the same: a row with no change, its conditions
+        // those of the others (the rows matched are counted, changed or not).
+        let unchanged = book.funds_after().filter(|(user_id, _)| {
+            noted.iter().any(|n| n == user_id) && !writes.deltas.iter().any(|d| d.0 == *user_id)
+        });
+        deltas.extend(unchanged.map(|(user_id, funds)| wallets::Delta {
+            user_id,
+            amount: Decimal::ZERO,
+            held: Decimal::ZERO,
+            fence: fence(user_id),
+            expected: Some((funds.balance, funds.held)),
+        }));
         if !wallets::apply_deltas(&mut tx, &deltas, ctx.now).await? {
             return Err(Failure::conflict());
         }

@@ -179,7 +179,7 @@ impl Book {
         Self::over(ctx, wallets, records)
     }
 
-    /// A book over wallets' funds, read or remembered, and the records a batch read.
+    /// A book over wallets' funds, read or noted by their last holder, and the records a batch read.
     pub fn over(ctx: Context, wallets: Vec<(String, Funds)>, records: Records) -> Self {
         let Records {
             payments,

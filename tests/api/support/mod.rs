@@ -18,3 +18,30 @@ pub use wait::*;
 pub fn id(value: &str) -> wallet::domain::Identifier {
     wallet::domain::Identifier::parse("id", value.to_owned()).unwrap()
 }
+
+/// One more instance's lock on the Redis and key prefix of `settings`, its upkeep
+/// running for the rest of the test.
+pub fn wallet_lock(settings: &wallet::configuration::Settings) -> wallet::lock::WalletLock {
+    let redis = &settings.redis;
+    let (lock, upkeep) = wallet::lock::WalletLock::new(
+        wallet::redis_support::PubSubNodes::Nodes(vec![
+            redis::Client::open(redis.url.as_str()).unwrap()
+        ]),
+        wallet::redis_support::KeySpace::new(&redis.key_prefix),
+        settings.lock.clone(),
+        redis.command_timeout,
+    );
+    tokio::spawn(upkeep.listen());
+    lock
+}
+
+/// A connection to the Redis of `settings`.
+pub async fn connection(
+    settings: &wallet::configuration::Settings,
+) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
