@@ -1,6 +1,6 @@
 -- Starts a batch in one round trip (one call per hash slot on a cluster): claims its
 -- idempotency keys, then takes its wallets' locks. Runs after lib/entry.lua,
--- lib/claim.lua and lib/acquire.lua.
+-- lib/claim.lua, lib/fence.lua and lib/acquire.lua.
 --
 -- KEYS[1..n]              idempotency keys           e.g. wallet:request:{u1}:payment:o-1
 -- KEYS[n+3j-2..n+3j]      wallet j's lock, fence and contended keys

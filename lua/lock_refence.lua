@@ -1,5 +1,6 @@
 -- Moves the fencing counter past the token the database has already seen and hands the
--- caller, who must still own the lock, a fresh token above it.
+-- caller, who must still own the lock, a fresh token above it. Runs after
+-- lib/fence.lua.
 --
 -- Tokens follow Redis's clock (see lib/acquire.lua), so the counter is found below the
 -- database's token only when Redis lost its data and came back with a clock behind the
@@ -17,8 +18,7 @@
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
--- The holder's own acquisition wrote the bare token; the match also reads a note's.
-local current = tonumber(string.match(redis.call('GET', KEYS[2]) or '0', '^%d+')) or 0
+local current = last_token(redis.call('GET', KEYS[2]))
 local seen = tonumber(ARGV[2])
 if current < seen then
   local time = redis.call('TIME')

@@ -5,7 +5,8 @@
 -- found only when no one took the lock since that holder released it: every
 -- acquisition writes the bare token. Otherwise marks the lock contended (so its
 -- release is announced) and returns minus the time in ms its lease still has to run
--- (at least 1), so a waiter knows how long it may sleep, and '0'.
+-- (at least 1), so a waiter knows how long it may sleep, and '0'. Runs after
+-- lib/fence.lua.
 --
 -- The counter is first raised to Redis's clock, in microseconds since the epoch, when it
 -- is behind it, so a token issued at time t is t + 1 (a little more when several are
@@ -22,7 +23,7 @@ local function acquire(lock, fence, contended, owner, lease_ms)
       acquire_now = tonumber(time[1]) * 1000000 + tonumber(time[2])
     end
     local found = redis.call('GET', fence) or '0'
-    local token = math.max(tonumber(string.match(found, '^%d+')) or 0, acquire_now) + 1
+    local token = math.max(last_token(found), acquire_now) + 1
     -- '%.0f': tostring would print an exponent and drop digits.
     redis.call('SET', fence, string.format('%.0f', token))
     return token, found

@@ -15,8 +15,8 @@
 //! that lagged, an older snapshot restored). So the counter follows Redis's clock
 //! (`lua/lib/acquire.lua`): each acquisition sets it to the larger of the counter and
 //! the time in microseconds since the epoch, plus one, so a token issued at Redis time
-//! `t` is `t + 1`, a few more if several fall in one microsecond. The first token issued after a loss, at time
-//! `t'`, is at least `t' + 1`, above every token issued before it, provided Redis's clock
+//! `t` is `t + 1`, a few more if several fall in one microsecond. The first token
+//! issued after a loss, at time `t'`, is at least `t' + 1`, above every token issued before it, provided Redis's clock
 //! read later at `t'` than at the last token before the loss, by more than the counter
 //! ran ahead of the clock then. A restart takes far longer than a microsecond, so the
 //! condition fails only if the clock was stepped back across it, or if a failover lands
@@ -89,6 +89,12 @@ impl BatchLocks {
             .find(|held| held.user_id.as_str() == user_id)
     }
 
+    fn get_mut(&mut self, user_id: &str) -> Option<&mut Held> {
+        self.held
+            .iter_mut()
+            .find(|held| held.user_id.as_str() == user_id)
+    }
+
     /// The fencing token of `user_id`'s lock, if the batch holds it.
     pub fn fence(&self, user_id: &str) -> Option<u64> {
         self.get(user_id).map(|held| held.fence)
@@ -104,11 +110,7 @@ impl BatchLocks {
     /// Leaves `note` for `user_id`'s next holder, written when the lock is released
     /// (and only if this batch still owns it then).
     pub fn leave_note(&mut self, user_id: &str, note: String) {
-        if let Some(held) = self
-            .held
-            .iter_mut()
-            .find(|held| held.user_id.as_str() == user_id)
-        {
+        if let Some(held) = self.get_mut(user_id) {
             held.leave = Some(note);
         }
     }
@@ -155,6 +157,7 @@ impl WalletLock {
                 begin: Script::new(concat!(
                     include_str!("../../lua/lib/entry.lua"),
                     include_str!("../../lua/lib/claim.lua"),
+                    include_str!("../../lua/lib/fence.lua"),
                     include_str!("../../lua/lib/acquire.lua"),
                     include_str!("../../lua/batch_begin.lua")
                 )),
@@ -165,7 +168,10 @@ impl WalletLock {
                     include_str!("../../lua/batch_finish.lua")
                 )),
                 extend: Script::new(include_str!("../../lua/lock_extend.lua")),
-                refence: Script::new(include_str!("../../lua/lock_refence.lua")),
+                refence: Script::new(concat!(
+                    include_str!("../../lua/lib/fence.lua"),
+                    include_str!("../../lua/lock_refence.lua")
+                )),
             }),
         };
         let upkeep = LockUpkeep {
@@ -242,6 +248,7 @@ impl WalletLock {
         user_id: &str,
         seen_by_database: u64,
     ) -> Result<bool, RedisFault> {
+        // The fields apart: the owner is read while the held wallet changes.
         let Some(held) = locks
             .held
             .iter_mut()

@@ -77,7 +77,7 @@ impl Batch<'_> {
             });
         }
         // The wallets decided from their last holder's note.
-        let noted: Vec<String> = funds.iter().map(|(user_id, _)| user_id.clone()).collect();
+        let noted = funds.len();
         let rows = wallets::lock_many(&mut tx, &user_ids).await?;
         if let Some(held) = held.as_deref() {
             for row in &rows {
@@ -135,7 +135,7 @@ impl Batch<'_> {
                     Some(written_deadline.map_or(job.deadline, |d| d.min(job.deadline)));
             }
         }
-        let trusted_any = !noted.is_empty() || jobs.iter().any(|job| trusted(job));
+        let trusted_any = noted > 0 || jobs.iter().any(|job| trusted(job));
         if trusted_any && jobs.iter().any(|job| job.request.is_refused()) {
             // A refusal writes nothing that would check it: it is decided again over
             // the rows and records themselves (a 402 may be a replay of a recorded
@@ -167,8 +167,14 @@ impl Batch<'_> {
         // A noted wallet whose requests net to nothing (a payment and a top-up of the
         // same amount) is checked all the same: a row with no change, its conditions
         // those of the others (the rows matched are counted, changed or not).
+        let from_note = |user_id: &str| {
+            guessing
+                && held
+                    .as_deref()
+                    .is_some_and(|h| h.locks.found_note(user_id).is_some())
+        };
         let unchanged = book.funds_after().filter(|(user_id, _)| {
-            noted.iter().any(|n| n == user_id) && !writes.deltas.iter().any(|d| d.0 == *user_id)
+            from_note(user_id) && !writes.deltas.iter().any(|d| d.0 == *user_id)
         });
         deltas.extend(unchanged.map(|(user_id, funds)| wallets::Delta {
             user_id,
