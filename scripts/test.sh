@@ -38,9 +38,32 @@ export WALLET_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 # The tests that kill a broker start their own Tansu, on a database of their own.
 export WALLET_TEST_TANSU="$WALLET_TANSU" WALLET_TEST_TANSU_STORAGE="$WALLET_TANSU_STORAGE"
 log "running the test suite"
-# A test that hangs fails the run at this bound (the suite takes a minute or two)
-# instead of holding it; `timeout` stops the test processes too.
-timeout --kill-after=10s "${WALLET_TEST_TIMEOUT:-15m}" cargo test --locked "$@"
+# A test that hangs fails the run at this bound (the suite takes a few minutes) instead
+# of holding it. Before the test processes are stopped, their threads' stacks are
+# printed (with gdb, when installed), to show where they hung. cargo runs in a process
+# group of its own, so that stopping it stops the test binaries and every server a test
+# started too.
+setsid cargo test --locked "$@" &
+tests=$!
+trap 'kill -TERM -- "-$tests" 2>/dev/null' INT TERM
+(
+  sleep "${WALLET_TEST_TIMEOUT:-15m}" </dev/null >/dev/null 2>&1
+  log "the test suite ran past ${WALLET_TEST_TIMEOUT:-15m}; stopping it"
+  if command -v gdb >/dev/null; then
+    for pid in $(pgrep -P "$tests"); do
+      gdb -p "$pid" -batch -ex "thread apply all bt" 2>&1 | grep -E '^(Thread|#)' >&2 || true
+    done
+  fi
+  kill -TERM -- "-$tests" 2>/dev/null || true
+  sleep 10 </dev/null >/dev/null 2>&1
+  kill -KILL -- "-$tests" 2>/dev/null || true
+) &
+watchdog=$!
+status=0
+wait "$tests" || status=$?
+pkill -P "$watchdog" 2>/dev/null || true
+kill "$watchdog" 2>/dev/null || true
+[ "$status" -eq 0 ] || exit "$status"
 # The README's run command, with every dependency already up (as for a second checkout).
 ./scripts/check-run.sh
 # Schema-driven fuzzing of a running instance (bounded: a few hundred cases).

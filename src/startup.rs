@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -22,6 +22,7 @@ use crate::dead_letters::publish::DeadLetterPublisher;
 use crate::dead_letters::store::DeadLetters;
 use crate::idempotency::IdempotencyCache;
 use crate::kafka::wakeups::{IdleFetch, Wakeups};
+use crate::kafka::WalletProducer;
 use crate::lock::WalletLock;
 use crate::outbox::relay::Relay;
 use crate::redis_support::{self, KeySpace, SharedRedis};
@@ -37,7 +38,7 @@ pub struct Application {
     router: axum::Router,
     connections: ConnectionSettings,
     db: MySqlPool,
-    producer: FutureProducer,
+    producer: WalletProducer,
     tasks: Tasks,
     service: WalletService,
 }
@@ -291,7 +292,7 @@ const LOOK_MARGIN: Duration = Duration::from_millis(20);
 fn spawn_workers(
     settings: &Settings,
     db: &MySqlPool,
-    producer: &FutureProducer,
+    producer: &WalletProducer,
     service: &WalletService,
     outbox_wake: Arc<Notify>,
     consumers: Consumers,

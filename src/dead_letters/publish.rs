@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 
 use crate::configuration::KafkaSettings;
 use crate::kafka::wakeups::Wakeups;
+use crate::kafka::WalletProducer;
 use crate::telemetry::metrics;
 
 pub const ORIGINAL_TOPIC: &str = "kafka_dlt-original-topic";
@@ -31,7 +32,7 @@ pub const DELIVERY_ATTEMPT: &str = "kafka_deliveryAttempt";
 /// good: this one replaces it ([`DeadLetterPublisher::heal`]).
 #[derive(Clone)]
 pub struct DeadLetterPublisher {
-    producer: FutureProducer,
+    producer: WalletProducer,
     /// To build a new producer.
     kafka: KafkaSettings,
     group: String,
@@ -50,7 +51,7 @@ pub struct Failure<'a> {
 
 impl DeadLetterPublisher {
     /// Publishes with `producer` (its delivery timeout from `kafka`) for consumer `group`.
-    pub fn new(kafka: &KafkaSettings, producer: FutureProducer, group: impl Into<String>) -> Self {
+    pub fn new(kafka: &KafkaSettings, producer: WalletProducer, group: impl Into<String>) -> Self {
         Self {
             producer,
             kafka: kafka.clone(),

@@ -9,11 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::kafka::wakeups::Wakeups;
+use crate::kafka::WalletProducer;
 use crate::support::clock::{now, timestamp};
 use crate::support::pagination::paginate;
 
@@ -108,7 +109,7 @@ pub struct RetryAllReport {
 #[derive(Clone)]
 pub struct DeadLetters {
     db: MySqlPool,
-    producer: FutureProducer,
+    producer: WalletProducer,
     timeout: Duration,
     /// Told when a dead letter was published again, to wake its topic's consumer.
     published: Option<Arc<Wakeups>>,
@@ -118,7 +119,7 @@ pub struct DeadLetters {
 const RETRY_BATCH: u32 = 100;
 
 impl DeadLetters {
-    pub fn new(db: MySqlPool, producer: FutureProducer, timeout: Duration) -> Self {
+    pub fn new(db: MySqlPool, producer: WalletProducer, timeout: Duration) -> Self {
         Self {
             db,
             producer,

@@ -38,14 +38,15 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
 /// The producer of the dead-letter publisher and the admin retry: idempotent (no
 /// duplicates from its own retries) with `acks=all`; a record not acknowledged within
 /// the delivery timeout fails, and its caller retries it.
-pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
-    idempotent(settings)
+pub fn producer(settings: &KafkaSettings) -> anyhow::Result<WalletProducer> {
+    let producer: FutureProducer = idempotent(settings)
         .set(
             "message.timeout.ms",
             settings.delivery_timeout.as_millis().to_string(),
         )
         .create()
-        .context("creating the Kafka producer")
+        .context("creating the Kafka producer")?;
+    Ok(producer.into())
 }
 
 /// The outbox relay's producer: idempotent with `acks=all` like [`producer`], and its
@@ -59,12 +60,65 @@ pub fn producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
 ///   relay watches progress itself ([`crate::outbox::relay`]);
 /// - any other failure that could leave a gap fails the producer for good instead, and
 ///   the relay replaces it and publishes again from its first unacknowledged record.
-pub fn relay_producer(settings: &KafkaSettings) -> anyhow::Result<FutureProducer> {
-    idempotent(settings)
+pub fn relay_producer(settings: &KafkaSettings) -> anyhow::Result<WalletProducer> {
+    let producer: FutureProducer = idempotent(settings)
         .set("message.timeout.ms", "0")
         .set("enable.gapless.guarantee", "true")
         .create()
-        .context("creating the outbox relay's Kafka producer")
+        .context("creating the outbox relay's Kafka producer")?;
+    Ok(producer.into())
+}
+
+/// A producer the service runs, shared by its clones. The last clone dropped closes it
+/// on a thread of its own: librdkafka purges it, flushes it (up to half a second) and
+/// then waits for its own threads, which may take a while when the broker is away. So a
+/// close holds only that thread, never a runtime worker, nor a runtime's shutdown
+/// (which waits for every worker and blocking task).
+#[derive(Clone)]
+pub struct WalletProducer(Arc<LastHandle>);
+
+struct LastHandle(Option<FutureProducer>);
+
+impl From<FutureProducer> for WalletProducer {
+    fn from(producer: FutureProducer) -> Self {
+        Self(Arc::new(LastHandle(Some(producer))))
+    }
+}
+
+impl Deref for WalletProducer {
+    type Target = FutureProducer;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+             .0
+            .as_ref()
+            .expect("a producer is closed only when its last clone is dropped")
+    }
+}
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        if let Some(producer) = self.0.take() {
+            drop(close_on_thread(move || drop(producer)));
+        }
+    }
+}
+
+/// Runs `close` (a librdkafka client's drop) on a thread of its own; the receiver
+/// resolves when it is done. Without a thread to spare, `close` is dropped in place,
+/// and the client with it.
+fn close_on_thread(close: impl FnOnce() + Send + 'static) -> oneshot::Receiver<()> {
+    let (done, closed) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            close();
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread to close a Kafka client on; closed in place");
+    }
+    closed
 }
 
 fn idempotent(settings: &KafkaSettings) -> ClientConfig {
@@ -80,17 +134,15 @@ fn idempotent(settings: &KafkaSettings) -> ClientConfig {
 
 /// Puts a producer from `build` in `slot` (the relay's or a dead-letter publisher's,
 /// when theirs failed for good); false when none could be built, and `slot` is left as
-/// it was. The old one is dropped, which fails the records it still holds.
+/// it was. The old one is dropped, which fails the records it still holds (closed on a
+/// thread of its own, [`WalletProducer`]).
 pub fn replace_producer(
-    slot: &mut FutureProducer,
-    build: impl FnOnce() -> anyhow::Result<FutureProducer>,
+    slot: &mut WalletProducer,
+    build: impl FnOnce() -> anyhow::Result<WalletProducer>,
 ) -> bool {
     match build() {
         Ok(fresh) => {
-            let old = std::mem::replace(slot, fresh);
-            // Dropping a producer purges and flushes it, which may block for a while: not
-            // on a worker.
-            tokio::task::spawn_blocking(move || drop(old));
+            *slot = fresh;
             true
         }
         Err(e) => {
@@ -196,19 +248,10 @@ impl WalletConsumer {
     }
 
     fn close_in_background(&mut self) -> oneshot::Receiver<()> {
-        let (done, closed) = oneshot::channel();
-        if let Some(consumer) = self.inner.take() {
-            let spawned = std::thread::Builder::new()
-                .name("kafka-close".into())
-                .spawn(move || {
-                    drop(consumer);
-                    let _ = done.send(());
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "no thread to close a Kafka consumer on; closed in place");
-            }
+        match self.inner.take() {
+            Some(consumer) => close_on_thread(move || drop(consumer)),
+            None => oneshot::channel().1,
         }
-        closed
     }
 
     /// Resolves at the next rebalance that assigns partitions (one that came before it

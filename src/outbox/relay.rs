@@ -39,7 +39,7 @@ use futures_util::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 
@@ -47,6 +47,7 @@ use super::{backlog, claim, mark_sent, publishable, OutboxRow};
 use crate::configuration::KafkaSettings;
 use crate::domain::events::{HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use crate::kafka::wakeups::Wakeups;
+use crate::kafka::WalletProducer;
 use crate::support::tasks::StopSignal;
 use crate::telemetry::metrics;
 
@@ -54,7 +55,7 @@ use crate::telemetry::metrics;
 pub struct Relay {
     pub db: MySqlPool,
     /// Replaced when it fails for good (see [`Relay::heal`]).
-    pub producer: FutureProducer,
+    pub producer: WalletProducer,
     /// To build a new producer, and the topics again, when the old one is replaced.
     pub kafka: KafkaSettings,
     pub topic: String,

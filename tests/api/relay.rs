@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use wallet::configuration::Settings;
+use wallet::kafka::WalletProducer;
 use wallet::outbox::relay::Relay;
 use wallet::support::tasks::StopSignal;
 
@@ -67,20 +68,21 @@ async fn too_large(app: &TestApp, id: u64) {
 }
 
 /// An idempotent producer that refuses to queue records over 4 KiB.
-fn strict_producer(settings: &Settings) -> FutureProducer {
-    ClientConfig::new()
+fn strict_producer(settings: &Settings) -> WalletProducer {
+    let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.max.bytes", "4096")
         .set("message.timeout.ms", "10000")
         .create()
-        .unwrap()
+        .unwrap();
+    producer.into()
 }
 
 /// A relay of the test's own over the app's outbox, publishing with `producer`, running
 /// until [`RunningRelay::stop`].
-async fn start_relay(settings: &Settings, producer: FutureProducer) -> RunningRelay {
+async fn start_relay(settings: &Settings, producer: WalletProducer) -> RunningRelay {
     let relay = Relay {
         db: wallet::store::connect(&settings.database, 5).await.unwrap(),
         producer,
