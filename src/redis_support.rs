@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
 
 use crate::domain::Identifier;
@@ -119,14 +118,14 @@ pub async fn listen<T>(
 #[derive(Clone)]
 pub enum RedisConnection {
     Node(MultiplexedConnection),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, ClusterSlots),
 }
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Node(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn, _) => conn.req_packed_command(cmd),
         }
     }
 
@@ -138,41 +137,51 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Node(conn) => conn.req_packed_commands(cmd, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn, _) => conn.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Node(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
+            Self::Cluster(conn, _) => conn.get_db(),
         }
     }
 }
 
-/// A connection the batch scripts can run on, which says whether a script call may only
-/// touch keys of one hash slot.
+/// A connection the batch scripts can run on, which says whether it reaches a Redis
+/// Cluster, where a script call may only touch keys of one hash slot.
 pub trait SlotAware: ConnectionLike + Clone + Send + Sync {
-    fn is_cluster(&self) -> bool;
+    /// The cluster connection and where the cluster's slots live; none on one node.
+    fn cluster(&self) -> Option<(&ClusterConnection, &ClusterSlots)>;
 }
 
 impl SlotAware for RedisConnection {
-    fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
+    fn cluster(&self) -> Option<(&ClusterConnection, &ClusterSlots)> {
+        match self {
+            Self::Node(_) => None,
+            Self::Cluster(conn, slots) => Some((conn, slots)),
+        }
     }
 }
 
 impl SlotAware for MultiplexedConnection {
-    fn is_cluster(&self) -> bool {
-        false
+    fn cluster(&self) -> Option<(&ClusterConnection, &ClusterSlots)> {
+        None
     }
 }
 
 /// Runs a batch script over `items`: one call on a single node; on a cluster, where a
 /// call may touch only one hash slot, one call per slot of the items (`slot_key` names
-/// a key of each item), all sent at once, so each node gets its calls pipelined in one
-/// round trip. `build` fills one call with the arguments every call takes and with the
-/// items whose indices it is given. Returns each call's answer with its items' indices.
+/// a key of each item), the calls for one node sent to it as one pipeline
+/// ([`on_cluster`]). `build` fills one call with the arguments every call takes and with
+/// the items whose indices it is given. Returns each call's answer with its items'
+/// indices.
+///
+/// A call may run twice: the cluster client sends a pipeline again when a node's
+/// connection failed or one of its calls was redirected (`MOVED`, `ASK`, `TRYAGAIN`),
+/// calls that already ran included. So every batch script answers a second run with
+/// the same owner as it answered the first (`lua/lib/claim.lua`, `lua/lib/acquire.lua`).
 pub async fn per_slot<C: SlotAware, T: FromRedisValue>(
     conn: &C,
     script: &Script,
@@ -180,33 +189,249 @@ pub async fn per_slot<C: SlotAware, T: FromRedisValue>(
     slot_key: impl Fn(usize) -> String,
     build: impl Fn(&mut ScriptInvocation<'_>, &[usize]),
 ) -> redis::RedisResult<Vec<(Vec<usize>, T)>> {
-    let groups: Vec<Vec<usize>> = if conn.is_cluster() {
-        let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
-        for item in 0..items {
-            let slot = Slot::for_key(slot_key(item));
-            match groups.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, group)) => group.push(item),
-                None => groups.push((slot, vec![item])),
-            }
-        }
-        groups.into_iter().map(|(_, group)| group).collect()
-    } else {
-        vec![(0..items).collect()]
+    let Some((cluster, slots)) = conn.cluster() else {
+        let all: Vec<usize> = (0..items).collect();
+        let mut invocation = script.prepare_invoke();
+        build(&mut invocation, &all);
+        let answer = invocation.invoke_async(&mut conn.clone()).await?;
+        return Ok(vec![(all, answer)]);
     };
-    let invocations: Vec<ScriptInvocation<'_>> = groups
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for item in 0..items {
+        let slot = hash_slot(slot_key(item).as_bytes());
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((slot, vec![item])),
+        }
+    }
+    let calls: Vec<(u16, ScriptInvocation<'_>)> = groups
         .iter()
-        .map(|group| {
+        .map(|(slot, group)| {
             let mut invocation = script.prepare_invoke();
             build(&mut invocation, group);
-            invocation
+            (*slot, invocation)
         })
         .collect();
-    let answers = futures_util::future::try_join_all(invocations.iter().map(|invocation| {
-        let mut conn = conn.clone();
-        async move { invocation.invoke_async::<T>(&mut conn).await }
+    let answers = on_cluster(cluster, slots, &calls).await?;
+    Ok(groups
+        .into_iter()
+        .map(|(_, group)| group)
+        .zip(answers)
+        .collect())
+}
+
+/// Sends script `calls` (each with the hash slot of its keys) to a cluster: the calls
+/// for one node, by [`ClusterSlots`], as one pipeline, routed by its first call's slot,
+/// every node's at once. The cluster client sends a pipeline again, whole, when one of
+/// its calls is redirected, and a pipeline with a call to a slot on the move (`ASK`,
+/// `MOVED`) goes back and forth until it fails. So a call that found its script missing
+/// (`NOSCRIPT`: it did not run) and the calls of a pipeline that failed are sent again
+/// one by one, which loads the script, follows each call's own redirect and runs again
+/// what had run (the scripts answer a second run as the first, [`per_slot`]); after a
+/// failed pipeline the slot map is read again before its next use.
+async fn on_cluster<T: FromRedisValue>(
+    cluster: &ClusterConnection,
+    slots: &ClusterSlots,
+    calls: &[(u16, ScriptInvocation<'_>)],
+) -> redis::RedisResult<Vec<T>> {
+    use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+    let map = slots.current(cluster);
+    // The calls by node; a slot the map does not place is a node of its own.
+    let mut nodes: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+    for (call, (slot, _)) in calls.iter().enumerate() {
+        match map.node_of(*slot) {
+            Some(node) => match nodes.iter_mut().find(|(n, _)| *n == Some(node)) {
+                Some((_, on_node)) => on_node.push(call),
+                None => nodes.push((Some(node), vec![call])),
+            },
+            None => nodes.push((None, vec![call])),
+        }
+    }
+    let sent = futures_util::future::join_all(nodes.iter().map(|(_, on_node)| {
+        let mut pipe = redis::pipe();
+        for &call in on_node {
+            pipe.invoke_script(&calls[call].1);
+        }
+        let route =
+            SingleNodeRoutingInfo::SpecificNode(Route::new(calls[on_node[0]].0, SlotAddr::Master));
+        let mut cluster = cluster.clone();
+        async move { cluster.route_pipeline(pipe, 0, on_node.len(), route).await }
+    }))
+    .await;
+    let mut answers: Vec<Option<T>> = (0..calls.len()).map(|_| None).collect();
+    let mut again = Vec::new();
+    for ((_, on_node), sent) in nodes.iter().zip(sent) {
+        let values = match sent {
+            Ok(values) if values.len() == on_node.len() => values,
+            Ok(_) => return Err(unanswered_error()),
+            Err(e) => {
+                tracing::debug!(error = %e, "a node's pipeline failed; its calls go one by one");
+                slots.stale(cluster);
+                again.extend_from_slice(on_node);
+                continue;
+            }
+        };
+        for (&call, value) in on_node.iter().zip(values) {
+            match value {
+                Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
+                    again.push(call)
+                }
+                value => answers[call] = Some(T::from_redis_value(value.extract_error()?)?),
+            }
+        }
+    }
+    let resent = futures_util::future::try_join_all(again.iter().map(|&call| {
+        let mut cluster = cluster.clone();
+        async move { calls[call].1.invoke_async::<T>(&mut cluster).await }
     }))
     .await?;
-    Ok(groups.into_iter().zip(answers).collect())
+    for (call, answer) in again.into_iter().zip(resent) {
+        answers[call] = Some(answer);
+    }
+    answers
+        .into_iter()
+        .map(|answer| answer.ok_or_else(unanswered_error))
+        .collect()
+}
+
+/// Where a Redis Cluster's hash slots live, as this process last read it (`CLUSTER
+/// SLOTS`): the primary of each range of slots, shared by every connection of a pool.
+/// It only groups a batch's calls by node. The cluster client routes each pipeline by
+/// its first call's slot, on a map of its own that follows failovers, so a stale map
+/// here costs a redirect or a pipeline sent again call by call, never a wrong answer.
+/// The map is read in the background, never in a batch's way: before the first read
+/// (and while the cluster does not answer it) each slot's calls are a pipeline of their
+/// own, and after a failed pipeline the map in hand serves until a new one is read.
+#[derive(Clone, Default)]
+pub struct ClusterSlots(Arc<Mutex<KnownSlots>>);
+
+#[derive(Default)]
+struct KnownSlots {
+    ranges: Arc<SlotRanges>,
+    read: bool,
+    reading: bool,
+}
+
+/// Ranges of hash slots, each with its primary's index among the primaries.
+#[derive(Default)]
+struct SlotRanges {
+    ranges: Vec<(u16, u16, usize)>,
+}
+
+impl SlotRanges {
+    fn node_of(&self, slot: u16) -> Option<usize> {
+        let at = self.ranges.partition_point(|(_, last, _)| *last < slot);
+        self.ranges
+            .get(at)
+            .filter(|(first, _, _)| *first <= slot)
+            .map(|(_, _, node)| *node)
+    }
+}
+
+impl ClusterSlots {
+    /// The map in hand; before one was read, an empty one, and a read started.
+    fn current(&self, cluster: &ClusterConnection) -> Arc<SlotRanges> {
+        let mut known = self.0.lock().expect("slot map poisoned");
+        if !known.read {
+            self.read_in_background(&mut known, cluster);
+        }
+        known.ranges.clone()
+    }
+
+    /// Starts reading the map again (one read at a time), after a failed pipeline.
+    fn stale(&self, cluster: &ClusterConnection) {
+        let mut known = self.0.lock().expect("slot map poisoned");
+        self.read_in_background(&mut known, cluster);
+    }
+
+    fn read_in_background(&self, known: &mut KnownSlots, cluster: &ClusterConnection) {
+        if known.reading {
+            return;
+        }
+        known.reading = true;
+        let (slots, cluster) = (self.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let read = tokio::time::timeout(Duration::from_secs(5), Self::read(&cluster)).await;
+            let mut known = slots.0.lock().expect("slot map poisoned");
+            known.reading = false;
+            match read {
+                Ok(Ok(ranges)) => {
+                    known.ranges = Arc::new(ranges);
+                    known.read = true;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not read the cluster's slot map"),
+                Err(_) => tracing::warn!("the cluster did not give its slot map within 5 s"),
+            }
+        });
+    }
+
+    async fn read(cluster: &ClusterConnection) -> redis::RedisResult<SlotRanges> {
+        let mut cluster = cluster.clone();
+        let answer: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut cluster)
+            .await?;
+        let mut nodes: Vec<(String, i64)> = Vec::new();
+        let mut ranges = Vec::new();
+        for range in answer {
+            let mut fields = range.into_iter();
+            let (Some(first), Some(last), Some(primary)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(unanswered_error());
+            };
+            let first: u16 = redis::from_redis_value(first)?;
+            let last: u16 = redis::from_redis_value(last)?;
+            // A node: its host, its port, its id and, on newer servers, more.
+            let mut primary = redis::from_redis_value::<Vec<Value>>(primary)?.into_iter();
+            let (Some(host), Some(port)) = (primary.next(), primary.next()) else {
+                return Err(unanswered_error());
+            };
+            let address: (String, i64) = (
+                redis::from_redis_value(host)?,
+                redis::from_redis_value(port)?,
+            );
+            let node = match nodes.iter().position(|n| *n == address) {
+                Some(node) => node,
+                None => {
+                    nodes.push(address);
+                    nodes.len() - 1
+                }
+            };
+            ranges.push((first, last, node));
+        }
+        ranges.sort_unstable();
+        Ok(SlotRanges { ranges })
+    }
+}
+
+/// The hash slot of `key` on a Redis Cluster: CRC16 (XMODEM) of its hash tag (the part
+/// between the first `{` and the next `}`, when not empty) or of the whole key, modulo
+/// 16,384.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let tag = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&len| len > 0)
+                .map(|len| &rest[..len])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tag {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
 }
 
 /// Puts per-item answers of [`per_slot`] calls back in the items' order.
@@ -222,9 +447,13 @@ pub fn in_item_order<A>(items: usize, answers: Vec<(Vec<usize>, Vec<A>)>) -> Vec
 
 /// A batch script's call that answered for fewer items than it was given.
 pub fn unanswered() -> RedisFault {
-    RedisFault::Command(redis::RedisError::from(std::io::Error::other(
+    RedisFault::Command(unanswered_error())
+}
+
+fn unanswered_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::other(
         "a batch script answered for fewer items than it was given",
-    )))
+    ))
 }
 
 /// The pool the service's Redis connections come from, a single node's, a cluster's
@@ -292,14 +521,18 @@ pub fn connect(
         .map(|url| redis::Client::open(url.as_str()))
         .collect::<Result<_, _>>()
         .context("parsing WALLET_REDIS_CLUSTER_NODES")?;
-    Ok((RedisPool::Cluster(pool), PubSubNodes::Nodes(nodes)))
+    Ok((
+        RedisPool::Cluster(pool, ClusterSlots::default()),
+        PubSubNodes::Nodes(nodes),
+    ))
 }
 
 /// Where the service's Redis connections come from.
 #[derive(Clone)]
 pub enum RedisPool {
     Node(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    /// With where the cluster's slots live, as last read.
+    Cluster(deadpool_redis::cluster::Pool, ClusterSlots),
     /// Each connection made for the primary the Sentinels name when it is made.
     Sentinel(deadpool_redis::sentinel::Pool),
 }
@@ -336,9 +569,10 @@ impl SharedRedis {
             RedisPool::Node(pool) => {
                 RedisConnection::Node((*bounded(self.timeout, pool.get()).await?).clone())
             }
-            RedisPool::Cluster(pool) => {
-                RedisConnection::Cluster((*bounded(self.timeout, pool.get()).await?).clone())
-            }
+            RedisPool::Cluster(pool, slots) => RedisConnection::Cluster(
+                (*bounded(self.timeout, pool.get()).await?).clone(),
+                slots.clone(),
+            ),
             // Taken out of the pool, so that the connection made after a failure asks the
             // Sentinels again rather than reusing one to a primary demoted meanwhile
             // (which still answers the pool's PING).
@@ -410,5 +644,50 @@ impl KeySpace {
     /// ([`crate::kafka::wakeups`]).
     pub fn records_channel(&self) -> String {
         format!("{}:kafka-records", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::{Route, SlotAddr};
+
+    use super::{hash_slot, SlotRanges};
+
+    #[test]
+    fn a_key_s_slot_is_the_one_redis_gives_it() {
+        // The Redis Cluster specification's check value: CRC16 of "123456789" is 0x31C3.
+        assert_eq!(hash_slot(b"123456789"), 0x31C3);
+        for key in [
+            "wallet:wallet:{u1}:lock",
+            "wallet:request:{user-42}:payment:order-7",
+            "no tag at all",
+            "empty {} tag",
+            "{}{u1}",
+            "unclosed {u1",
+            "",
+        ] {
+            assert_eq!(
+                Route::new(hash_slot(key.as_bytes()), SlotAddr::Master),
+                Route::with_key(key, SlotAddr::Master),
+                "{key}"
+            );
+        }
+        assert_eq!(hash_slot(b"a{u1}b"), hash_slot(b"{u1}"));
+    }
+
+    #[test]
+    fn a_slot_is_placed_on_the_node_of_its_range() {
+        let map = SlotRanges {
+            ranges: vec![(0, 5460, 0), (5461, 10922, 1), (10923, 16383, 2)],
+        };
+        assert_eq!(map.node_of(0), Some(0));
+        assert_eq!(map.node_of(5460), Some(0));
+        assert_eq!(map.node_of(5461), Some(1));
+        assert_eq!(map.node_of(16383), Some(2));
+        let gap = SlotRanges {
+            ranges: vec![(0, 99, 0), (200, 16383, 1)],
+        };
+        assert_eq!(gap.node_of(150), None);
+        assert_eq!(SlotRanges::default().node_of(7), None);
     }
 }

@@ -6,7 +6,9 @@
 -- acquisition writes the bare token. Otherwise marks the lock contended (so its
 -- release is announced) and returns minus the time in ms its lease still has to run
 -- (at least 1), so a waiter knows how long it may sleep, and '0'. Runs after
--- lib/fence.lua.
+-- lib/fence.lua. A second run of the same acquisition (a client that sent its call
+-- again: `src/redis_support.rs`, per_slot) finds the lock held by its own owner and
+-- answers the token it handed out then, and '0' (the note it found then is gone).
 --
 -- The counter is first raised to Redis's clock, in microseconds since the epoch, when it
 -- is behind it, so a token issued at time t is t + 1 (a little more when several are
@@ -27,6 +29,9 @@ local function acquire(lock, fence, contended, owner, lease_ms)
     -- '%.0f': tostring would print an exponent and drop digits.
     redis.call('SET', fence, string.format('%.0f', token))
     return token, found
+  end
+  if redis.call('GET', lock) == owner then
+    return last_token(redis.call('GET', fence)), '0'
   end
   local ttl = redis.call('PTTL', lock)
   if ttl < 1 then ttl = 1 end

@@ -6,7 +6,9 @@
 --   {'done', reply}         a finished request: replay `reply`
 --   {'pending', ttl_ms}     the same request is being processed right now
 --   {'mismatch'}            the key was used for a different request
--- A claim left by a crashed process expires on its own after ttl_ms.
+-- A claim left by a crashed process expires on its own after ttl_ms. A second run of
+-- the same claim (a client that sent its call again: `src/redis_support.rs`, per_slot)
+-- finds the key claimed by its own owner and answers {'claimed'} again.
 local function claim(key, ttl_ms, wanted, owner)
   local found = redis.call('GET', key)
   if not found then
@@ -18,6 +20,8 @@ local function claim(key, ttl_ms, wanted, owner)
     return {'mismatch'}
   elseif state == 'd' then
     return {'done', rest}
+  elseif rest == owner then
+    return {'claimed'}
   end
   return {'pending', redis.call('PTTL', key)}
 end

@@ -1,10 +1,11 @@
 //! A batch's two Redis steps, each one script call per hash slot (one call on a single
-//! node): the start claims the batch's idempotency keys and takes its wallets' locks
-//! (`lua/batch_begin.lua`), the end caches its replies or frees its claims and releases
-//! the locks (`lua/batch_finish.lua`). On a cluster a wallet's claims and lock share its
-//! hash tag, so each wallet costs one call per step; a hold placement's claim, tagged by
-//! the hold, goes in a call of its own slot. Without claims, the same calls only take
-//! and release locks ([`WalletLock::acquire_batch`], [`WalletLock::release_batch`]).
+//! node; on a cluster, one pipeline per node, [`per_slot`]): the start claims the
+//! batch's idempotency keys and takes its wallets' locks (`lua/batch_begin.lua`), the
+//! end caches its replies or frees its claims and releases the locks
+//! (`lua/batch_finish.lua`). On a cluster a wallet's claims and lock share its hash tag,
+//! so each wallet costs one call per step; a hold placement's claim, tagged by the hold,
+//! goes in a call of its own slot. Without claims, the same calls only take and release
+//! locks ([`WalletLock::acquire_batch`], [`WalletLock::release_batch`]).
 
 use std::time::Duration;
 

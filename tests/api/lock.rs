@@ -159,6 +159,67 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
     lock.release_batch(&conn, stale).await.unwrap();
 }
 
+/// The batch start's script (`lua/batch_begin.lua`) run twice with the same arguments,
+/// as a cluster client does when it sends a pipeline again after a redirect or a broken
+/// connection: the second run answers what the first did (the key claimed, the lock
+/// taken under the same token), and another owner still finds both taken.
+#[tokio::test]
+async fn a_batch_start_sent_twice_answers_the_same_both_times() {
+    let app = spawn_app().await;
+    let mut conn = connection(&app.settings).await;
+    let begin = redis::Script::new(concat!(
+        include_str!("../../lua/lib/entry.lua"),
+        include_str!("../../lua/lib/claim.lua"),
+        include_str!("../../lua/lib/fence.lua"),
+        include_str!("../../lua/lib/acquire.lua"),
+        include_str!("../../lua/batch_begin.lua")
+    ));
+    let prefix = &app.settings.redis.key_prefix;
+    let start = |owner: &str, claim_owner: &str| {
+        let mut call = begin.prepare_invoke();
+        call.key(format!("{prefix}:request:{{u9}}:payment:o1"))
+            .key(format!("{prefix}:wallet:{{u9}}:lock"))
+            .key(format!("{prefix}:wallet:{{u9}}:fence"))
+            .key(format!("{prefix}:wallet:{{u9}}:contended"))
+            .arg(60_000)
+            .arg(owner.to_owned())
+            .arg(10_000)
+            .arg(1)
+            .arg("fingerprint")
+            .arg(claim_owner.to_owned());
+        call
+    };
+    let first: redis::Value = start("batch-a", "claim-a")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let again: redis::Value = start("batch-a", "claim-a")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let (claimed, token, found): (Vec<String>, i64, String) =
+        redis::from_redis_value(first).unwrap();
+    assert_eq!(claimed, ["claimed"]);
+    assert!(token > 0);
+    assert_eq!(found, "0");
+    let (claimed_again, token_again, _): (Vec<String>, i64, String) =
+        redis::from_redis_value(again).unwrap();
+    assert_eq!(claimed_again, ["claimed"]);
+    assert_eq!(token_again, token);
+
+    let other: redis::Value = start("batch-b", "claim-b")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let (pending, refused, _): (Vec<redis::Value>, i64, String) =
+        redis::from_redis_value(other).unwrap();
+    assert_eq!(
+        redis::from_redis_value::<String>(pending[0].clone()).unwrap(),
+        "pending"
+    );
+    assert!(refused < 0, "the lock is held: {refused}");
+}
+
 #[tokio::test]
 async fn a_counter_found_behind_the_database_jumps_well_past_it() {
     let app = spawn_app().await;
