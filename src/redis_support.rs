@@ -227,8 +227,8 @@ pub async fn per_slot<C: SlotAware, T: FromRedisValue>(
 /// `MOVED`) goes back and forth until it fails. So a call that found its script missing
 /// (`NOSCRIPT`: it did not run) and the calls of a pipeline that failed are sent again
 /// one by one, which loads the script, follows each call's own redirect and runs again
-/// what had run (the scripts answer a second run as the first, [`per_slot`]); after a
-/// failed pipeline the slot map is read again before its next use.
+/// what had run (the scripts answer a second run as the first, [`per_slot`]); a failed
+/// pipeline also has the slot map read again, in the background.
 async fn on_cluster<T: FromRedisValue>(
     cluster: &ClusterConnection,
     slots: &ClusterSlots,
