@@ -196,14 +196,7 @@ pub async fn per_slot<C: SlotAware, T: FromRedisValue>(
         let answer = invocation.invoke_async(&mut conn.clone()).await?;
         return Ok(vec![(all, answer)]);
     };
-    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
-    for item in 0..items {
-        let slot = hash_slot(slot_key(item).as_bytes());
-        match groups.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, group)) => group.push(item),
-            None => groups.push((slot, vec![item])),
-        }
-    }
+    let groups = grouped(items, |item| hash_slot(slot_key(item).as_bytes()));
     let calls: Vec<(u16, ScriptInvocation<'_>)> = groups
         .iter()
         .map(|(slot, group)| {
@@ -218,6 +211,20 @@ pub async fn per_slot<C: SlotAware, T: FromRedisValue>(
         .map(|(_, group)| group)
         .zip(answers)
         .collect())
+}
+
+/// The indices `0..items` grouped by `key`, each group with its key, in the order of
+/// their first items.
+fn grouped<K: PartialEq>(items: usize, key: impl Fn(usize) -> K) -> Vec<(K, Vec<usize>)> {
+    let mut groups: Vec<(K, Vec<usize>)> = Vec::new();
+    for item in 0..items {
+        let k = key(item);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((k, vec![item])),
+        }
+    }
+    groups
 }
 
 /// Sends script `calls` (each with the hash slot of its keys) to a cluster: the calls
@@ -236,17 +243,12 @@ async fn on_cluster<T: FromRedisValue>(
 ) -> redis::RedisResult<Vec<T>> {
     use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
     let map = slots.current(cluster);
-    // The calls by node; a slot the map does not place is a node of its own.
-    let mut nodes: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
-    for (call, (slot, _)) in calls.iter().enumerate() {
-        match map.node_of(*slot) {
-            Some(node) => match nodes.iter_mut().find(|(n, _)| *n == Some(node)) {
-                Some((_, on_node)) => on_node.push(call),
-                None => nodes.push((Some(node), vec![call])),
-            },
-            None => nodes.push((None, vec![call])),
-        }
-    }
+    // The calls by node; a slot the map does not place (its calls' slots differ) is a
+    // node of its own.
+    let nodes = grouped(calls.len(), |call| {
+        let slot = calls[call].0;
+        map.node_of(slot).ok_or(slot)
+    });
     let sent = futures_util::future::join_all(nodes.iter().map(|(_, on_node)| {
         let mut pipe = redis::pipe();
         for &call in on_node {
@@ -307,8 +309,8 @@ pub struct ClusterSlots(Arc<Mutex<KnownSlots>>);
 
 #[derive(Default)]
 struct KnownSlots {
-    ranges: Arc<SlotRanges>,
-    read: bool,
+    /// None until a map was read.
+    ranges: Option<Arc<SlotRanges>>,
     reading: bool,
 }
 
@@ -332,10 +334,10 @@ impl ClusterSlots {
     /// The map in hand; before one was read, an empty one, and a read started.
     fn current(&self, cluster: &ClusterConnection) -> Arc<SlotRanges> {
         let mut known = self.0.lock().expect("slot map poisoned");
-        if !known.read {
+        if known.ranges.is_none() {
             self.read_in_background(&mut known, cluster);
         }
-        known.ranges.clone()
+        known.ranges.clone().unwrap_or_default()
     }
 
     /// Starts reading the map again (one read at a time), after a failed pipeline.
@@ -355,10 +357,7 @@ impl ClusterSlots {
             let mut known = slots.0.lock().expect("slot map poisoned");
             known.reading = false;
             match read {
-                Ok(Ok(ranges)) => {
-                    known.ranges = Arc::new(ranges);
-                    known.read = true;
-                }
+                Ok(Ok(ranges)) => known.ranges = Some(Arc::new(ranges)),
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not read the cluster's slot map"),
                 Err(_) => tracing::warn!("the cluster did not give its slot map within 5 s"),
             }

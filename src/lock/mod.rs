@@ -131,6 +131,18 @@ pub struct WalletLock {
     scripts: Arc<Scripts>,
 }
 
+/// A batch's start (`lua/batch_begin.lua` after the functions it calls): claims its keys
+/// and takes its wallets' locks ([`WalletLock::begin_batch`]).
+pub fn batch_begin_script() -> Script {
+    Script::new(concat!(
+        include_str!("../../lua/lib/entry.lua"),
+        include_str!("../../lua/lib/claim.lua"),
+        include_str!("../../lua/lib/fence.lua"),
+        include_str!("../../lua/lib/acquire.lua"),
+        include_str!("../../lua/batch_begin.lua")
+    ))
+}
+
 struct Scripts {
     /// A batch's start and end (`steps.rs`).
     begin: Script,
@@ -154,13 +166,7 @@ impl WalletLock {
             timeout,
             releases: Arc::new(Releases::default()),
             scripts: Arc::new(Scripts {
-                begin: Script::new(concat!(
-                    include_str!("../../lua/lib/entry.lua"),
-                    include_str!("../../lua/lib/claim.lua"),
-                    include_str!("../../lua/lib/fence.lua"),
-                    include_str!("../../lua/lib/acquire.lua"),
-                    include_str!("../../lua/batch_begin.lua")
-                )),
+                begin: batch_begin_script(),
                 finish: Script::new(concat!(
                     include_str!("../../lua/lib/entry.lua"),
                     include_str!("../../lua/lib/settle.lua"),

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use tokio::time::Instant;
 use wallet::domain::Identifier;
-use wallet::lock::{BatchLocks, WalletLock, REFENCE_MARGIN};
+use wallet::lock::{batch_begin_script, BatchLocks, WalletLock, REFENCE_MARGIN};
 use wallet::redis_support::KeySpace;
 use wallet::store::wallets::apply_delta;
 
@@ -167,20 +167,16 @@ async fn a_holder_from_before_a_redis_data_loss_cannot_write_a_wallet_the_databa
 async fn a_batch_start_sent_twice_answers_the_same_both_times() {
     let app = spawn_app().await;
     let mut conn = connection(&app.settings).await;
-    let begin = redis::Script::new(concat!(
-        include_str!("../../lua/lib/entry.lua"),
-        include_str!("../../lua/lib/claim.lua"),
-        include_str!("../../lua/lib/fence.lua"),
-        include_str!("../../lua/lib/acquire.lua"),
-        include_str!("../../lua/batch_begin.lua")
-    ));
-    let prefix = &app.settings.redis.key_prefix;
+    let begin = batch_begin_script();
+    let keys = KeySpace::new(&app.settings.redis.key_prefix);
+    let u9 = user("u9");
+    let o1 = Identifier::parse("orderId", "o1".to_owned()).unwrap();
     let start = |owner: &str, claim_owner: &str| {
         let mut call = begin.prepare_invoke();
-        call.key(format!("{prefix}:request:{{u9}}:payment:o1"))
-            .key(format!("{prefix}:wallet:{{u9}}:lock"))
-            .key(format!("{prefix}:wallet:{{u9}}:fence"))
-            .key(format!("{prefix}:wallet:{{u9}}:contended"))
+        call.key(keys.idempotency(&u9, "payment", &o1))
+            .key(keys.lock(&u9))
+            .key(keys.fence(&u9))
+            .key(keys.contended(&u9))
             .arg(60_000)
             .arg(owner.to_owned())
             .arg(10_000)
