@@ -11,11 +11,13 @@
 # Cluster (three primaries with a replica each) beside it on one Redis node. Every
 # cell runs --runs times (default 2) so their agreement can be judged, and reports the
 # CPU time per debit of the service, of MariaDB and of Redis (every node of the cluster
-# in its cells) from /proc. Writes the matrix to
-# loadtest/results/bench-*/matrix.md.
+# in its cells) from /proc. With --db-cpus N (0.5 unless 0 is given), the batched
+# Redis path and the batched row locks run once more with MariaDB limited to N cores
+# (loadtest/run.sh --db-cpus), as where the database is the bottleneck and the
+# services around it have room. Writes the matrix to loadtest/results/bench-*/matrix.md.
 #
 #   ./loadtest/bench.sh [--duration 30s] [--warmup 5s] [--runs 2] [--wallets 10000]
-#                       [--client native|k6]
+#                       [--client native|k6] [--db-cpus 0.5]
 #
 # The load comes from load-client (src/bin/load-client.rs), a closed loop of 150 virtual
 # users that costs a few µs of CPU per request; --client k6 drives the same scenarios
@@ -24,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-duration=30s warmup=5s runs=2 wallets=10000 client=native
+duration=30s warmup=5s runs=2 wallets=10000 client=native db_cpus=0.5
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
@@ -32,10 +34,12 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift 2 ;;
     --wallets) wallets=$2; shift 2 ;;
     --client) client=$2; shift 2 ;;
+    --db-cpus) db_cpus=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-command_line="./loadtest/bench.sh --duration $duration --warmup $warmup --runs $runs --wallets $wallets --client $client"
+command_line="./loadtest/bench.sh --duration $duration --warmup $warmup --runs $runs --wallets $wallets --client $client --db-cpus $db_cpus"
+db_bound=$(python3 -c 'import sys; print(int(float(sys.argv[1]) > 0))' "$db_cpus")
 out="loadtest/results/bench-$(date +%s)"
 mkdir -p "$out"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -48,10 +52,14 @@ declare -A cells=(
   [forupdate]="--lock-mode mysql --batch-max 1"
   [fallback]="--lock-mode mysql"
   [cluster]="--lock-mode redis --redis-cluster"
+  [db-batched]="--lock-mode redis --db-cpus $db_cpus"
+  [db-fallback]="--lock-mode mysql --db-cpus $db_cpus"
 )
+db_cells=""
+if [ "$db_bound" = 1 ]; then db_cells="db-batched db-fallback"; fi
 for run in $(seq 1 "$runs"); do
   for scenario in hot-wallet spread hot-spread; do
-    for cell in batched cluster unbatched forupdate fallback; do
+    for cell in batched cluster unbatched forupdate fallback $db_cells; do
       [ "$scenario/$cell" = hot-spread/unbatched ] && continue
       echo "--- run $run: $scenario, $cell"
       # The matrix measures the lock paths, not the rate limiter: a rate no cell reaches.
@@ -105,9 +113,9 @@ PY
   done
 done
 
-python3 - "$out" "$runs" "$command_line" "$wallets" "$client" <<'PY'
+python3 - "$out" "$runs" "$command_line" "$wallets" "$client" "$db_cpus" "$db_bound" <<'PY'
 import json, os, platform, subprocess, sys, datetime
-out, runs, command, wallets, client = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out, runs, command, wallets, client, db_cpus, db_bound = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7] == "1"
 def load(name):
     return json.load(open(os.path.join(out, name)))
 def cpu():
@@ -123,9 +131,10 @@ mem = int(open("/proc/meminfo").readline().split()[1]) // (1024 * 1024)
 paths = [("batched", "Redis lock, batched (default)"), ("unbatched", "Redis lock, unbatched"),
          ("forupdate", "FOR UPDATE per request"), ("fallback", "FOR UPDATE, batched (fallback)"),
          ("floor", "database floor"), ("cluster", "Redis Cluster, batched")]
-rows, rate, p99, svc, db, rds, gen = [], {}, {}, {}, {}, {}, {}
+db_paths = [("db-batched", "Redis lock, batched (default)"), ("db-fallback", "FOR UPDATE, batched (fallback)")]
+rows, db_rows, rate, p99, svc, db, rds, gen = [], [], {}, {}, {}, {}, {}, {}
 for scenario in ["hot-wallet", "spread", "hot-spread"]:
-    for cell, label in paths:
+    for cell, label in paths + (db_paths if db_bound else []):
         if scenario == "hot-spread" and cell in ("unbatched", "floor"):
             continue
         cells = [load(f"{scenario}-{cell}-{r}.json") for r in range(1, runs + 1)]
@@ -142,7 +151,7 @@ for scenario in ["hot-wallet", "spread", "hot-spread"]:
         gen_cell = "—" if gen[key] != gen[key] else f"{gen[key]:,.0f}"
         errors = sum(c.get("errors", 0) for c in cells)
         last = cells[-1]
-        rows.append(f"| {scenario} | {label} | {m:,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} ({spread_pct:.1f} %) "
+        (db_rows if cell.startswith("db-") else rows).append(f"| {scenario} | {label} | {m:,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} ({spread_pct:.1f} %) "
                     f"| {last['p50']:.1f} | {last['p95']:.1f} | {last['p99']:.1f} | {svc[key]:,.0f} | {db[key]:,.0f} | {rds_cell} | {gen_cell} | {errors} |")
 def target(name, value, goal, ok):
     return f"| {name} | {value} | {goal} | {'met' if ok else 'not met'} |"
@@ -166,6 +175,11 @@ targets = [
     target("hot wallet: batched ÷ single-row floor", f"{rate[(h, 'batched')] / rate[(h, 'floor')]:.2f}", "> 1",
            rate[(h, 'batched')] > rate[(h, 'floor')]),
 ]
+db_targets = [
+    target(f"{sc}, MariaDB at {db_cpus} cores: batched Redis ÷ batched row locks only",
+           f"{rate[(sc, 'db-batched')] / rate[(sc, 'db-fallback')]:.2f}", "≥ 1.3",
+           rate[(sc, 'db-batched')] >= 1.3 * rate[(sc, 'db-fallback')]) for sc in [h, s, x]
+] if db_bound else []
 for sc in [h, s, x]:
     targets += [
         target(f"{sc}: Redis Cluster ÷ one Redis node, batched", f"{rate[(sc, 'cluster')] / rate[(sc, 'batched')]:.2f}", "≥ 0.8",
@@ -221,6 +235,17 @@ in five) or void, two requests; a settled hold counts once. CPU is per ledger en
 |---|---|---|---|---|---|---|---|---|---|---|---|
 {nl.join(hold_rows)}
 
+{f'''Where the database is the bottleneck: the same batched paths with MariaDB limited to {db_cpus} cores
+(`loadtest/run.sh --db-cpus {db_cpus}`), the instances, Redis and the load client on the rest.
+
+| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | service CPU µs/debit | MariaDB CPU µs/debit | Redis CPU µs/debit | load client CPU µs/request | errors |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+{nl.join(db_rows)}
+
+| target (same run) | measured | goal | |
+|---|---|---|---|
+{nl.join(db_targets)}
+''' if db_bound else ''}
 CPU per debit of each path relative to the batched Redis path (same scenario):
 
 | scenario | path | service CPU × | MariaDB CPU × |

@@ -5,14 +5,17 @@
 #   ./loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql]
 #                              [--duration 30s] [--warmup 0s] [--vus 150] [--no-kafka]
 #                              [--skew] [--wallets N] [--rate N] [--batch-max N]
-#                              [--client k6|native] [--redis-cluster]
+#                              [--client k6|native] [--redis-cluster] [--db-cpus N]
 #
 # The instances run with the service's default rate limit (per key and instance)
 # unless --rate sets WALLET_RATE_LIMIT_PER_SECOND (and a burst of a tenth of it), and
 # with the service's default group commit unless --batch-max sets WALLET_BATCH_MAX
 # (1: every debit in a transaction of its own). --redis-cluster runs them on a local
 # Redis Cluster (three primaries with a replica each, scripts/deps.sh) instead of the
-# single Redis.
+# single Redis. --db-cpus N gives MariaDB at most N cores for the run (the kernel's CPU
+# bandwidth control: a cgroup with a quota, as a database server shared by many services
+# gives each one a part of it), so the database is the bottleneck and the rest of the
+# machine has room; it needs root and the cgroup cpu controller (v1 or v2).
 #
 # The report carries the CPU time per debit of the instances, of MariaDB and of the Redis
 # servers (every node of a cluster) over the measured part (loadtest/cpu.py), from the
@@ -36,7 +39,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scenario="${1:?usage: loadtest/run.sh SCENARIO [--instances N] [--lock-mode auto|redis|mysql] [--duration 30s] [--vus 150] [--no-kafka] [--skew] [--wallets N] [--redis-cluster]}"
 shift
-instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate= batch_max= client=k6 cluster=0
+instances=2 lock_mode=auto duration=30s warmup=0s vus=150 kafka=1 skew=0 wallets=10000 rate= batch_max= client=k6 cluster=0 db_cpus=
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) instances=$2; shift 2 ;;
@@ -51,6 +54,7 @@ while [ $# -gt 0 ]; do
     --skew) skew=1; shift ;;
     --client) client=$2; shift 2 ;;
     --redis-cluster) cluster=1; shift ;;
+    --db-cpus) db_cpus=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -94,6 +98,7 @@ cleanup() {
   stop_instances
   forget_run "load-$run_id"
   if [ "$cluster" = 1 ]; then forget_redis_cluster; fi
+  if [ -n "$db_cpus" ]; then unlimit_cpus "${db_pid:-}"; fi
 }
 trap cleanup EXIT
 
@@ -133,6 +138,10 @@ log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && e
 
 db_pid=$(pgrep -f -- "--port=$DB_PORT" | head -n 1 || true)
 [ -n "$db_pid" ] || db_pid=$(pgrep -xo mariadbd || pgrep -xo mysqld || true)
+if [ -n "$db_cpus" ]; then
+  limit_cpus "${db_pid:?no MariaDB process to limit}" "$db_cpus"
+  log "MariaDB (pid $db_pid) limited to $db_cpus cores"
+fi
 # The Redis servers the instances use: the one node, or every node of the cluster.
 if [ "$cluster" = 1 ]; then redis_ports=$(redis_cluster_ports); else redis_ports=$REDIS_PORT; fi
 # Found by their process titles; a Redis this machine does not run gets no column.

@@ -55,3 +55,42 @@ stop_instances() {
   for pid in "${instance_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   instance_pids=()
 }
+
+# limit_cpus PID CPUS: the process PID (all its threads) may use at most CPUS cores
+# (0.5, 1, …), in a cgroup of its own with a CPU bandwidth quota over 10 ms periods
+# (short, so a throttled server stalls milliseconds, not a tenth of a second); its
+# earlier cgroup is kept for unlimit_cpus. Needs root and the cgroup cpu controller,
+# v2 (cpu.max) or v1 (cpu.cfs_quota_us).
+cpu_limit_group=""
+limit_cpus() {
+  local pid=$1 cpus=$2 period=10000 quota
+  quota=$(python3 -c 'import sys; print(int(float(sys.argv[1]) * 10000))' "$cpus")
+  if [ "$quota" -lt 1000 ]; then log "--db-cpus: at least 0.1 cores"; return 1; fi
+  if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+    cpu_limit_origin="/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$pid/cgroup")"
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    cpu_limit_group=/sys/fs/cgroup/wallet-cpu-limit
+    mkdir -p "$cpu_limit_group"
+    echo "$quota $period" >"$cpu_limit_group/cpu.max"
+  elif [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+    cpu_limit_origin="/sys/fs/cgroup/cpu$(sed -n 's/^[0-9]*:\([^:]*,\)\{0,1\}cpu\(,[^:]*\)\{0,1\}:\(.*\)$/\3/p' "/proc/$pid/cgroup")"
+    cpu_limit_group=/sys/fs/cgroup/cpu/wallet-cpu-limit
+    mkdir -p "$cpu_limit_group"
+    echo "$period" >"$cpu_limit_group/cpu.cfs_period_us"
+    echo "$quota" >"$cpu_limit_group/cpu.cfs_quota_us"
+  else
+    log "no cgroup cpu controller here (/sys/fs/cgroup): cannot limit a process's cores"
+    return 1
+  fi
+  # Left there by a run that was killed: back to the group above it at the end.
+  if [ "${cpu_limit_origin%/}" = "$cpu_limit_group" ]; then cpu_limit_origin=$(dirname "$cpu_limit_group"); fi
+  echo "$pid" >"$cpu_limit_group/cgroup.procs"
+}
+
+# unlimit_cpus PID: moves PID back to the cgroup it was in before limit_cpus.
+unlimit_cpus() {
+  [ -n "$cpu_limit_group" ] || return 0
+  if [ -n "${1:-}" ]; then echo "$1" >"${cpu_limit_origin%/}/cgroup.procs" 2>/dev/null || true; fi
+  rmdir "$cpu_limit_group" 2>/dev/null || true
+  cpu_limit_group=""
+}
