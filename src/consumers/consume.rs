@@ -196,13 +196,22 @@ impl Fetching {
         match self.until {
             Some(until) => {
                 tokio::time::sleep_until(until).await;
-                Turn::Pause
+                // Records wait: the fetch for them is slow (a busy broker), not missing.
+                // A pause would drop its answer, and the short looks that follow end
+                // before a slow answer comes, so the consumer would never catch up.
+                if consumer.behind() {
+                    Turn::Resume(idle.after)
+                } else {
+                    Turn::Pause
+                }
             }
             None => tokio::select! {
                 _ = idle.wake.notified() => Turn::Resume(idle.after),
                 // Partitions just assigned are fetched: records may wait there.
                 _ = consumer.assigned() => Turn::Resume(idle.after),
-                _ = tokio::time::sleep(crate::lock::jitter(idle.look_every)) => Turn::Resume(idle.look_for),
+                _ = tokio::time::sleep(crate::lock::jitter(idle.look_every)) => {
+                    Turn::Resume(if consumer.behind() { idle.after } else { idle.look_for })
+                }
             },
         }
     }
@@ -217,7 +226,9 @@ impl Fetching {
         match turn {
             Turn::Pause => self.set_paused(consumer, true),
             Turn::Resume(fetch_for) => {
-                self.set_paused(consumer, false);
+                if self.until.is_none() {
+                    self.set_paused(consumer, false);
+                }
                 self.until = Some(Instant::now() + fetch_for);
             }
         }

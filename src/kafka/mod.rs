@@ -3,6 +3,7 @@
 //! [`crate::dead_letters`].
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,14 +154,17 @@ pub fn replace_producer(
 }
 
 /// The consumers' client context: reports consumer lag from librdkafka's statistics,
-/// and tells the consume loop of every assignment ([`WalletConsumer::assigned`]).
+/// and tells the consume loop of every assignment ([`WalletConsumer::assigned`]) and
+/// whether records wait ([`WalletConsumer::behind`]).
 pub struct LagReporter {
     name: &'static str,
     assigned: Notify,
+    behind: AtomicBool,
 }
 
 impl ClientContext for LagReporter {
     fn stats(&self, statistics: Statistics) {
+        let mut behind = false;
         for topic in statistics.topics.values() {
             for (partition, stats) in &topic.partitions {
                 // librdkafka reports -1 for partitions it does not consume.
@@ -170,9 +174,11 @@ impl ClientContext for LagReporter {
                         *partition,
                         stats.consumer_lag,
                     );
+                    behind |= stats.consumer_lag > 0;
                 }
             }
         }
+        self.behind.store(behind, Ordering::Relaxed);
     }
 }
 
@@ -261,6 +267,13 @@ impl WalletConsumer {
         self.context().assigned.notified()
     }
 
+    /// True when librdkafka's latest statistics (every few seconds) had records past the
+    /// committed offset of a partition this consumer has: the broker's high watermark as
+    /// last seen, so records written since a pause do not count.
+    pub fn behind(&self) -> bool {
+        self.context().behind.load(Ordering::Relaxed)
+    }
+
     /// Pauses or resumes every partition assigned: a paused consumer sends no fetch
     /// ([`wakeups`]). Partitions a later rebalance assigns are fetched.
     ///
@@ -341,6 +354,7 @@ pub fn consumer(
         .create_with_context(LagReporter {
             name,
             assigned: Notify::new(),
+            behind: AtomicBool::new(false),
         })
         .context("creating a Kafka consumer")?;
     consumer.subscribe(topics).context("subscribing")?;

@@ -15,6 +15,11 @@
 //!   else (a checkout publishing payment requests), or a wake-up lost while Redis was
 //!   down.
 //!
+//! A consumer whose statistics show it behind (records past its committed offsets, at
+//! the broker's high watermark as last seen) does not pause, and a look while it is
+//! behind fetches for [`IdleFetch::after`]: a busy broker's answer to a fetch may come
+//! later than a short look lasts, and a pause drops it.
+//!
 //! Pausing changes when records are fetched, never which: the records and the
 //! committed offsets stay where they were, and a resumed consumer fetches from its
 //! position.
@@ -35,7 +40,8 @@ pub struct IdleFetch {
     pub after: Duration,
     /// While paused, fetch once this often (jittered).
     pub look_every: Duration,
-    /// How long one look fetches: one `fetch.wait.max.ms` and the round trip.
+    /// How long one look fetches when the consumer is not behind: one
+    /// `fetch.wait.max.ms` and the round trip.
     pub look_for: Duration,
     /// Notified when records were written to the consumer's topics.
     pub wake: Arc<Notify>,
