@@ -138,6 +138,7 @@ log "$instances instance(s), lock mode $lock_mode, kafka $([ "$kafka" = 1 ] && e
 
 db_pid=$(pgrep -f -- "--port=$DB_PORT" | head -n 1 || true)
 [ -n "$db_pid" ] || db_pid=$(pgrep -xo mariadbd || pgrep -xo mysqld || true)
+if [ -n "${db_pid:-}" ]; then clear_cpu_limit "$db_pid"; fi
 if [ -n "$db_cpus" ]; then
   limit_cpus "${db_pid:?no MariaDB process to limit}" "$db_cpus"
   log "MariaDB (pid $db_pid) limited to $db_cpus cores"

@@ -94,3 +94,16 @@ unlimit_cpus() {
   rmdir "$cpu_limit_group" 2>/dev/null || true
   cpu_limit_group=""
 }
+
+# clear_cpu_limit PID: a process that a killed run left in limit_cpus's cgroup goes back
+# to the group above it.
+clear_cpu_limit() {
+  local group
+  for group in /sys/fs/cgroup/wallet-cpu-limit /sys/fs/cgroup/cpu/wallet-cpu-limit; do
+    if [ -f "$group/cgroup.procs" ] && grep -qx "$1" "$group/cgroup.procs"; then
+      echo "$1" >"$(dirname "$group")/cgroup.procs" 2>/dev/null || true
+      rmdir "$group" 2>/dev/null || true
+      log "MariaDB (pid $1) was still limited by an earlier run: no longer"
+    fi
+  done
+}
