@@ -206,6 +206,11 @@ for scenario in [h, s]:
         cpu_rows.append(f"| {scenario} | {label} | {svc[(scenario, cell)] / svc[(scenario, 'batched')]:.2f} "
                         f"| {db[(scenario, cell)] / db[(scenario, 'batched')]:.2f} |")
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+# The heads of the debit tables (every path; the database-bound cells) and of their targets.
+debit_head = ("| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms "
+              "| service CPU µs/debit | MariaDB CPU µs/debit | Redis CPU µs/debit | load client CPU µs/request | errors |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+target_head = "| target (same run) | measured | goal | |\n|---|---|---|---|"
 nl = "\n"
 text = f"""## Latest matrix
 
@@ -220,12 +225,10 @@ text = f"""## Latest matrix
   the `db-floor` client and MariaDB over its whole run at its measured rate. The load client's own CPU per
   request (load-client only) is in its column; k6's is not measured.
 
-| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | service CPU µs/debit | MariaDB CPU µs/debit | Redis CPU µs/debit | load client CPU µs/request | errors |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+{debit_head}
 {nl.join(rows)}
 
-| target (same run) | measured | goal | |
-|---|---|---|---|
+{target_head}
 {nl.join(targets)}
 
 The hold flow on the same {wallets} wallets: each turn is a hold and then its capture (90 %, four turns
@@ -238,12 +241,10 @@ in five) or void, two requests; a settled hold counts once. CPU is per ledger en
 {f'''Where the database is the bottleneck: the same batched paths with MariaDB limited to {db_cpus} cores
 (`loadtest/run.sh --db-cpus {db_cpus}`), the instances, Redis and the load client on the rest.
 
-| scenario | path | debits/s (mean) | each run (max−min / mean) | p50 ms | p95 ms | p99 ms | service CPU µs/debit | MariaDB CPU µs/debit | Redis CPU µs/debit | load client CPU µs/request | errors |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+{debit_head}
 {nl.join(db_rows)}
 
-| target (same run) | measured | goal | |
-|---|---|---|---|
+{target_head}
 {nl.join(db_targets)}
 ''' if db_bound else ''}
 CPU per debit of each path relative to the batched Redis path (same scenario):

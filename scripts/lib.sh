@@ -62,6 +62,8 @@ stop_instances() {
 # earlier cgroup is kept for unlimit_cpus. Needs root and the cgroup cpu controller,
 # v2 (cpu.max) or v1 (cpu.cfs_quota_us).
 cpu_limit_group=""
+# The group limit_cpus makes: under cgroup v2, or under v1's cpu controller.
+cpu_limit_v2=/sys/fs/cgroup/wallet-cpu-limit cpu_limit_v1=/sys/fs/cgroup/cpu/wallet-cpu-limit
 limit_cpus() {
   local pid=$1 cpus=$2 period=10000 quota
   quota=$(python3 -c 'import sys; print(int(float(sys.argv[1]) * 10000))' "$cpus")
@@ -69,12 +71,12 @@ limit_cpus() {
   if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
     cpu_limit_origin="/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$pid/cgroup")"
     grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
-    cpu_limit_group=/sys/fs/cgroup/wallet-cpu-limit
+    cpu_limit_group=$cpu_limit_v2
     mkdir -p "$cpu_limit_group"
     echo "$quota $period" >"$cpu_limit_group/cpu.max"
   elif [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
     cpu_limit_origin="/sys/fs/cgroup/cpu$(sed -n 's/^[0-9]*:\([^:]*,\)\{0,1\}cpu\(,[^:]*\)\{0,1\}:\(.*\)$/\3/p' "/proc/$pid/cgroup")"
-    cpu_limit_group=/sys/fs/cgroup/cpu/wallet-cpu-limit
+    cpu_limit_group=$cpu_limit_v1
     mkdir -p "$cpu_limit_group"
     echo "$period" >"$cpu_limit_group/cpu.cfs_period_us"
     echo "$quota" >"$cpu_limit_group/cpu.cfs_quota_us"
@@ -82,8 +84,6 @@ limit_cpus() {
     log "no cgroup cpu controller here (/sys/fs/cgroup): cannot limit a process's cores"
     return 1
   fi
-  # Left there by a run that was killed: back to the group above it at the end.
-  if [ "${cpu_limit_origin%/}" = "$cpu_limit_group" ]; then cpu_limit_origin=$(dirname "$cpu_limit_group"); fi
   echo "$pid" >"$cpu_limit_group/cgroup.procs"
 }
 
@@ -96,14 +96,15 @@ unlimit_cpus() {
 }
 
 # clear_cpu_limit PID: a process that a killed run left in limit_cpus's cgroup goes back
-# to the group above it.
+# to the group above it. Called before limit_cpus, so that the group it keeps for
+# unlimit_cpus is never its own.
 clear_cpu_limit() {
   local group
-  for group in /sys/fs/cgroup/wallet-cpu-limit /sys/fs/cgroup/cpu/wallet-cpu-limit; do
+  for group in "$cpu_limit_v2" "$cpu_limit_v1"; do
     if [ -f "$group/cgroup.procs" ] && grep -qx "$1" "$group/cgroup.procs"; then
       echo "$1" >"$(dirname "$group")/cgroup.procs" 2>/dev/null || true
       rmdir "$group" 2>/dev/null || true
-      log "MariaDB (pid $1) was still limited by an earlier run: no longer"
+      log "pid $1 was still limited by an earlier run: no longer"
     fi
   done
 }
